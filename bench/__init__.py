@@ -1,0 +1,1 @@
+"""bench/: latency and throughput measurement of every stage, against the PyTorch reference."""

@@ -1,0 +1,1 @@
+"""export/: PyTorch reference model, checkpoints, ONNX/GGUF export and TensorRT engine builds. Needs torch."""

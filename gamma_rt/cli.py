@@ -1,0 +1,63 @@
+"""The ``gamma-rt`` command. Each stage registers its own subcommands; a user's mistake becomes one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gamma_rt import __version__
+from gamma_rt.errors import GammaError
+
+# Each module has ``register(subparsers)``; handlers import their heavy dependencies lazily,
+# so ``gamma-rt ask`` on an edge install never imports torch.
+COMMAND_MODULES = [
+    "gamma_rt.export.commands",
+    "gamma_rt.quant.commands",
+    "gamma_rt.runtime.commands",
+    "gamma_rt.bench.commands",
+]
+
+DESCRIPTION = """\
+gamma-rt compiles a GaMMA-class music LMM (two Whisper audio experts, a fusion network, a projector
+and a Qwen3 decoder) into ONNX/TensorRT graphs and a GGUF, then runs them: audio streams in 30 s
+windows through the encoders and the embeddings feed llama.cpp.
+
+Typical flow:
+  gamma-rt demo                                   # everything, on the built-in tiny model
+  gamma-rt init --preset tiny --out ckpt          # a checkpoint folder (random or stock weights)
+  gamma-rt export onnx ckpt --out bundle          # audio side to ONNX
+  gamma-rt export gguf ckpt --out bundle          # decoder to GGUF
+  gamma-rt ask bundle song.flac -q "What genre is this?"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gamma-rt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"gamma-rt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except GammaError as e:
+        print(f"gamma-rt: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("gamma-rt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
