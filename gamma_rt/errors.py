@@ -21,3 +21,15 @@ class AudioError(GammaError):
 
 class EngineMismatch(BundleError):
     """A compiled engine was built for another GPU, compute capability or TensorRT version."""
+
+
+class PromptSetError(GammaError):
+    """A tagging prompt set (TOML/YAML) that cannot be used: bad field, unsupported JSON schema."""
+
+
+class AnswerError(GammaError):
+    """A model answer that does not parse against its prompt's JSON schema (e.g. cut at max_tokens)."""
+
+
+class TagWriteError(GammaError):
+    """Writing tags into an audio file failed or could not be verified; the original file is untouched."""
