@@ -1,0 +1,73 @@
+"""A music library on disk: the audio files under a folder, found recursively, in a stable order.
+
+Files are picked by extension, for the container formats this soundfile/libsndfile build reads. A corrupt
+or mislabelled file is still a track: it fails when decoded and gets an error record, so nothing a user
+expects to be tagged goes missing silently. Hidden files (``.name``, e.g. macOS ``._song.flac`` forks)
+and anything that is not a regular file are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from gamma_rt.errors import GammaError
+
+# libsndfile major format -> the file extensions it is stored under.
+_FORMAT_EXTENSIONS = {
+    "WAV": (".wav",), "WAVEX": (".wav",), "RF64": (".rf64",), "W64": (".w64",),
+    "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3",),
+    "AIFF": (".aif", ".aiff", ".aifc"), "AU": (".au", ".snd"), "CAF": (".caf",),
+}
+
+
+def audio_extensions() -> frozenset[str]:
+    """Lower-case extensions (with the dot) of the formats soundfile can read here."""
+    import soundfile
+
+    have = soundfile.available_formats()
+    return frozenset(ext for fmt, exts in _FORMAT_EXTENSIONS.items() if fmt in have for ext in exts)
+
+
+@dataclass(frozen=True)
+class Track:
+    """One audio file: absolute ``path``, ``size`` in bytes, ``mtime_ns`` (modification time, ns)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def stat(cls, path: str | os.PathLike) -> "Track":
+        st = os.stat(path)
+        return cls(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+    def content_sha256(self) -> str:
+        return file_sha256(self.path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def walk(root: str | os.PathLike) -> Iterator[Track]:
+    """Audio files under ``root``, depth first, names sorted, so every run sees the same order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise GammaError(f"{root}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
+    extensions = audio_extensions()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or Path(name).suffix.lower() not in extensions:
+                continue
+            path = Path(folder) / name
+            if path.is_file():
+                yield Track.stat(path)
