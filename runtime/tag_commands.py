@@ -1,0 +1,81 @@
+"""``gamma-rt tag``: batch tagging of a music library (registered from gamma_rt/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Ask a prompt set (genre, mood, instruments, tempo, key, vocals, structure, caption by default) about every
+audio file under LIBRARY_DIR and write one record per track to RESULTS/records.jsonl (or .csv / .sqlite).
+
+Every answer is JSON constrained by a grammar made from the prompt's JSON schema, so every record parses.
+The run is resumable: RESULTS/journal.sqlite remembers each finished track (keyed by path, size, mtime,
+content hash, bundle and prompt set), so running the same command again, after a crash, a kill or Ctrl-C,
+does only the rest. A new prompt set re-asks every track but reuses the cached audio embeddings
+(RESULTS/embedding-cache). A file that cannot be decoded gets a 'failed' record and the run goes on; the
+exit code is 1 if any track failed.
+
+  gamma-rt tag ~/Music --bundle bundle --out tags/
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --prompts my_prompts.toml --format csv
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --write-tags --dry-run    # show the tag diff only
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tag", help="tag a whole music library (resumable; JSONL/CSV/SQLite; optional file tags)",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("library", type=Path, metavar="LIBRARY_DIR", help="folder searched recursively for audio files")
+    p.add_argument("--bundle", required=True, type=Path, help="bundle folder made by `gamma-rt export`")
+    p.add_argument("--out", required=True, type=Path, metavar="RESULTS",
+                   help="results folder: journal.sqlite, records.*, embedding-cache/ (created if missing)")
+    p.add_argument("--prompts", type=Path, metavar="FILE",
+                   help="prompt set, TOML or YAML (default: the built-in set; see default_prompts.toml)")
+    p.add_argument("--format", choices=["jsonl", "csv", "sqlite"], default="jsonl", help="result file format")
+    p.add_argument("--workers", type=int, default=1,
+                   help="model instances: threads (local) or Ray actors, one per GPU if there are GPUs")
+    p.add_argument("--prefetch", type=int, default=2, help="tracks decoded ahead on CPU threads (local engine)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: actors on a Ray cluster (set RAY_ADDRESS to join one)")
+    p.add_argument("--backend", default="auto", help="audio-side backend passed to the pipeline (default auto)")
+    p.add_argument("--retry-failed", action="store_true", help="ask again about tracks whose record failed")
+    p.add_argument("--write-tags", action="store_true",
+                   help="write genre, mood and caption into the files' own tags (verified copy, atomic swap)")
+    p.add_argument("--dry-run", action="store_true", help="with --write-tags: print the tag diff, change nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tag)
+
+
+def cmd_tag(args) -> int:
+    from gamma_rt.errors import GammaError
+
+    from .prompts import PromptSet
+    from .tag_progress import TagProgress
+    from .tagging import TagOptions, run, write_file_tags
+
+    if args.dry_run and not args.write_tags:
+        raise GammaError("--dry-run only applies to --write-tags")
+    if args.workers < 1 or args.prefetch < 0:
+        raise GammaError("--workers must be at least 1 and --prefetch at least 0")
+    prompt_set = PromptSet.load(args.prompts) if args.prompts else PromptSet.default()
+    opts = TagOptions(library=args.library, bundle=args.bundle, out=args.out, prompt_set=prompt_set,
+                      fmt=args.format, workers=args.workers, prefetch=args.prefetch, engine=args.engine,
+                      retry_failed=args.retry_failed, backend=args.backend)
+    progress = TagProgress(enabled=False if args.quiet else None)
+    try:
+        summary = run(opts, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)))
+    finally:
+        progress.close()
+    counts = summary.library_counts
+    print(f"this run: {summary.ok} ok, {summary.failed} failed of {summary.todo} to do "
+          f"({summary.done_before} already done); all records: {counts['ok']} ok, {counts['failed']} failed; "
+          f"results in {summary.records_file}", file=sys.stderr)
+    if summary.interrupted:
+        print("gamma-rt: interrupted; the finished tracks are journaled, run the same command to finish the rest",
+              file=sys.stderr)
+        return 130
+    tag_failures = 0
+    if args.write_tags:
+        tag_failures = write_file_tags(opts, args.dry_run, lambda line: print(line))
+    return 1 if counts["failed"] or tag_failures else 0

@@ -1,0 +1,205 @@
+"""A tagging run: the driver that walks a library, hands tracks to an engine and journals the results.
+
+The driver is the only writer of the journal (see journal.py): it commits each record as it comes back, then
+appends it to the result file. Engines only turn tracks into records:
+
+- ``local``: decoding and hashing of the next tracks on CPU threads (a small prefetch window) while
+  ``workers`` pipelines, one per thread, answer the current ones;
+- ``ray``: the same on Ray actors (tag_ray.py).
+
+SIGINT: no new track is started, the ones being answered finish and are journaled, the run exits 130.
+A second SIGINT interrupts at once (the journal is consistent either way).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Callable, Iterable, Iterator
+
+from .journal import Journal
+from .library import Track, file_sha256, walk
+from .outputs import RecordFile, results_path
+from .prompts import PromptSet
+from .tag_worker import TrackTagger, bundle_hash, decode
+
+JOURNAL_NAME = "journal.sqlite"
+CACHE_NAME = "embedding-cache"
+
+
+@dataclass
+class TagOptions:
+    library: Path
+    bundle: Path
+    out: Path
+    prompt_set: PromptSet
+    fmt: str = "jsonl"
+    workers: int = 1
+    prefetch: int = 2
+    engine: str = "local"
+    retry_failed: bool = False
+    backend: str = "auto"
+    cache_dir: Path | None = None  # default: OUT/embedding-cache
+
+
+@dataclass
+class TagSummary:
+    todo: int = 0
+    done_before: int = 0
+    ok: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    library_counts: dict = field(default_factory=dict)
+    records_file: Path | None = None
+
+
+class Stop:
+    """Set by SIGINT: finish what is in flight, start nothing new."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            if self.event.is_set():
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            self.event.set()
+
+        signal.signal(signal.SIGINT, on_sigint)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+
+def pending_tracks(journal: Journal, tracks: Iterable[Track], b_hash: str, ps_hash: str,
+                   retry_failed: bool) -> tuple[list[Track], int]:
+    """Tracks without a record for this bundle + prompt set; and how many already have one."""
+    todo, done = [], 0
+    for t in tracks:
+        if journal.is_done(t, b_hash, ps_hash, retry_failed=retry_failed):
+            done += 1
+        else:
+            todo.append(t)
+    return todo, done
+
+
+def run_local(tracks: list[Track], make_tagger: Callable[[], TrackTagger], workers: int, prefetch: int,
+              stop: Stop) -> Iterator[dict]:
+    """Records of ``tracks`` as they finish. ``workers`` pipelines, and up to ``workers + prefetch`` tracks
+    decoded ahead on CPU threads."""
+    taggers: Queue = Queue()
+    for _ in range(workers):
+        taggers.put(make_tagger())
+
+    def answer(decoded: Future) -> dict:
+        item = decoded.result()
+        tagger = taggers.get()
+        try:
+            return tagger.tag(item)
+        finally:
+            taggers.put(tagger)
+
+    window = workers + prefetch
+    queue = iter(tracks)
+    in_flight: deque[Future] = deque()
+    with ThreadPoolExecutor(max(1, prefetch), thread_name_prefix="decode") as decoders, \
+            ThreadPoolExecutor(workers, thread_name_prefix="model") as models:
+        try:
+            while True:
+                while not stop and len(in_flight) < window:
+                    track = next(queue, None)
+                    if track is None:
+                        break
+                    in_flight.append(models.submit(answer, decoders.submit(decode, track)))
+                if not in_flight:
+                    return
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED, timeout=0.5)
+                for f in [f for f in in_flight if f in done]:
+                    in_flight.remove(f)
+                    yield f.result()
+                if stop:  # drop what has not started; what has, finishes and is journaled
+                    for f in list(in_flight):
+                        if f.cancel():
+                            in_flight.remove(f)
+        finally:
+            for f in in_flight:
+                f.cancel()
+
+
+def run(opts: TagOptions, on_record: Callable[[dict], None] | None = None,
+        on_start: Callable[[list[Track]], None] | None = None) -> TagSummary:
+    """One tagging run to the end (or to SIGINT). Returns the summary; the journal and the result file in
+    ``opts.out`` hold the records."""
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    b_hash, ps = bundle_hash(opts.bundle), opts.prompt_set
+    cache_dir = opts.cache_dir or out / CACHE_NAME
+    summary = TagSummary(records_file=results_path(out, opts.fmt))
+    stop = Stop()
+    with Journal(out / JOURNAL_NAME) as journal:
+        records = RecordFile(summary.records_file, opts.fmt, [p.name for p in ps.prompts])
+        records.rebuild(journal.records(b_hash, ps.hash))  # repairs a file torn by a killed run
+        todo, summary.done_before = pending_tracks(journal, walk(opts.library), b_hash, ps.hash, opts.retry_failed)
+        summary.todo = len(todo)
+        if on_start:
+            on_start(todo)
+        if opts.engine == "ray":
+            from .tag_ray import run_ray
+
+            results = run_ray(todo, opts.bundle, ps, cache_dir, opts.workers, opts.backend, stop)
+        else:
+            results = run_local(todo, lambda: TrackTagger(opts.bundle, ps, cache_dir, opts.backend),
+                                opts.workers, opts.prefetch, stop)
+        restore = stop.install()
+        try:
+            for record in results:
+                if journal.commit(record):
+                    records.append(record)
+                summary.ok += record["status"] == "ok"
+                summary.failed += record["status"] == "failed"
+                if on_record:
+                    on_record(record)
+        finally:
+            restore()
+        summary.interrupted = bool(stop)
+        records.rebuild(journal.records(b_hash, ps.hash))
+        summary.library_counts = journal.counts(b_hash, ps.hash)
+    return summary
+
+
+def write_file_tags(opts: TagOptions, dry_run: bool, report: Callable[[str], None]) -> int:
+    """Write genre/mood/caption of every ok record not yet written (or, dry run, report the diff).
+    Returns how many files failed."""
+    from gamma_rt.errors import TagWriteError
+
+    from .tagwrite import plan, write_tags
+
+    b_hash, ps = bundle_hash(opts.bundle), opts.prompt_set
+    tagged = [p for p in ps.prompts if p.tag]
+    failures = 0
+    with Journal(Path(opts.out) / JOURNAL_NAME) as journal:
+        for record in journal.untagged(b_hash, ps.hash):
+            values = {p.tag: p.tag_value(record["answers"].get(p.name)) for p in tagged}
+            values = {k: v for k, v in values.items() if v is not None}
+            try:
+                changes = (plan if dry_run else write_tags)(record["path"], values)
+            except (TagWriteError, OSError) as e:
+                failures += 1
+                report(f"tags not written: {e}")
+                continue
+            for name, old, new in changes:
+                report(f"{record['path']}: {name}: {old!r} -> {new!r}" + (" (dry run)" if dry_run else ""))
+            if not dry_run:
+                path = record["path"]
+                journal.mark_tags_written(record, Track.stat(path), file_sha256(path))
+    return failures
