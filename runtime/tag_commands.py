@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: actors on a Ray cluster (set RAY_ADDRESS to join one)")
     p.add_argument("--backend", default="auto", help="audio-side backend passed to the pipeline (default auto)")
+    p.add_argument("--cache", type=Path, metavar="DIR",
+                   help="audio-embedding cache folder (default RESULTS/embedding-cache)")
     p.add_argument("--retry-failed", action="store_true", help="ask again about tracks whose record failed")
     p.add_argument("--write-tags", action="store_true",
                    help="write genre, mood and caption into the files' own tags (verified copy, atomic swap)")
@@ -61,7 +63,7 @@ def cmd_tag(args) -> int:
     prompt_set = PromptSet.load(args.prompts) if args.prompts else PromptSet.default()
     opts = TagOptions(library=args.library, bundle=args.bundle, out=args.out, prompt_set=prompt_set,
                       fmt=args.format, workers=args.workers, prefetch=args.prefetch, engine=args.engine,
-                      retry_failed=args.retry_failed, backend=args.backend)
+                      retry_failed=args.retry_failed, backend=args.backend, cache_dir=args.cache)
     progress = TagProgress(enabled=False if args.quiet else None)
     try:
         summary = run(opts, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)))
