@@ -140,6 +140,12 @@ def run(opts: TagOptions, on_record: Callable[[dict], None] | None = None,
         on_start: Callable[[list[Track]], None] | None = None) -> TagSummary:
     """One tagging run to the end (or to SIGINT). Returns the summary; the journal and the result file in
     ``opts.out`` hold the records."""
+    from gamma_rt.errors import GammaError
+    from gamma_rt.manifest import Manifest
+
+    Manifest.read(opts.bundle)  # a missing or foreign bundle fails here, in one line, before any work
+    if not Path(opts.library).is_dir():
+        raise GammaError(f"{opts.library}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     b_hash, ps = bundle_hash(opts.bundle), opts.prompt_set
