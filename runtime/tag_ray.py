@@ -29,12 +29,12 @@ def _actor_class():
         """One model instance. Holds a TrackTagger for the whole run (the model loads once per actor)."""
 
         def __init__(self, bundle: str, prompt_set: PromptSet, cache_dir: str, backend: str):
-            from .tag_worker import TrackTagger
+            from gamma_rt.runtime.tag_worker import TrackTagger
 
             self.tagger = TrackTagger(bundle, prompt_set, cache_dir, backend)
 
         def tag(self, track: Track) -> dict:
-            from .tag_worker import decode
+            from gamma_rt.runtime.tag_worker import decode
 
             record = self.tagger.tag(decode(track))
             record["timings"]["worker"] = f"{os.uname().nodename}:{os.getpid()}"
