@@ -1,0 +1,107 @@
+"""Whisper large-v3 log-mel front end in numpy (no torch).
+
+Matches ``transformers``' WhisperFeatureExtractor(feature_size=128): a centred STFT (reflect padding,
+periodic Hann window), power spectrum, slaney mel filters, log10 with a 1e-10 floor, clamp to
+(max - 8) per example, then (x + 4) / 4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SAMPLE_RATE = 16000  # Hz
+N_FFT = 400  # samples per STFT frame (25 ms)
+HOP_LENGTH = 160  # samples between frames (10 ms)
+N_MELS = 128  # mel bins of Whisper large-v3
+CHUNK_SECONDS = 30  # one encoder window
+N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples per window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
+N_FREQS = N_FFT // 2 + 1  # 201 rfft bins
+
+LOG_FLOOR = 1e-10  # power floor before log10, as in the reference extractor
+DYNAMIC_RANGE = 8.0  # log10 units kept below each example's maximum
+
+_FILTER_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mels = 3.0 * hz / 200.0
+    log_region = hz >= 1000.0
+    mels = np.where(log_region, 15.0 + np.log(np.maximum(hz, 1e-12) / 1000.0) * (27.0 / np.log(6.4)), mels)
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    hz = 200.0 * mels / 3.0
+    log_region = mels >= 15.0
+    return np.where(log_region, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels - 15.0)), hz)
+
+
+def _mel_filters64(n_mels: int, sr: int, n_fft: int) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) float64 triangular filters, slaney-normalized; cached per shape."""
+    key = (n_mels, sr, n_fft)
+    if key not in _FILTER_CACHE:
+        fft_freqs = np.linspace(0.0, sr // 2, n_fft // 2 + 1)
+        edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sr / 2), n_mels + 2))
+        widths = np.diff(edges)
+        slopes = edges[None, :] - fft_freqs[:, None]  # (freqs, n_mels + 2)
+        down = -slopes[:, :-2] / widths[:-1]
+        up = slopes[:, 2:] / widths[1:]
+        filters = np.maximum(0.0, np.minimum(down, up))  # (freqs, n_mels)
+        # slaney norm: each triangle has unit area, so wide high bands are not louder
+        filters *= 2.0 / (edges[2:] - edges[:-2])
+        _FILTER_CACHE[key] = np.ascontiguousarray(filters.T)
+    return _FILTER_CACHE[key]
+
+
+def mel_filters(n_mels: int = N_MELS, sr: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
+    """Slaney mel filterbank, (n_mels, n_fft // 2 + 1) float32, 0 Hz to sr / 2."""
+    return _mel_filters64(n_mels, sr, n_fft).astype(np.float32)
+
+
+def pad_or_trim(audio: np.ndarray, length: int = N_SAMPLES) -> np.ndarray:
+    """Zero-pad or cut the last axis of ``audio`` to ``length`` samples (returns a new or the same array)."""
+    n = audio.shape[-1]
+    if n > length:
+        return audio[..., :length]
+    if n < length:
+        pad = [(0, 0)] * (audio.ndim - 1) + [(0, length - n)]
+        return np.pad(audio, pad)
+    return audio
+
+
+def _hann(n_fft: int) -> np.ndarray:
+    """Periodic Hann window (the STFT convention), float64."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
+
+
+def log_mel_spectrogram(audio: np.ndarray, n_mels: int = N_MELS) -> np.ndarray:
+    """Whisper log-mel features of windows already padded or trimmed to N_SAMPLES.
+
+    audio: (n_samples,) or (batch, n_samples) float32, 16 kHz mono, values in [-1, 1].
+    Returns (n_mels, n_samples // HOP_LENGTH) or (batch, n_mels, n_samples // HOP_LENGTH) float32 —
+    for a 30 s window (128 mel bins, 3000 frames) — log10 scale, clamped to max - 8, then (x + 4) / 4.
+    """
+    audio = np.asarray(audio)
+    if audio.ndim not in (1, 2):
+        raise ValueError(f"audio must be (n_samples,) or (batch, n_samples), got shape {audio.shape}")
+    batch = audio.reshape(1, -1) if audio.ndim == 1 else audio
+    if batch.shape[-1] < N_FFT // 2 + 1:
+        raise ValueError(f"audio needs at least {N_FFT // 2 + 1} samples for reflect padding, got {batch.shape[-1]}")
+
+    # float64 keeps the power spectrum exact enough that log10 of quiet bins agrees to 1e-4
+    padded = np.pad(batch.astype(np.float64), [(0, 0), (N_FFT // 2, N_FFT // 2)], mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH]
+    frames = frames[:, :-1]  # the reference drops the last centred frame: 3001 -> 3000
+    spectrum = np.fft.rfft(frames * _hann(N_FFT), axis=-1)  # (batch, frames, 201) complex128
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = power @ _mel_filters64(n_mels, SAMPLE_RATE, N_FFT).T  # (batch, frames, n_mels)
+
+    log_spec = np.log10(np.maximum(mel, LOG_FLOOR))
+    peak = log_spec.max(axis=(1, 2), keepdims=True)
+    log_spec = np.maximum(log_spec, peak - DYNAMIC_RANGE)
+    log_spec = ((log_spec + 4.0) / 4.0).transpose(0, 2, 1).astype(np.float32)
+    return log_spec[0] if audio.ndim == 1 else log_spec
