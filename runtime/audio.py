@@ -173,6 +173,8 @@ class _FileSource(_Source):
             kwargs = raw.soundfile_kwargs() if raw else {}
             self._file = sf.SoundFile(file, **kwargs)
         except sf.LibsndfileError as err:
+            if raw is None and isinstance(file, str):
+                _check_magic(Path(file))
             raise AudioError(f"{self._name}: not a decodable audio file ({_libsndfile_reason(err)})") from None
         except (TypeError, ValueError) as err:  # soundfile's own checks on a raw layout
             raise AudioError(f"{self._name}: cannot open as raw PCM ({err})") from None
@@ -191,8 +193,6 @@ class _FileSource(_Source):
         size = path.stat().st_size
         if size == 0:
             raise AudioError(f"{path}: empty file (0 bytes)")
-        if raw is None:
-            _check_magic(path)
         return cls(str(path), str(path), raw, block_seconds)
 
     def blocks(self) -> Iterator[np.ndarray]:
@@ -229,8 +229,8 @@ class _FileSource(_Source):
 
 
 def _check_magic(path: Path) -> None:
-    """A file whose name promises WAV/FLAC/OGG but whose first bytes say otherwise (a text file
-    named .wav) gets a clearer message than libsndfile's 'Format not recognised'."""
+    """After libsndfile refused a file: if its name promises WAV/FLAC/OGG but its first bytes say
+    otherwise (a text file named .wav), say so, which is clearer than 'Format not recognised'."""
     expected = _MAGIC.get(path.suffix.lower())
     if expected is None:
         return

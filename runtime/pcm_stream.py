@@ -64,6 +64,22 @@ class RawFormat:
         return block
 
 
+def add_raw_format_options(parser) -> None:
+    """The CLI options for headerless PCM (e.g. on stdin); read them back with raw_format_from_options."""
+    group = parser.add_argument_group("raw PCM input (for headerless audio, e.g. piped from a recorder)")
+    group.add_argument("--raw-format", choices=sorted(RAW_ENCODINGS), default=None,
+                       help="sample encoding of headerless PCM, e.g. s16le; without it the format is detected")
+    group.add_argument("--raw-rate", type=int, default=16000, help="sample rate of the raw PCM in Hz (default 16000)")
+    group.add_argument("--raw-channels", type=int, default=1, help="interleaved channels of the raw PCM (default 1)")
+
+
+def raw_format_from_options(options) -> RawFormat | None:
+    """The RawFormat the options name, or None when --raw-format was not given (detect the format)."""
+    if getattr(options, "raw_format", None) is None:
+        return None
+    return RawFormat(options.raw_format, options.raw_rate, options.raw_channels)
+
+
 def read_exactly(stream: BinaryIO, n: int) -> bytes:
     """Up to n bytes, fewer only at end of stream (pipes return short reads)."""
     buf = bytearray()

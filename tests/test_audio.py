@@ -266,3 +266,34 @@ def test_stream_is_a_context_manager(tmp_path):
     with open_audio(path) as stream:
         assert isinstance(stream, AudioStream)
         assert sum(len(b) for b in stream) == RATE // 2
+
+
+def test_raw_format_cli_options_build_the_layout():
+    import argparse
+
+    from gamma_rt.runtime.pcm_stream import add_raw_format_options, raw_format_from_options
+
+    parser = argparse.ArgumentParser()
+    add_raw_format_options(parser)
+    options = parser.parse_args(["--raw-format", "s24le", "--raw-rate", "48000", "--raw-channels", "2"])
+    assert raw_format_from_options(options) == RawFormat("s24le", 48000, 2)
+    assert raw_format_from_options(parser.parse_args([])) is None
+
+
+@pytest.mark.slow
+def test_long_file_streams_in_bounded_memory(tmp_path):
+    """20 minutes through audio -> windows -> log-mel peaks within 32 MiB of 1 minute (bench/ runs 3 h)."""
+    from gamma_rt.bench.memory_long_audio import measure
+
+    result = measure(hours=1 / 3, short_minutes=1, rate=RATE, channels=1, workdir=tmp_path)
+    assert result["long"]["windows"] == 40 and result["short"]["windows"] == 2
+    assert result["long"]["peak_rss_mib"] - result["short"]["peak_rss_mib"] < 32
+
+
+def test_raw_pcm_file_path_is_read_with_the_given_layout(tmp_path):
+    samples = (_music(1.0, 8000)[:, 0] * 32767).astype("<i2")
+    path = tmp_path / "voice.pcm"
+    path.write_bytes(samples.tobytes())
+    audio = load_audio(path, raw=RawFormat("s16le", 8000, 1))
+    expected = soxr.resample(samples.astype(np.float32) / 32768, 8000, RATE, quality="HQ")
+    np.testing.assert_allclose(audio, expected, rtol=0, atol=1e-6)
