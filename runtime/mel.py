@@ -91,17 +91,24 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = N_MELS) -> np.ndarray:
     batch = audio.reshape(1, -1) if audio.ndim == 1 else audio
     if batch.shape[-1] < N_FFT // 2 + 1:
         raise ValueError(f"audio needs at least {N_FFT // 2 + 1} samples for reflect padding, got {batch.shape[-1]}")
+    out = np.empty((len(batch), n_mels, batch.shape[-1] // HOP_LENGTH), np.float32)
+    # one window at a time: each is fully vectorized already, and this keeps the float64 temporaries
+    # (about 40 MB per 30 s window) from growing with the batch
+    for i, window in enumerate(batch):
+        out[i] = _log_mel_window(window, n_mels)
+    return out[0] if audio.ndim == 1 else out
 
+
+def _log_mel_window(samples: np.ndarray, n_mels: int) -> np.ndarray:
+    """(n_samples,) -> (n_mels, n_samples // HOP_LENGTH) float32, normalized by this window's own peak."""
     # float64 keeps the power spectrum exact enough that log10 of quiet bins agrees to 1e-4
-    padded = np.pad(batch.astype(np.float64), [(0, 0), (N_FFT // 2, N_FFT // 2)], mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT, axis=-1)[:, ::HOP_LENGTH]
-    frames = frames[:, :-1]  # the reference drops the last centred frame: 3001 -> 3000
-    spectrum = np.fft.rfft(frames * _hann(N_FFT), axis=-1)  # (batch, frames, 201) complex128
+    padded = np.pad(samples.astype(np.float64), N_FFT // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
+    frames = frames[:-1]  # the reference drops the last centred frame: 3001 -> 3000
+    spectrum = np.fft.rfft(frames * _hann(N_FFT), axis=-1)  # (frames, 201) complex128
     power = spectrum.real**2 + spectrum.imag**2
-    mel = power @ _mel_filters64(n_mels, SAMPLE_RATE, N_FFT).T  # (batch, frames, n_mels)
+    mel = _mel_filters64(n_mels, SAMPLE_RATE, N_FFT) @ power.T  # (n_mels, frames)
 
     log_spec = np.log10(np.maximum(mel, LOG_FLOOR))
-    peak = log_spec.max(axis=(1, 2), keepdims=True)
-    log_spec = np.maximum(log_spec, peak - DYNAMIC_RANGE)
-    log_spec = ((log_spec + 4.0) / 4.0).transpose(0, 2, 1).astype(np.float32)
-    return log_spec[0] if audio.ndim == 1 else log_spec
+    log_spec = np.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)
+    return (log_spec + 4.0) / 4.0
