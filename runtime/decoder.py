@@ -1,0 +1,309 @@
+"""The decoder session: a GGUF Qwen3 in llama.cpp, fed text tokens and audio embeddings, sampled token by token.
+
+Built on llama-cpp-python's low-level API (the ``llama_*`` C functions), because the high-level ``Llama``
+class cannot take embeddings in the middle of a prompt nor decode several sequences in one batch.
+
+One context holds up to ``n_seq_max`` sequences in one unified KV cache, so :meth:`DecoderSession.fork`
+shares a prefix (a song's audio) between questions without copying it, and :meth:`generate_parallel`
+decodes the questions together, one batch per step.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import llama_cpp
+import numpy as np
+
+from gamma_rt.errors import BundleError, GammaError
+
+from .gguf_check import check_gguf
+from .sampling import Sampling, StopFilter, sampler_chain
+
+__all__ = ["DecoderSession", "Sampling", "context_size_for"]
+
+_backend_ready = False
+_ALL_F32 = 0  # general.file_type of a GGUF whose weights are all F32
+_KV_TYPES = {"f32": 0, "f16": 1}  # GGML type ids
+
+
+def context_size_for(audio_seconds: float, tokens_per_second: float, prompt_tokens: int, max_new_tokens: int) -> int:
+    """KV cache size (tokens) for one song: its audio tokens + the text of the prompt + the answer.
+
+    Rounded up to a multiple of 256, the granularity llama.cpp pads its cache to anyway.
+    """
+    needed = math.ceil(audio_seconds * tokens_per_second) + prompt_tokens + max_new_tokens
+    return max(256, -(-needed // 256) * 256)
+
+
+class DecoderSession:
+    """A loaded GGUF plus one llama.cpp context. Use as a context manager; :meth:`close` frees both."""
+
+    def __init__(
+        self,
+        gguf_path: str | Path,
+        n_ctx: int,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_seq_max: int = 8,
+        n_batch: int = 512,
+        kv_type: str | None = None,
+    ):
+        """``kv_type`` "f32" or "f16" is the KV cache's type; by default f32 for an all-F32 GGUF (exact
+        parity with the reference: f32 cache, no flash attention), else f16 (half the memory)."""
+        global _backend_ready
+        self.path = Path(gguf_path)
+        self._model = self._ctx = None
+        self._token_batch = self._embd_batch = None
+        header = check_gguf(self.path)  # llama.cpp may crash on a truncated file instead of failing cleanly
+        if kv_type is None:
+            kv_type = "f32" if header.metadata.get("general.file_type") == _ALL_F32 else "f16"
+        if kv_type not in _KV_TYPES:
+            raise ValueError(f"kv_type {kv_type!r}: choose one of {', '.join(_KV_TYPES)}")
+        if not _backend_ready:
+            # llama-cpp-python prints every llama.cpp log line unless its logger says otherwise; keep errors only,
+            # unless the application configured that logger itself.
+            log = logging.getLogger("llama-cpp-python")
+            if log.level == logging.NOTSET:
+                log.setLevel(logging.ERROR)
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise BundleError(f"{self.path}: llama.cpp could not load this GGUF (unsupported architecture or tensors)")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_embd = llama_cpp.llama_model_n_embd(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+
+        threads = n_threads or os.cpu_count() or 1
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq_max
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.kv_unified = True  # forked sequences share the prefix's cells instead of a per-sequence slice
+        cparams.no_perf = True
+        cparams.type_k = cparams.type_v = _KV_TYPES[kv_type]
+        if kv_type == "f32":  # llama.cpp's CPU flash-attention kernel rounds to f16; exactness wants it off
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise GammaError(f"{self.path}: llama.cpp could not create a {n_ctx}-token context (out of memory?)")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+        self._token_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._embd_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
+
+    # --- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for batch in ("_token_batch", "_embd_batch"):
+            if getattr(self, batch, None) is not None:
+                llama_cpp.llama_batch_free(getattr(self, batch))
+                setattr(self, batch, None)
+        if getattr(self, "_ctx", None):
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "DecoderSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    # --- text ----------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text``; with ``special`` the control tokens written in it (``<|im_start|>``) are parsed."""
+        data = text.encode("utf-8")
+        size = len(data) + 16
+        for _ in range(2):
+            buf = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, size, False, special)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
+        raise RuntimeError(f"llama_tokenize needed {size} slots twice")
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token stands for; control tokens give b"" unless ``special``."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: list[int], special: bool = False) -> str:
+        return b"".join(self.token_bytes(t, special) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_end(self, token: int) -> bool:
+        """End of generation: eos, eot (``<|im_end|>``) and the like."""
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    def n_past(self, seq_id: int = 0) -> int:
+        """Positions held by ``seq_id`` in the KV cache."""
+        return llama_cpp.llama_memory_seq_pos_max(self._memory, seq_id) + 1
+
+    def eval_tokens(self, tokens: list[int], seq_id: int = 0) -> None:
+        """Append text tokens to ``seq_id``; afterwards :meth:`logits` is the next-token distribution."""
+        self._check_seq(seq_id)
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            self._run(self._token_batch, [(seq_id, t) for t in chunk], last_logits=True)
+
+    def eval_embeddings(self, embd: np.ndarray, seq_id: int = 0) -> None:
+        """Append ``(n, n_embd)`` float32 input embeddings (audio tokens from the projector) to ``seq_id``."""
+        self._check_seq(seq_id)
+        embd = np.ascontiguousarray(embd, dtype=np.float32)
+        if embd.ndim != 2 or embd.shape[1] != self.n_embd:
+            raise GammaError(
+                f"{self.path}: audio embeddings of shape {embd.shape} do not fit the decoder (n_embd {self.n_embd})"
+            )
+        for start in range(0, len(embd), self.n_batch):
+            chunk = embd[start : start + self.n_batch]
+            ctypes.memmove(self._embd_batch.embd, chunk.ctypes.data, chunk.nbytes)
+            self._run(self._embd_batch, [(seq_id, None)] * len(chunk), last_logits=True)
+
+    def logits(self, index: int = -1) -> np.ndarray:
+        """(n_vocab,) float32 logits of the last evaluated position (or of output ``index`` of the last batch)."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, index)
+        if not ptr:
+            raise RuntimeError("no logits: nothing evaluated yet")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def fork(self, src_seq: int, dst_seq: int) -> None:
+        """Make ``dst_seq`` continue from ``src_seq``'s cache; the shared cells are not copied."""
+        self._check_seq(dst_seq)
+        llama_cpp.llama_memory_seq_rm(self._memory, dst_seq, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self._memory, src_seq, dst_seq, -1, -1)
+
+    def clear(self, seq_id: int | None = None) -> None:
+        """Forget one sequence, or all of them."""
+        if seq_id is None:
+            llama_cpp.llama_memory_clear(self._memory, True)
+        else:
+            llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+
+    def _check_seq(self, seq_id: int) -> None:
+        if not 0 <= seq_id < self.n_seq_max:
+            raise ValueError(f"seq_id {seq_id} outside 0..{self.n_seq_max - 1} (n_seq_max)")
+
+    def _run(self, batch, items: list[tuple[int, int | None]], last_logits: bool, logits_for=None) -> None:
+        """Fill ``batch`` with (seq_id, token) items at each sequence's next position and decode it.
+
+        Logits are kept for the last item (``last_logits``) or for the item indices in ``logits_for``.
+        """
+        positions: dict[int, int] = {}
+        for i, (seq, token) in enumerate(items):
+            pos = positions.setdefault(seq, self.n_past(seq))
+            positions[seq] = pos + 1
+            if token is not None:
+                batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = (last_logits and i == len(items) - 1) or (logits_for is not None and i in logits_for)
+        batch.n_tokens = len(items)
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc == 1:
+            raise GammaError(
+                f"{self.path}: the decoder's {self.n_ctx}-token context is full; give it a larger n_ctx"
+            )
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def generate(
+        self, sampling: Sampling, max_tokens: int, stop: list[str] | tuple[str, ...] = (), seq_id: int = 0
+    ) -> Iterator[str]:
+        """Stream the answer's text from the current logits of ``seq_id``.
+
+        Ends at an end-of-generation token, at a stop string (never emitted) or after ``max_tokens``.
+        Each accepted token is evaluated, so the cache holds the answer for a follow-up turn.
+        """
+        chain = sampler_chain(sampling, self._vocab)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopFilter(stop)
+        try:
+            for _ in range(max_tokens):
+                token = llama_cpp.llama_sampler_sample(chain, self._ctx, -1)
+                if self.is_end(token):
+                    break
+                self.eval_tokens([token], seq_id)
+                text = stops.feed(utf8.decode(self.token_bytes(token)))
+                if text:
+                    yield text
+                if stops.stopped:
+                    return
+            tail = stops.feed(utf8.decode(b"", final=True)) + ("" if stops.stopped else stops.flush())
+            if tail:
+                yield tail
+        finally:
+            llama_cpp.llama_sampler_free(chain)
+
+    def generate_parallel(
+        self, prompts: dict[int, list[int]], sampling: Sampling, max_tokens: int, stop=()
+    ) -> dict[int, str]:
+        """Answer several sequences at once: each gets its prompt appended, then all decode one batch per step.
+
+        Typical use: eval the audio on sequence 0, ``fork(0, k)`` per question, then pass {k: question tokens}.
+        Each sequence samples with its own chain seeded alike, so the result equals running them one by one.
+        """
+        if len(prompts) > self.n_batch:
+            raise ValueError(f"{len(prompts)} sequences exceed n_batch {self.n_batch}")
+        for seq, tokens in prompts.items():
+            self._check_seq(seq)
+            if not tokens:
+                raise ValueError(f"sequence {seq}: empty prompt; the first token needs a prompt to follow")
+            if len(tokens) > 1:
+                self.eval_tokens(tokens[:-1], seq)
+        chains = {seq: sampler_chain(sampling, self._vocab) for seq in prompts}
+        utf8 = {seq: codecs.getincrementaldecoder("utf-8")(errors="replace") for seq in prompts}
+        stops = {seq: StopFilter(stop) for seq in prompts}
+        texts = {seq: "" for seq in prompts}
+        step = [(seq, tokens[-1]) for seq, tokens in prompts.items()]
+        try:
+            for _ in range(max_tokens + 1):
+                self._run(self._token_batch, step, last_logits=False, logits_for=range(len(step)))
+                if _ == max_tokens:
+                    break
+                next_step = []
+                for i, (seq, _token) in enumerate(step):
+                    token = llama_cpp.llama_sampler_sample(chains[seq], self._ctx, i)
+                    if self.is_end(token):
+                        continue
+                    texts[seq] += stops[seq].feed(utf8[seq].decode(self.token_bytes(token)))
+                    if not stops[seq].stopped:
+                        next_step.append((seq, token))
+                if not next_step:
+                    break
+                step = next_step
+        finally:
+            for chain in chains.values():
+                llama_cpp.llama_sampler_free(chain)
+        for seq in prompts:
+            if not stops[seq].stopped:
+                texts[seq] += stops[seq].feed(utf8[seq].decode(b"", final=True)) + stops[seq].flush()
+        return texts
