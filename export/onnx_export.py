@@ -1,0 +1,191 @@
+"""``gamma-rt export onnx``: the audio side of a checkpoint as four ONNX graphs in a bundle.
+
+One graph per component, names and I/O fixed (the runtime and the TensorRT builder code against them):
+
+    temporal_encoder  mel (batch, n_mels, 3000) float32, Whisper log10 scale -> hidden (batch, 1500, d)
+    global_encoder    mel (batch, n_mels, 3000)                               -> hidden (batch, 1500, d)
+    fusion            temporal (batch, 1500, d), global (batch, 1500, d)      -> fused  (batch, 1500, d)
+    projector         fused (batch, 1500, d)                                  -> embeddings (batch, 750, n_embd)
+
+fp32 graphs are recorded as ``<component>`` in ``<component>.onnx``; fp16 ones as ``<component>.fp16`` in
+``<component>.fp16.onnx``, so one bundle can hold both. Inputs and outputs are float32 at both precisions.
+
+Each component is loaded alone from the checkpoint, traced, freed, then optimized by ONNX Runtime's
+transformer optimizer, so peak memory is about three copies of the largest component's weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+from pathlib import Path
+
+from gamma_rt.errors import GammaError
+from gamma_rt.manifest import AUDIO_COMPONENTS, Component, Manifest, TensorSpec
+
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_OPSET = 17
+# LayerNormalization is an ONNX op from opset 17; the TorchScript exporter stops at 20.
+OPSETS = range(17, 21)
+BATCH = "batch"
+
+
+def register(export_sub: argparse._SubParsersAction) -> None:
+    p = export_sub.add_parser(
+        "onnx",
+        help="export the audio side (experts, fusion, projector) to ONNX graphs",
+        description="Export the audio side of a checkpoint into BUNDLE as four ONNX graphs: "
+        "temporal_encoder and global_encoder (log-mel -> hidden states), fusion (both experts' hidden "
+        "states -> fused) and projector (fused -> LLM embeddings). Graphs take any batch size, are "
+        "optimized by ONNX Runtime (LayerNorm/GELU fusions) and recorded in BUNDLE/manifest.json. "
+        "Run it twice with different --precision to hold both in one bundle.",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder written by `gamma-rt init`")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder (created, or merged into)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="weight and compute precision (default fp32); inputs and outputs stay float32",
+    )
+    p.add_argument("--opset", type=int, choices=OPSETS, default=DEFAULT_OPSET, metavar="N",
+                   help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+    p.set_defaults(func=_cmd_export_onnx)
+
+
+def _cmd_export_onnx(args) -> int:
+    from gamma_rt.progress import track
+
+    manifest = export_onnx(args.checkpoint, args.out, precision=args.precision, opset=args.opset, progress=track)
+    for name in AUDIO_COMPONENTS:
+        key = component_name(name, args.precision)
+        c = manifest.components[key]
+        print(f"{key}: {c.file} ({c.bytes / 1e6:.1f} MB{' + external data' if c.external_data else ''})")
+    print(f"wrote {args.out / 'manifest.json'}")
+    return 0
+
+
+def component_name(name: str, precision: str) -> str:
+    """Manifest key of a component at a precision: ``fusion`` (fp32) or ``fusion.fp16``."""
+    return name if precision == "fp32" else f"{name}.{precision}"
+
+
+def graph_io(cfg, name: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The fixed inputs and outputs of component ``name`` for config ``cfg`` (a GammaConfig)."""
+    frames, tokens = cfg.audio.window_frames, cfg.encoder_tokens_per_window
+    d = cfg.temporal.d_model
+
+    def spec(n, *dims):
+        return TensorSpec(n, [BATCH, *dims], "float32")
+
+    table = {
+        "temporal_encoder": ([spec("mel", cfg.temporal.num_mel_bins, frames)], [spec("hidden", tokens, d)]),
+        "global_encoder": ([spec("mel", cfg.global_.num_mel_bins, frames)], [spec("hidden", tokens, d)]),
+        "fusion": ([spec("temporal", tokens, d), spec("global", tokens, d)], [spec("fused", tokens, d)]),
+        "projector": ([spec("fused", tokens, d)], [spec("embeddings", cfg.tokens_per_window, cfg.llm.hidden_size)]),
+    }
+    return table[name]
+
+
+def export_onnx(
+    checkpoint_dir: str | Path,
+    bundle_dir: str | Path,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    progress=None,
+) -> Manifest:
+    """Export the four audio-side graphs of ``checkpoint_dir`` into ``bundle_dir``; returns the manifest.
+
+    An existing bundle is merged into if it was made from the same checkpoint, refused otherwise.
+    """
+    from .bundle import open_bundle
+    from .checkpoint import Checkpoint
+
+    if precision not in PRECISIONS:
+        raise GammaError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if opset not in OPSETS:
+        raise GammaError(f"opset {opset}: choose {OPSETS.start}-{OPSETS.stop - 1} (LayerNormalization needs 17)")
+    bundle = Path(bundle_dir)
+    ckpt = Checkpoint(checkpoint_dir)
+    ckpt.verify()
+    manifest = open_bundle(ckpt, bundle)
+    steps = progress(list(AUDIO_COMPONENTS), description=f"onnx {precision}") if progress else AUDIO_COMPONENTS
+    for name in steps:
+        key = component_name(name, precision)
+        component = _export_component(ckpt, name, bundle / f"{key}.onnx", precision, opset)
+        manifest.add_file(bundle, key, component)
+        manifest.write(bundle)  # after each graph, so an interrupted export leaves a truthful manifest
+    return manifest
+
+
+def _export_component(ckpt, name: str, out: Path, precision: str, opset: int) -> Component:
+    """Trace one component to a temporary fp32 graph, optimize and convert it into ``out``, check it."""
+    from .onnx_optimize import check_graph, optimize_graph
+
+    cfg = ckpt.config
+    inputs, outputs = graph_io(cfg, name)
+    # Large graphs are written as one file per tensor by the tracer; keep them out of the bundle.
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        _trace(ckpt, name, inputs, outputs, raw, opset)
+        gc.collect()  # the component's weights are gone before the optimizer loads the graph
+        n_heads = cfg.fusion.n_heads if name == "fusion" else cfg.temporal.encoder_attention_heads
+        external, fusions = optimize_graph(raw, out, n_heads, cfg.temporal.d_model, precision)
+    check_graph(out)
+    return Component(
+        kind="onnx",
+        file=out.name,
+        sha256="",
+        bytes=0,
+        precision=precision,
+        inputs=inputs,
+        outputs=outputs,
+        opset=opset,
+        external_data=external,
+        extra={"ort_optimized": True, "fusions": fusions, "exporter": "torch.onnx (TorchScript)"},
+    )
+
+
+def _trace(ckpt, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], raw: Path, opset: int) -> None:
+    """Run ``torch.onnx.export`` on the component with float32 weights and one example window."""
+    import warnings
+
+    import torch
+
+    module = _with_tensor_output(ckpt.component(name, dtype=torch.float32), name)
+    gen = torch.Generator().manual_seed(0)
+    example = tuple(torch.randn(1, *spec.shape[1:], generator=gen) for spec in inputs)
+    axes = {spec.name: {0: BATCH} for spec in [*inputs, *outputs]}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated and that WhisperEncoder's frame-count check
+        # is traced as a constant; both are expected (the graph takes exactly 3000 frames by design).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            str(raw),
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+    del module
+
+
+def _with_tensor_output(inner, name: str):
+    """``inner`` returning a plain tensor: WhisperEncoder returns a ModelOutput, which does not trace."""
+    import torch  # here, not at the top: the CLI imports this module to register the subcommand
+
+    class GraphModule(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *xs):
+            y = self.inner(*xs)
+            return y.last_hidden_state if name.endswith("_encoder") else y
+
+    return GraphModule()
