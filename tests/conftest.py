@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny checkpoints and bundles, built once per test session in a temporary folder."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny-preset GaMMA checkpoint folder (random weights, seed 0) with its built-in tokenizer."""
+    from gamma_rt.export.checkpoint import write_random_checkpoint
+    from gamma_rt.export.config import GammaConfig
+    from gamma_rt.export.tokenizer import write_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_checkpoint")
+    cfg = GammaConfig.tiny()
+    write_random_checkpoint(cfg, folder, seed=0)
+    write_tokenizer(folder, cfg)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_gguf(tiny_checkpoint, tmp_path_factory):
+    """A bundle holding the tiny checkpoint's decoder as F32 and F16 GGUFs (components decoder, decoder.f16)."""
+    from gamma_rt.export.gguf_export import export_gguf
+
+    bundle = tmp_path_factory.mktemp("tiny_bundle_gguf")
+    export_gguf(tiny_checkpoint, bundle, "f32", progress=lambda items, **_: items)
+    export_gguf(tiny_checkpoint, bundle, "f16", progress=lambda items, **_: items)
+    return bundle
