@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny checkpoints and bundles, built once per test session in a temporary folder."""
+"""Shared session fixtures: tiny models built once, in-process, with no download."""
 
 from __future__ import annotations
 
@@ -7,24 +7,19 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A tiny-preset GaMMA checkpoint folder (random weights, seed 0) with its built-in tokenizer."""
-    from gamma_rt.export.checkpoint import write_random_checkpoint
-    from gamma_rt.export.config import GammaConfig
-    from gamma_rt.export.tokenizer import write_tokenizer
+    """A `tiny` checkpoint folder (config.json, safetensors, tokenizer) written by `gamma-rt init`."""
+    from gamma_rt.cli import main
 
-    folder = tmp_path_factory.mktemp("tiny_checkpoint")
-    cfg = GammaConfig.tiny()
-    write_random_checkpoint(cfg, folder, seed=0)
-    write_tokenizer(folder, cfg)
+    folder = tmp_path_factory.mktemp("tiny") / "checkpoint"
+    assert main(["init", "--preset", "tiny", "--out", str(folder), "--seed", "0"]) == 0
     return folder
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle_gguf(tiny_checkpoint, tmp_path_factory):
-    """A bundle holding the tiny checkpoint's decoder as F32 and F16 GGUFs (components decoder, decoder.f16)."""
-    from gamma_rt.export.gguf_export import export_gguf
+def tiny_bundle_onnx(tiny_checkpoint, tmp_path_factory):
+    """A bundle holding the fp32 ONNX audio graphs of `tiny_checkpoint`. Copy it before changing it."""
+    from gamma_rt.export.onnx_export import export_onnx
 
-    bundle = tmp_path_factory.mktemp("tiny_bundle_gguf")
-    export_gguf(tiny_checkpoint, bundle, "f32", progress=lambda items, **_: items)
-    export_gguf(tiny_checkpoint, bundle, "f16", progress=lambda items, **_: items)
+    bundle = tmp_path_factory.mktemp("tiny-onnx") / "bundle"
+    export_onnx(tiny_checkpoint, bundle, precision="fp32")
     return bundle
