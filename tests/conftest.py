@@ -1,4 +1,4 @@
-"""Shared session fixtures: tiny models built once, in-process, with no download."""
+"""Shared fixtures: tiny checkpoints and bundles, built once per test session in a temporary folder."""
 
 from __future__ import annotations
 
@@ -7,19 +7,34 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A `tiny` checkpoint folder (config.json, safetensors, tokenizer) written by `gamma-rt init`."""
-    from gamma_rt.cli import main
+    """A tiny-preset GaMMA checkpoint folder (random weights, seed 0) with its built-in tokenizer."""
+    from gamma_rt.export.checkpoint import write_random_checkpoint
+    from gamma_rt.export.config import GammaConfig
+    from gamma_rt.export.tokenizer import write_tokenizer
 
-    folder = tmp_path_factory.mktemp("tiny") / "checkpoint"
-    assert main(["init", "--preset", "tiny", "--out", str(folder), "--seed", "0"]) == 0
+    folder = tmp_path_factory.mktemp("tiny_checkpoint")
+    cfg = GammaConfig.tiny()
+    write_random_checkpoint(cfg, folder, seed=0)
+    write_tokenizer(folder, cfg)
     return folder
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle_gguf(tiny_checkpoint, tmp_path_factory):
+    """A bundle holding the tiny checkpoint's decoder as F32 and F16 GGUFs (components decoder, decoder.f16)."""
+    from gamma_rt.export.gguf_export import export_gguf
+
+    bundle = tmp_path_factory.mktemp("tiny_bundle_gguf")
+    export_gguf(tiny_checkpoint, bundle, "f32", progress=lambda items, **_: items)
+    export_gguf(tiny_checkpoint, bundle, "f16", progress=lambda items, **_: items)
+    return bundle
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle_onnx(tiny_checkpoint, tmp_path_factory):
-    """A bundle holding the fp32 ONNX audio graphs of `tiny_checkpoint`. Copy it before changing it."""
+    """A bundle holding the tiny checkpoint's fp32 ONNX audio graphs. Copy it before changing it."""
     from gamma_rt.export.onnx_export import export_onnx
 
-    bundle = tmp_path_factory.mktemp("tiny-onnx") / "bundle"
+    bundle = tmp_path_factory.mktemp("tiny_bundle_onnx")
     export_onnx(tiny_checkpoint, bundle, precision="fp32")
     return bundle
