@@ -40,7 +40,9 @@ def _quiet_log(level, text, user_data):  # llama.cpp logs every load at INFO; a 
 class RawLlamaLoop:
     """A llama.cpp model + context opened through the C API; call :meth:`prefill` then :meth:`step`."""
 
-    def __init__(self, gguf: str | Path, n_ctx: int, threads: int, n_gpu_layers: int = 0):
+    def __init__(self, gguf: str | Path, n_ctx: int, threads: int, n_gpu_layers: int = 0, f32_cache: bool = False):
+        """``f32_cache``: an f32 KV cache without flash attention, as the runtime picks for an all-F32 GGUF,
+        so both read and write the same bytes per token; otherwise llama.cpp's defaults (f16 cache)."""
         import llama_cpp as L
 
         self.L = L
@@ -55,6 +57,9 @@ class RawLlamaLoop:
         cp.n_ctx = n_ctx
         cp.n_batch = n_ctx
         cp.n_threads = cp.n_threads_batch = threads
+        if f32_cache:
+            cp.type_k = cp.type_v = 0  # GGML_TYPE_F32
+            cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.n_embd = L.llama_model_n_embd(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
@@ -109,9 +114,10 @@ class RawLlamaLoop:
 
 
 def raw_llama_loop(gguf: str | Path, embeddings: np.ndarray, n_decode: int, threads: int, repeat: int,
-                   warmup: int, n_gpu_layers: int = 0) -> dict[str, Stats]:
+                   warmup: int, n_gpu_layers: int = 0, f32_cache: bool = False) -> dict[str, Stats]:
     """``prefill_ms`` (one window of embeddings) and ``decode_ms_per_token`` (median over all steps of all repeats)."""
-    loop = RawLlamaLoop(gguf, n_ctx=len(embeddings) + n_decode + 8, threads=threads, n_gpu_layers=n_gpu_layers)
+    loop = RawLlamaLoop(gguf, n_ctx=len(embeddings) + n_decode + 8, threads=threads, n_gpu_layers=n_gpu_layers,
+                        f32_cache=f32_cache)
     try:
         prefill = measure(lambda: loop.prefill(embeddings), repeat, warmup)
         steps = []
@@ -126,6 +132,38 @@ def raw_llama_loop(gguf: str | Path, embeddings: np.ndarray, n_decode: int, thre
 def _advance(loop: RawLlamaLoop, token: int) -> None:
     # feeding the same token each step costs exactly what feeding the argmax does; the argmax is still taken
     loop.step(token)
+
+
+def runtime_decoder(gguf: str | Path, embeddings: np.ndarray, n_decode: int, threads: int, repeat: int,
+                    warmup: int, n_gpu_layers: int = 0) -> dict[str, Stats]:
+    """The runtime's DecoderSession on the same GGUF and embeddings: ``eval_embeddings`` then greedy
+    ``generate``. ms/token is generate's time over the tokens it evaluated (it may stop early at an
+    end token; ``tokens_decoded`` says how many)."""
+    import time
+
+    from gamma_rt.runtime.decoder import DecoderSession, Sampling
+
+    prefill, per_token, counts = [], [], []
+    with DecoderSession(gguf, n_ctx=len(embeddings) + n_decode + 8, n_threads=threads, n_gpu_layers=n_gpu_layers,
+                        n_seq_max=1, n_batch=len(embeddings)) as session:
+        for i in range(warmup + repeat):
+            session.clear()
+            t0 = time.perf_counter()
+            session.eval_embeddings(embeddings)
+            t1 = time.perf_counter()
+            before = session.n_past()
+            for _ in session.generate(Sampling(), max_tokens=n_decode):
+                pass
+            t2 = time.perf_counter()
+            n = session.n_past() - before
+            if i >= warmup and n > 0:
+                prefill.append((t1 - t0) * 1e3)
+                per_token.append((t2 - t1) * 1e3 / n)
+                counts.append(n)
+    if not per_token:
+        raise RuntimeError(f"{gguf}: greedy decoding ended at once every time; no decode rate to measure")
+    return {"prefill_ms": summarize(prefill), "decode_ms_per_token": summarize(per_token),
+            "tokens_decoded": summarize(counts)}
 
 
 def transformers_generate(checkpoint: str | Path, embeddings: np.ndarray, n_decode: int, threads: int,
