@@ -42,6 +42,14 @@ def context_size_for(audio_seconds: float, tokens_per_second: float, prompt_toke
     return max(256, -(-needed // 256) * 256)
 
 
+def quiet_llama_logs() -> None:
+    """Keep llama.cpp's log to errors. llama-cpp-python prints every line (model dumps, graph stats) unless
+    its logger says otherwise; an application that configured that logger itself is left alone."""
+    log = logging.getLogger("llama-cpp-python")
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.ERROR)
+
+
 class DecoderSession:
     """A loaded GGUF plus one llama.cpp context. Use as a context manager; :meth:`close` frees both."""
 
@@ -67,11 +75,7 @@ class DecoderSession:
         if kv_type not in _KV_TYPES:
             raise ValueError(f"kv_type {kv_type!r}: choose one of {', '.join(_KV_TYPES)}")
         if not _backend_ready:
-            # llama-cpp-python prints every llama.cpp log line unless its logger says otherwise; keep errors only,
-            # unless the application configured that logger itself.
-            log = logging.getLogger("llama-cpp-python")
-            if log.level == logging.NOTSET:
-                log.setLevel(logging.ERROR)
+            quiet_llama_logs()
             llama_cpp.llama_backend_init()
             _backend_ready = True
 
