@@ -1,9 +1,76 @@
-"""Subcommands of the bench stage."""
+"""``gamma-rt bench``: measure a bundle against the PyTorch way; ``gamma-rt bench report``: tables and plots."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+DEFAULT_RESULTS = Path("bench") / "results"
+
+DESCRIPTION = """\
+Measure a bundle: per-stage cost of one 30 s window (front end, each expert, fusion, projector, decoder
+prefill, decode ms/token), end to end real-time factor and time to first token after the end of the
+audio for 30 s, 4 min and 10 min of synthesized music, songs/hour for a tagging workload (5 questions
+per song) with and without prefix reuse, and peak memory. Each figure is the median and p90 of
+--repeat timed runs after --warmup untimed ones.
+
+With --baseline CKPT (the checkpoint the bundle was exported from) the same run also measures the
+PyTorch way on the same input and threads: the audio side in eager mode and the decoder through
+transformers' generate. Targets are judged as ratios within the run and printed PASS/MISS.
+
+The result is a JSON file in --out (machine, versions, inputs and every figure) with two PNG plots
+beside it. `gamma-rt bench report` rebuilds the markdown table of all results from those files.
+
+Example:
+  gamma-rt init --preset small --out ckpt && gamma-rt export onnx ckpt --out b && gamma-rt export gguf ckpt --out b
+  gamma-rt bench b --baseline ckpt --repeat 3 --threads 2
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("bench", help="measure a bundle's latency and throughput against PyTorch",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder to measure, or 'report' to rebuild the results table")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--audio", type=Path, help="audio file for the per-stage figures (default: synthesized music)")
+    src.add_argument("--seconds", type=float, help="one end-to-end length in seconds instead of 30 s, 4 min, 10 min")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per figure (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for every engine, same for all (default 2)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode measurement (default 32)")
+    p.add_argument("--baseline", type=Path, metavar="CKPT", help="checkpoint folder: also measure the PyTorch way")
+    p.add_argument("--skip", action="append", default=[], choices=["end_to_end", "throughput", "baselines"],
+                   help="leave a part out (repeatable); it is listed as skipped in the JSON")
+    p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from gamma_rt.errors import GammaError
+
+    from . import report
+
+    if args.bundle == "report":
+        readme = report.write_readme(args.out)
+        print(f"wrote {readme}")
+        return 0
+    from .run import BenchOptions, run_bench, write_result
+
+    for name in ("repeat", "threads", "decode_tokens"):
+        if getattr(args, name) < 1:
+            raise GammaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise GammaError(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.seconds is not None and args.seconds <= 0:
+        raise GammaError(f"--seconds must be positive, got {args.seconds}")
+    if args.audio is not None and not args.audio.is_file():
+        raise GammaError(f"{args.audio}: audio file not found (--audio)")
+    opts = BenchOptions(bundle=Path(args.bundle), baseline=args.baseline, audio=args.audio, seconds=args.seconds,
+                        repeat=args.repeat, warmup=args.warmup, threads=args.threads, n_decode=args.decode_tokens,
+                        skip=args.skip)
+    result = run_bench(opts)
+    path = write_result(result, args.out)
+    plots = report.plot_result(path)
+    print(report.summary(result))
+    print(f"wrote {path}" + "".join(f", {p.name}" for p in plots))
+    return 0

@@ -77,7 +77,18 @@ def describe(threads: int) -> dict:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, MiB (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set size so far, MiB.
+
+    Linux's VmHWM first: ru_maxrss survives exec, so a child started from a big parent would report the
+    parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
 

@@ -1,0 +1,264 @@
+"""One benchmark run: every measurement of issue 5 on one bundle, written as one result JSON.
+
+Order matters on a shared machine: the runtime's own figures are taken in this process, which never
+imports torch; the PyTorch baselines run after, in a child process (bench/baselines.py), on the same
+window, embeddings and thread count. Parts the bundle or tree cannot measure are listed under
+``skipped`` with the reason, never silently left out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gamma_rt.errors import BundleError, GammaError
+from gamma_rt.manifest import Manifest
+from gamma_rt.progress import track
+
+from . import audio_side, decoder_side, machine
+from .targets import evaluate
+
+RESULT_FORMAT = "gamma-rt/bench"
+RESULT_VERSION = 1
+LENGTHS_S = (30.0, 240.0, 600.0)  # end-to-end inputs: one window, a 4-min song, a 10-min piece
+
+
+@dataclass
+class BenchOptions:
+    bundle: Path
+    baseline: Path | None = None  # the checkpoint the bundle was exported from: the PyTorch way
+    audio: Path | None = None  # a user's file for the per-stage figures; synthesized music otherwise
+    seconds: float | None = None  # one length instead of LENGTHS_S
+    repeat: int = 3
+    warmup: int = 1
+    threads: int = 2
+    n_decode: int = 32  # tokens per decode measurement
+    questions: int = 5  # per song, for the throughput workload
+    skip: list[str] = field(default_factory=list)  # parts not to run: end_to_end, throughput, baselines
+
+    def lengths(self) -> tuple[float, ...]:
+        return (self.seconds,) if self.seconds else LENGTHS_S
+
+
+def run_bench(opts: BenchOptions) -> dict:
+    """Measure, and return the result as a JSON-ready dict (see ``docs`` in bench/report.py for fields)."""
+    manifest = Manifest.load(opts.bundle)
+    audio_cfg = manifest.audio
+    result: dict = {
+        "format": RESULT_FORMAT,
+        "format_version": RESULT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine.describe(opts.threads),
+        "inputs": _inputs(opts, manifest),
+        "stages": {},
+        "audio_side": {},
+        "decoder": {},
+        "end_to_end": {},
+        "throughput": {},
+        "skipped": {},
+    }
+    skipped = result["skipped"]
+    with tempfile.TemporaryDirectory(prefix="gamma-bench-") as scratch:
+        scratch = Path(scratch)
+        steps = ["audio side", "decoder", "end to end", "throughput", "PyTorch baselines"]
+        for step in track(steps, description="benchmarking"):
+            if step == "audio side":
+                mel = _audio_side(opts, manifest, audio_cfg, result)
+            elif step == "decoder":
+                embeddings = _decoder(opts, manifest, result)
+            elif step == "end to end":
+                _end_to_end(opts, scratch, result)
+            elif step == "throughput":
+                _throughput(opts, scratch, result)
+            elif step == "PyTorch baselines":
+                _baselines(opts, scratch, mel, embeddings, result)
+    result["memory"] = {"runtime_peak_rss_mib": machine.peak_rss_mib(), "peak_device_mib": machine.peak_device_mib(),
+                        **result.pop("_baseline_memory", {})}
+    result.pop("_audio_files", None)
+    result["machine"]["load_average_end"] = machine.load_average()
+    result["ratios"] = ratios(result)
+    result["targets"] = [v.to_dict() for v in evaluate(result["ratios"])]
+    if not skipped:
+        del result["skipped"]
+    return result
+
+
+def write_result(result: dict, out: Path) -> Path:
+    """``out/bench-<preset>-<time>.json``; returns its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = result["created"].replace(":", "").replace("-", "")[:15]
+    path = out / f"bench-{result['inputs']['preset']}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+# --- parts ---------------------------------------------------------------------------------------
+
+
+def _inputs(opts: BenchOptions, manifest: Manifest) -> dict:
+    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    d["bundle"] = Path(opts.bundle).name  # a name, not a machine path
+    d["baseline"] = Path(opts.baseline).name if opts.baseline else None
+    d["audio"] = Path(opts.audio).name if opts.audio else "synthesized music (bench/music.py)"
+    d["lengths_s"] = list(opts.lengths())
+    d["preset"] = manifest.source.get("preset", "unknown")
+    d["tokens_per_window"] = manifest.audio["tokens_per_window"]
+    d["components"] = {name: {"precision": c.precision, "bytes": c.bytes} for name, c in manifest.components.items()}
+    return d
+
+
+def _window_samples(opts: BenchOptions, audio_cfg: dict) -> np.ndarray:
+    """The first full window of the user's file, or of synthesized music."""
+    n = audio_cfg["window_samples"]
+    if opts.audio is None:
+        from .music import music_window
+
+        return music_window(audio_cfg["window_seconds"], audio_cfg["sample_rate"])
+    from gamma_rt.runtime.audio import load_audio
+
+    samples = load_audio(opts.audio, audio_cfg["sample_rate"])[:n]
+    return np.pad(samples, (0, n - len(samples))).astype(np.float32)
+
+
+def _audio_side(opts: BenchOptions, manifest: Manifest, audio_cfg: dict, result: dict) -> np.ndarray:
+    front, mel = audio_side.time_front_end(_window_samples(opts, audio_cfg), audio_cfg["n_mels"], opts.repeat,
+                                           opts.warmup)
+    result["stages"]["front_end"] = front.to_dict()
+    variants = audio_side.onnx_variants(manifest)
+    if not variants:
+        raise BundleError(f"{opts.bundle}: no complete set of ONNX audio graphs; run `gamma-rt export onnx` first")
+    for precision, stages in variants.items():
+        timings = audio_side.time_onnx(opts.bundle, stages, mel, opts.threads, opts.repeat, opts.warmup)
+        result["audio_side"][f"onnxruntime-{precision}"] = {k: v.to_dict() for k, v in timings.items()}
+    default = "fp32" if "fp32" in variants else next(iter(variants))
+    result["stages"].update(result["audio_side"][f"onnxruntime-{default}"])
+    return mel
+
+
+def _decoder(opts: BenchOptions, manifest: Manifest, result: dict) -> np.ndarray:
+    variants = decoder_side.gguf_variants(manifest)
+    if not variants:
+        raise BundleError(f"{opts.bundle}: no GGUF decoder in the manifest; run `gamma-rt export gguf` first")
+    embeddings = decoder_side.audio_embeddings(manifest.audio["tokens_per_window"], manifest.llm["n_embd"])
+    args = (embeddings, opts.n_decode, opts.threads, opts.repeat, opts.warmup)
+    for gguf_type, name in variants.items():
+        path = Path(opts.bundle) / manifest.component(name).file
+        raw = decoder_side.raw_llama_loop(path, *args, f32_cache=gguf_type == "f32")
+        result["decoder"][f"llama.cpp-raw-{gguf_type}"] = {k: v.to_dict() for k, v in raw.items()}
+        bench = decoder_side.llama_bench_figures(path, len(embeddings), opts.n_decode, opts.threads, opts.repeat)
+        if "absent" in bench:
+            result["skipped"]["llama-bench"] = bench["absent"]
+        else:
+            result["decoder"][f"llama-bench-{gguf_type}"] = bench
+    runtime_type = "f32" if "f32" in variants else next(iter(variants))
+    path = Path(opts.bundle) / manifest.component(variants[runtime_type]).file
+    rt = decoder_side.runtime_decoder(path, *args)
+    result["decoder"][f"runtime-{runtime_type}"] = {k: v.to_dict() for k, v in rt.items()}
+    result["stages"]["prefill_per_window"] = rt["prefill_ms"].to_dict()
+    result["stages"]["decode_ms_per_token"] = rt["decode_ms_per_token"].to_dict()
+    return embeddings
+
+
+def _end_to_end(opts: BenchOptions, scratch: Path, result: dict) -> None:
+    if "end_to_end" in opts.skip:
+        result["skipped"]["end_to_end"] = "skipped on request (--skip end_to_end)"
+        return
+    from . import end_to_end
+
+    try:
+        end_to_end.measure_lengths(opts, scratch, result)
+    except end_to_end.PipelineAbsent as e:
+        result["skipped"]["end_to_end"] = str(e)
+
+
+def _throughput(opts: BenchOptions, scratch: Path, result: dict) -> None:
+    if "throughput" in opts.skip:
+        result["skipped"]["throughput"] = "skipped on request (--skip throughput)"
+        return
+    from . import end_to_end
+
+    try:
+        result["throughput"] = end_to_end.tagging_throughput(opts, scratch)
+    except end_to_end.PipelineAbsent as e:
+        result["skipped"]["throughput"] = str(e)
+
+
+def _baselines(opts: BenchOptions, scratch: Path, mel: np.ndarray, embeddings: np.ndarray, result: dict) -> None:
+    if opts.baseline is None or "baselines" in opts.skip:
+        result["skipped"]["baselines"] = "no --baseline CKPT given" if opts.baseline is None else "skipped on request"
+        return
+    np.save(scratch / "mel.npy", mel)
+    np.save(scratch / "embeddings.npy", embeddings)
+    request = {"checkpoint": str(Path(opts.baseline).resolve()), "mel": str(scratch / "mel.npy"),
+               "embeddings": str(scratch / "embeddings.npy"), "threads": opts.threads, "repeat": opts.repeat,
+               "warmup": opts.warmup, "n_decode": opts.n_decode, "audio_files": result.get("_audio_files", {}),
+               "questions": opts.questions}
+    from .baselines import run_baselines
+
+    answer = run_baselines(request)
+    result["audio_side"]["pytorch-eager"] = answer["audio_side"]
+    result["decoder"]["transformers"] = answer["decoder"]
+    ref = answer["reference_pipeline"]
+    if "absent" in ref:
+        result["skipped"]["reference_pipeline"] = ref["absent"]
+    else:
+        result["end_to_end"]["pytorch-reference"] = ref
+    result["_baseline_memory"] = {"pytorch_peak_rss_mib": answer["memory"]["peak_rss_mib"],
+                                  "pytorch_peak_device_mib": answer["memory"]["peak_device_mib"]}
+
+
+# --- ratios --------------------------------------------------------------------------------------
+
+
+def _median(block: dict | None, key: str) -> float | None:
+    if not block or key not in block:
+        return None
+    v = block[key]
+    return v["median"] if isinstance(v, dict) else v
+
+
+def audio_side_ms(block: dict | None) -> float | None:
+    """Sum of the four audio stages' medians for one way of running them, ms per window."""
+    if not block:
+        return None
+    parts = [_median(block, s) for s in ("temporal_encoder", "global_encoder", "fusion", "projector")]
+    return None if None in parts else sum(parts)
+
+
+def ratios(result: dict) -> dict[str, float | None]:
+    """The figures the targets judge, each a ratio of two measurements of this run (None: not measured)."""
+    audio, dec, e2e, tp = result["audio_side"], result["decoder"], result["end_to_end"], result.get("throughput", {})
+
+    def div(a, b):
+        return a / b if a is not None and b else None
+
+    r: dict[str, float | None] = {}
+    r["audio_eager_over_ort"] = div(audio_side_ms(audio.get("pytorch-eager")), audio_side_ms(audio.get("onnxruntime-fp32")))
+    r["audio_eager_over_ort_fp16"] = div(audio_side_ms(audio.get("pytorch-eager")),
+                                         audio_side_ms(audio.get("onnxruntime-fp16")))
+    hf = _median(dec.get("transformers"), "decode_ms_per_token")
+    # the target compares llama.cpp F16 (its unquantized deployment type) with transformers; every type is listed
+    for key, block in dec.items():
+        if key.startswith("llama.cpp-raw-"):
+            r[f"decode_{key.removeprefix('llama.cpp-raw-')}_over_transformers"] = div(
+                hf, _median(block, "decode_ms_per_token"))
+    preferred = next((t for t in ("f16", "f32") if f"llama.cpp-raw-{t}" in dec), None)
+    r["decode_llamacpp_over_transformers"] = r.get(f"decode_{preferred}_over_transformers") if preferred else None
+    runtime_key = next((k for k in dec if k.startswith("runtime-")), None)
+    if runtime_key:
+        raw = dec.get("llama.cpp-raw-" + runtime_key.removeprefix("runtime-"))
+        r["decode_runtime_over_raw"] = div(_median(raw, "decode_ms_per_token"),
+                                           _median(dec[runtime_key], "decode_ms_per_token"))
+    # the Pipeline's own end-to-end figures where it exists, else the runtime's parts streamed by bench
+    runtime_e2e = e2e.get("runtime") or e2e.get("runtime-parts") or {}
+    first, last = runtime_e2e.get("30s"), runtime_e2e.get("600s")
+    r["orchestration_overhead"] = max((v.get("overhead") for v in runtime_e2e.values() if v.get("overhead") is not None),
+                                      default=None)
+    r["ttft_10min_over_30s"] = div(_median(last, "ttft_ms"), _median(first, "ttft_ms"))
+    r["throughput_prefix_reuse"] = tp.get("speedup")
+    return r
