@@ -63,8 +63,11 @@ class DecoderSession:
         n_batch: int = 512,
         kv_type: str | None = None,
     ):
-        """``kv_type`` "f32" or "f16" is the KV cache's type; by default f32 for an all-F32 GGUF (exact
-        parity with the reference: f32 cache, no flash attention), else f16 (half the memory)."""
+        """``n_ctx`` is the KV cache size in tokens, shared by all ``n_seq_max`` sequences (see
+        :func:`context_size_for`). ``n_gpu_layers`` layers go to the GPU when llama.cpp was built with CUDA
+        (``llama_supports_gpu_offload``); on a CPU-only build the request is ignored. ``kv_type`` "f32" or
+        "f16" is the KV cache's type; by default f32 for an all-F32 GGUF (exact parity with the reference:
+        f32 cache, no flash attention), else f16 (half the memory)."""
         global _backend_ready
         self.path = Path(gguf_path)
         self._model = self._ctx = None

@@ -221,3 +221,15 @@ def test_tensor_outside_the_qwen3_name_table_is_refused(tiny_checkpoint, tmp_pat
     save_file({"llm.model.vision_tower.weight": torch.zeros(4, 4)}, str(folder / "extra.safetensors"))
     with pytest.raises(CheckpointError, match=r"llm\.model\.vision_tower\.weight has no name in gguf's qwen3 table"):
         export_gguf(folder, tmp_path / "bundle", **QUIET)
+
+
+def test_tokenizer_that_cannot_fit_vocab_size_is_refused(tmp_path):
+    import dataclasses
+
+    from gamma_rt.export.config import GammaConfig
+    from gamma_rt.export.tokenizer import write_tokenizer
+
+    cfg = GammaConfig.tiny()
+    cfg.llm = dataclasses.replace(cfg.llm, vocab_size=200)  # fewer ids than the 256 byte tokens alone
+    with pytest.raises(CheckpointError, match=r"token id \d+ does not fit field llm.vocab_size 200"):
+        write_tokenizer(tmp_path, cfg)
