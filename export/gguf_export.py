@@ -54,11 +54,12 @@ class DecoderSource:
     prefix: str  # "llm." in a GaMMA checkpoint, "" in a Qwen3 folder
     tokenizer_folder: Path
     where: dict[str, Path]  # HF key (prefix stripped) -> safetensors file
+    files: list[Path]  # every weight file, the audio side's included
 
     def hash(self) -> str:
-        """sha256 over config.json and the weight files; open_bundle records it as the bundle's source."""
+        """sha256 over config.json and all weight files, as Checkpoint.hash: the bundle's source id."""
         h = hashlib.sha256()
-        for f in [self.folder / "config.json", *sorted(set(self.where.values()))]:
+        for f in [self.folder / "config.json", *sorted(self.files)]:
             h.update(f.name.encode())
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 24), b""):
@@ -113,7 +114,7 @@ def open_source(folder: str | Path, scratch: Path) -> DecoderSource:
         where.pop("lm_head.weight", None)
     if "model.embed_tokens.weight" not in where:
         raise CheckpointError(f"{folder}: no {prefix}model.embed_tokens.weight; not a Qwen3 decoder checkpoint")
-    return DecoderSource(folder, cfg, prefix, tokenizer_folder, where)
+    return DecoderSource(folder, cfg, prefix, tokenizer_folder, where, files)
 
 
 def write_gguf(source: DecoderSource, out: str | Path, gguf_type: str = "f32", progress=track) -> Path:

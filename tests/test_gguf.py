@@ -233,3 +233,15 @@ def test_tokenizer_that_cannot_fit_vocab_size_is_refused(tmp_path):
     cfg.llm = dataclasses.replace(cfg.llm, vocab_size=200)  # fewer ids than the 256 byte tokens alone
     with pytest.raises(CheckpointError, match=r"token id \d+ does not fit field llm.vocab_size 200"):
         write_tokenizer(tmp_path, cfg)
+
+
+def test_source_id_equals_the_checkpoint_hash_so_onnx_and_gguf_share_a_bundle(tiny_checkpoint, tmp_path):
+    from safetensors.torch import save_file
+
+    from gamma_rt.export.gguf_export import open_source
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    # a second shard holding only audio-side weights still identifies the checkpoint
+    save_file({"fusion.extra_scale": torch.ones(3)}, str(folder / "model-extra.safetensors"))
+    assert open_source(folder, tmp_path).hash() == Checkpoint(folder).hash()
