@@ -101,18 +101,14 @@ class StreamedAsk:
         s.eval_tokens(self.tail_tokens)
         parts["question"] += _ms(t)
         t = time.perf_counter()
-        tokens = 0
-        first_token_at = None
-        for _ in s.generate(Sampling(), max_tokens=self.n_decode):
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            tokens += 1
+        # the first answer text reaches the caller (or the answer ends, if its first token is an end token)
+        answer = s.generate(Sampling(), max_tokens=self.n_decode)
+        pieces = sum(1 for _ in _first_stamped(answer, clock))
         parts["decode"] += _ms(t)
         total = _ms(t_start)
         stage_sum = sum(parts.values())
         return {"total_ms": total, "parts_ms": parts, "stage_sum_ms": stage_sum, "windows": n_windows,
-                "ttft_ms": None if first_token_at is None else (first_token_at - t_audio_end) * 1e3,
-                "answer_pieces": tokens}
+                "ttft_ms": (clock["first_output"] - t_audio_end) * 1e3, "answer_pieces": pieces}
 
     def _encode(self, mel: np.ndarray, parts: dict) -> np.ndarray:
         out = {}
@@ -131,6 +127,14 @@ class StreamedAsk:
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
+
+
+def _first_stamped(pieces, clock: dict):
+    """Yield ``pieces``, stamping ``clock["first_output"]`` at the first one or at the end if there is none."""
+    for piece in pieces:
+        clock.setdefault("first_output", time.perf_counter())
+        yield piece
+    clock.setdefault("first_output", time.perf_counter())
 
 
 def _timed(blocks, parts: dict, clock: dict):
