@@ -250,6 +250,7 @@ class DecoderSession:
         Ends at an end-of-generation token, at a stop string (never emitted) or after ``max_tokens``.
         Each accepted token is evaluated, so the cache holds the answer for a follow-up turn.
         """
+        self.logits()  # raises if nothing was evaluated: llama.cpp would sample from a null pointer
         chain = sampler_chain(sampling, self._vocab)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopFilter(stop)

@@ -195,3 +195,9 @@ def test_runtime_decoder_imports_neither_torch_nor_transformers():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_generating_before_any_prompt_is_an_error_not_a_crash(f32):
+    with DecoderSession(f32, n_ctx=256) as s:
+        with pytest.raises(RuntimeError, match="nothing evaluated"):
+            next(s.generate(Sampling(), max_tokens=4))
