@@ -1,0 +1,141 @@
+"""A Qwen3-shaped GGUF with random weights, for decode-speed measurements without any downloaded model.
+
+llama.cpp's decode speed depends on the tensor shapes and types, not on the values, so a random model of
+the Qwen3-8B shape reads exactly the bytes per token the real one would. Written with the ``gguf``
+package directly (no torch), so it also runs on a GPU box that has only numpy.
+
+    python -m gamma_rt.bench.random_gguf OUT.gguf --preset full     # 16.4 GB F16, Qwen3-8B shape
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Random values are drawn once and tiled: 8 G random draws would take minutes and change nothing.
+_POOL_SIZE = 1 << 24
+
+
+@dataclass(frozen=True)
+class Qwen3Shape:
+    """The hyperparameters that fix a Qwen3 decoder's tensor shapes (names as in transformers' Qwen3Config)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rope_theta: float = 1000000.0
+    rms_norm_eps: float = 1e-6
+    context_length: int = 40960
+
+    @classmethod
+    def preset(cls, name: str) -> "Qwen3Shape":
+        """The LLM of a gamma-rt preset; numbers mirror export/config.py's LLMConfig presets."""
+        shapes = {
+            "tiny": cls(1024, 64, 128, 2, 4, 2, 16),
+            "small": cls(151936, 1024, 3072, 28, 16, 8, 128),
+            "full": cls(151936, 4096, 12288, 36, 32, 8, 128),
+        }
+        return shapes[name]
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """GGUF tensor name -> numpy shape (rows = output features, as in the HF weight)."""
+        d, q, kv, ff = (
+            self.hidden_size,
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+            self.intermediate_size,
+        )
+        shapes = {"token_embd.weight": (self.vocab_size, d), "output_norm.weight": (d,), "output.weight": (self.vocab_size, d)}
+        for i in range(self.num_hidden_layers):
+            b = f"blk.{i}."
+            shapes.update({
+                b + "attn_norm.weight": (d,),
+                b + "attn_q.weight": (q, d),
+                b + "attn_k.weight": (kv, d),
+                b + "attn_v.weight": (kv, d),
+                b + "attn_output.weight": (d, q),
+                b + "attn_q_norm.weight": (self.head_dim,),
+                b + "attn_k_norm.weight": (self.head_dim,),
+                b + "ffn_norm.weight": (d,),
+                b + "ffn_gate.weight": (ff, d),
+                b + "ffn_up.weight": (ff, d),
+                b + "ffn_down.weight": (d, ff),
+            })
+        return shapes
+
+
+def _vocab(n: int) -> tuple[list[str], list[float], list[int]]:
+    """An SPM-style vocab: <unk>, <s>, </s>, the 256 byte tokens llama.cpp looks up, then filler pieces."""
+    import gguf
+
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
+    tokens += [f"\u2581t{i}" for i in range(n - len(tokens))]
+    types += [gguf.TokenType.NORMAL] * (n - len(types))
+    return tokens[:n], [0.0] * n, [int(t) for t in types[:n]]
+
+
+def write_random_qwen3_gguf(path: str | Path, shape: Qwen3Shape, seed: int = 0) -> Path:
+    """Write an F16 GGUF (norm weights F32, as llama.cpp's converter does) of ``shape`` with N(0, 0.02) weights."""
+    import gguf
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    pool = (rng.standard_normal(_POOL_SIZE, dtype=np.float32) * 0.02).astype(np.float16)
+    writer = gguf.GGUFWriter(str(path), "qwen3")
+    writer.add_name(f"random-qwen3-{shape.hidden_size}x{shape.num_hidden_layers}")
+    writer.add_context_length(shape.context_length)
+    writer.add_embedding_length(shape.hidden_size)
+    writer.add_block_count(shape.num_hidden_layers)
+    writer.add_feed_forward_length(shape.intermediate_size)
+    writer.add_head_count(shape.num_attention_heads)
+    writer.add_head_count_kv(shape.num_key_value_heads)
+    writer.add_key_length(shape.head_dim)
+    writer.add_value_length(shape.head_dim)
+    writer.add_rope_freq_base(shape.rope_theta)
+    writer.add_layer_norm_rms_eps(shape.rms_norm_eps)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    tokens, scores, types = _vocab(shape.vocab_size)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    offset = 0
+    for name, tshape in shape.tensor_shapes().items():
+        if len(tshape) == 1:
+            writer.add_tensor(name, np.ones(tshape, dtype=np.float32))
+            continue
+        n = int(np.prod(tshape))
+        # a different slice of the pool per tensor, so no two matrices are identical
+        data = np.resize(np.roll(pool, offset % _POOL_SIZE), n).reshape(tshape)
+        offset += 7919
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=False)
+    writer.close()
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a random-weight Qwen3-shaped F16 GGUF for llama-bench.")
+    parser.add_argument("out", help="GGUF file to write")
+    parser.add_argument("--preset", choices=["tiny", "small", "full"], default="tiny", help="LLM shape (full = Qwen3-8B)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = write_random_qwen3_gguf(args.out, Qwen3Shape.preset(args.preset), args.seed)
+    print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
