@@ -16,6 +16,9 @@ out="${GAMMA_GPU_OUT:-$repo/bench/results}"
 arch="${CUDA_ARCH:-90}"
 cores="$(nproc)"
 mkdir -p "$work" "$out"
+out="$(cd "$out" && pwd)"
+# Run from the work folder: in the repo root, ./gamma_rt would shadow the shim below.
+cd "$work"
 
 # gamma_rt importable without installing: the stage folders are its subpackages (as pyproject maps them).
 shim="$work/shim/gamma_rt"
