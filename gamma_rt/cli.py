@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "gamma_rt.runtime.commands",
     "gamma_rt.runtime.tag_commands",
     "gamma_rt.bench.commands",
+    "gamma_rt.export.engines",
+    "gamma_rt.bench.plan",
 ]
 
 DESCRIPTION = """\

@@ -1,0 +1,140 @@
+"""``gamma-rt build-engines``: build the TensorRT engines that export/engine_plan.py decides on.
+
+Only this file calls TensorRT's builder (the documented Python API: Builder, OnnxParser, BuilderConfig,
+optimization profiles, a persistent timing cache). tensorrt is imported inside the functions, so the
+command's ``--help`` and the planning tests work on machines without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gamma_rt.errors import BundleError, GammaError
+from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest, sha256_file
+from gamma_rt.progress import track
+
+from .engine_plan import EngineBuild, EnginePlan, plan_engines, record_engines
+
+HELP = """\
+Compile the bundle's ONNX audio graphs (both experts, fusion, projector) into TensorRT engines for the
+GPU in this machine. Engines go to BUNDLE/engines/<gpu>-sm<cc>-trt<version>/ and are recorded in the
+manifest with hashes; the runtime refuses engines built for another GPU or TensorRT version and falls
+back to ONNX Runtime. Unchanged engines are kept; --rebuild forces a fresh build.
+
+Engines are built from plain ONNX graphs (standard operators; the ONNX Runtime-optimized graphs use
+contrib operators TensorRT cannot parse): pass --checkpoint CKPT once to add them to the bundle.
+
+int8 calibrates on log-mel windows of the music in BUNDLE/demo/ plus --calibration-audio DIR,
+and every build prints the embedding cosine against fp32 per component
+(fp8 only applies where the graph carries Q/DQ nodes; otherwise it runs as fp16).
+
+Needs the tensorrt and cuda-python packages and an NVIDIA GPU (on Jetson: JetPack 6, see docs/jetson.md).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-engines", help="compile the audio graphs into TensorRT engines for this GPU",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="bundle folder with fp32 ONNX audio graphs (gamma-rt export onnx)")
+    p.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp8", "int8"],
+                   help="math precision TensorRT may use (default fp16; bf16 needs sm80+, fp8 sm89+)")
+    p.add_argument("--max-batch", type=int, default=4, help="most 30 s windows per call (profile max, default 4)")
+    p.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT tunes for (default 1)")
+    p.add_argument("--workspace", type=float, default=4.0, help="builder scratch memory in GB (default 4)")
+    p.add_argument("--calibration-audio", help="folder of extra music for int8/fp8 calibration")
+    p.add_argument("--checkpoint", help="checkpoint folder: first trace plain ONNX graphs for TensorRT into the "
+                   "bundle (needs torch; do it once, on any machine)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even if an up-to-date engine exists")
+    p.set_defaults(func=_cmd_build_engines)
+
+
+def _cmd_build_engines(args) -> int:
+    from gamma_rt.runtime.trt_backend import detect_gpu
+
+    bundle = Path(args.bundle)
+    if args.checkpoint:
+        from .engine_sources import export_plain_graphs
+
+        export_plain_graphs(args.checkpoint, bundle, progress=track)
+    manifest = Manifest.load(bundle)
+    identity = detect_gpu()
+    calibration_sha, feeds, mel_batches = "", None, []
+    if args.precision in ("int8", "fp8") or args.calibration_audio:
+        from gamma_rt.quant.calibrate import (OrtChain, calibration_batches, calibration_files, component_feeds,
+                                              files_sha256)
+
+        files = calibration_files(bundle, args.calibration_audio)
+        calibration_sha = files_sha256(files)
+        mel_batches = list(calibration_batches(files, batch=args.opt_batch))
+        per_batch = [component_feeds(OrtChain(bundle, manifest), mel) for mel in mel_batches]
+        feeds = {name: [pb[name] for pb in per_batch] for name in AUDIO_COMPONENTS}
+    plan = plan_engines(bundle, manifest, identity, args.precision, args.max_batch, args.opt_batch,
+                        args.workspace, args.rebuild, calibration_sha)
+    print(f"engines for {identity.name} ({identity.sm}, TensorRT {identity.trt_version}) in {bundle / plan.engine_dir}")
+    built = build_all(bundle, plan, feeds)
+    record_engines(manifest, plan, built)
+    manifest.write(bundle)
+    if mel_batches:
+        from gamma_rt.quant.calibrate import OrtChain, cosine_report, format_report
+        from gamma_rt.runtime.trt_backend import TrtChain
+
+        with TrtChain(bundle, manifest, args.precision) as engines:
+            print(format_report(cosine_report(OrtChain(bundle, manifest), engines, mel_batches), f"TensorRT {args.precision}"))
+    for b in plan.builds:
+        print(f"  {b.component}: {b.skip_reason or 'built'}")
+    return 0
+
+
+def build_all(bundle: Path, plan: EnginePlan, calibration_feeds: dict | None = None) -> dict[str, tuple[str, int]]:
+    """Build every engine in ``plan`` that is not up to date, sharing one timing cache. Returns
+    component -> (sha256, bytes) of the engines written."""
+    import tensorrt as trt
+
+    (bundle / plan.engine_dir).mkdir(parents=True, exist_ok=True)
+    logger = trt.Logger(trt.Logger.WARNING)
+    cache_path = bundle / plan.timing_cache
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    built = {}
+    for build in track(plan.to_build(), description="building engines"):
+        feeds = (calibration_feeds or {}).get(build.component.rsplit(".", 1)[0])
+        engine, cache_bytes = build_engine(trt, logger, bundle, build, cache_bytes, feeds)
+        path = bundle / build.engine_file
+        path.write_bytes(engine)
+        built[build.component] = (sha256_file(path), path.stat().st_size)
+        # saved after every engine: a later failure keeps the tactics already timed
+        cache_path.write_bytes(cache_bytes)
+    return built
+
+
+def build_engine(trt, logger, bundle: Path, build: EngineBuild, cache_bytes: bytes, calibration_feeds=None):
+    """One engine from one ONNX graph. Returns (serialized engine, updated timing cache)."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    onnx_path = bundle / build.onnx_file
+    # parse_from_file resolves external data (the experts' weights) next to the graph
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BundleError(f"{onnx_path}: TensorRT cannot parse the graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build.workspace_bytes)
+    for flag in build.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    profile = builder.create_optimization_profile()
+    for p in build.profiles:
+        profile.set_shape(p.input, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)  # False: refuse a cache from another device/version
+    if build.needs_calibration:
+        if not calibration_feeds:
+            raise GammaError(f"{build.component}: {build.precision} needs calibration audio")
+        from gamma_rt.quant.calibrate import make_calibrator
+
+        config.int8_calibrator = make_calibrator(trt, build, calibration_feeds, bundle / f"{build.engine_file}.calib")
+        config.set_calibration_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise GammaError(f"{build.component}: TensorRT could not build the engine (see the log above)")
+    return bytes(engine), bytes(config.get_timing_cache().serialize())
