@@ -2,7 +2,7 @@
 
 A ratio of two figures measured in the same run, on the same input and threads, holds on a shared,
 noisy machine where an absolute figure would not. Targets are evaluated in the report, never in unit
-tests. A missed target is investigated and its finding recorded (``FINDINGS``), never loosened here.
+tests. A missed target is investigated and its finding recorded in bench/results/FINDINGS.md, never loosened here.
 """
 
 from __future__ import annotations
