@@ -1,0 +1,100 @@
+"""Calibration data from real audio files and the per-component embedding-cosine report (quant/calibrate.py),
+run for real with ONNX Runtime: fp16 graphs against fp32 on the tiny bundle."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from gamma_rt.errors import GammaError
+from gamma_rt.manifest import Manifest
+from gamma_rt.quant.calibrate import (OrtChain, calibration_batches, calibration_files, cosine_report,
+                                      files_sha256, format_report, token_cosines)
+
+
+def write_tone(path, seconds: float, rate: int = 44100, seed: int = 0):
+    """A stereo chord with noise: music-like, and at a rate the front end must resample."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    mono = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3 + 0.05 * rng.standard_normal(t.size)
+    sf.write(path, np.stack([mono, 0.5 * mono], axis=1).astype(np.float32), rate)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp16_bundle(tiny_bundle_onnx, tiny_checkpoint, tmp_path_factory):
+    from gamma_rt.export.onnx_export import export_onnx
+
+    folder = tmp_path_factory.mktemp("calib") / "bundle"
+    shutil.copytree(tiny_bundle_onnx, folder)
+    export_onnx(tiny_checkpoint, folder, precision="fp16")
+    (folder / "demo").mkdir()
+    write_tone(folder / "demo" / "song.flac", 40.0)
+    return folder
+
+
+def test_calibration_audio_is_the_demo_music_plus_the_user_folder(fp16_bundle, tmp_path):
+    write_tone(tmp_path / "b.wav", 5.0, seed=1)
+    (tmp_path / "notes.txt").write_text("not audio")
+    files = calibration_files(fp16_bundle, tmp_path)
+    assert [f.name for f in files] == ["song.flac", "b.wav"]
+
+
+def test_no_calibration_audio_says_where_to_put_some(tmp_path):
+    with pytest.raises(GammaError, match="no calibration audio: put music in .*demo or pass --calibration-audio"):
+        calibration_files(tmp_path)
+    with pytest.raises(GammaError, match="--calibration-audio folder not found"):
+        calibration_files(tmp_path, tmp_path / "missing")
+
+
+def test_batches_are_log_mel_windows_of_every_30_s_of_audio(fp16_bundle, tmp_path):
+    write_tone(tmp_path / "b.wav", 5.0, seed=1)
+    files = calibration_files(fp16_bundle, tmp_path)  # 40 s -> 2 windows, 5 s -> 1 window
+    singles = list(calibration_batches(files, batch=1))
+    assert [b.shape for b in singles] == [(1, 128, 3000)] * 3
+    assert [b.shape for b in calibration_batches(files, batch=2)] == [(2, 128, 3000)]  # short last batch dropped
+    # Whisper's log-mel scale: clamped to max-8 (in log10), then (x + 4) / 4
+    for b in singles:
+        assert b.max() - b.min() <= 2.0 + 1e-6 and np.isfinite(b).all()
+    assert len(list(calibration_batches(files, batch=1, max_windows=2))) == 2
+
+
+def test_calibration_hash_changes_when_the_music_changes(fp16_bundle, tmp_path):
+    before = files_sha256(calibration_files(fp16_bundle))
+    write_tone(tmp_path / "c.wav", 3.0)
+    assert files_sha256(calibration_files(fp16_bundle, tmp_path)) != before
+
+
+def test_token_cosines_are_per_vector():
+    a = np.array([[[1.0, 0.0], [0.0, 2.0]]])
+    b = np.array([[[2.0, 0.0], [1.0, 0.0]]])
+    np.testing.assert_allclose(token_cosines(a, b), [[1.0, 0.0]])
+
+
+def test_fp16_graphs_keep_embeddings_close_to_fp32_per_component(fp16_bundle):
+    m = Manifest.load(fp16_bundle)
+    mel = list(calibration_batches(calibration_files(fp16_bundle), batch=2))
+    report = cosine_report(OrtChain(fp16_bundle, m), OrtChain(fp16_bundle, m, suffix=".fp16"), mel)
+    assert set(report) == {"temporal_encoder", "global_encoder", "fusion", "projector", "chained"}
+    for name, r in report.items():
+        assert 0.99 < r["min"] <= r["mean"] < 1.0, (name, r)  # fp16 is close, and not bit-identical
+    assert "fusion" in format_report(report, "ORT fp16")
+
+
+def test_report_isolates_the_component_that_is_off(fp16_bundle):
+    """A candidate whose fusion output is disturbed lowers fusion's own cosine and the chained one, not the experts'."""
+    m = Manifest.load(fp16_bundle)
+    reference = OrtChain(fp16_bundle, m)
+    rng = np.random.default_rng(0)
+
+    def disturbed(name, feed):
+        out = reference(name, feed)
+        return out + rng.standard_normal(out.shape).astype(np.float32) * out.std() if name == "fusion" else out
+
+    mel = list(calibration_batches(calibration_files(fp16_bundle), batch=1, max_windows=1))
+    report = cosine_report(reference, disturbed, mel)
+    assert report["temporal_encoder"]["min"] == pytest.approx(1.0) and report["projector"]["min"] == pytest.approx(1.0)
+    assert report["fusion"]["mean"] < 0.9 and report["chained"]["mean"] < 0.99

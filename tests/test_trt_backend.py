@@ -1,0 +1,125 @@
+"""Engine mismatch detection and backend choice (runtime/engine_record.py, runtime/backend_choice.py),
+decided from manifest records and a description of the machine; TrtChain itself where TensorRT and a GPU exist."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gamma_rt.errors import EngineMismatch, GammaError
+from gamma_rt.manifest import Manifest
+from gamma_rt.runtime.backend_choice import Machine, choose_backend, ort_providers, probe
+from gamma_rt.runtime.engine_record import GpuIdentity, find_engines, mismatches
+
+H100 = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "10.13.0")
+ORIN = GpuIdentity("Orin", "8.7", "10.3.0")
+
+
+def record(identity: GpuIdentity, precision: str = "fp16") -> dict:
+    return {identity.engine_dir(): {
+        "gpu": identity.name, "compute_capability": identity.compute_capability, "trt_version": identity.trt_version,
+        "components": {f"temporal_encoder.{precision}": {"precision": precision, "file": "x.plan"}},
+    }}
+
+
+def manifest_with(engines: dict) -> Manifest:
+    return Manifest(audio={}, prompt={}, engines=engines)
+
+
+def test_engine_built_on_the_same_gpu_and_trt_is_found():
+    found = find_engines(record(H100), H100, "fp16", "m.json")
+    assert found["dir"] == "nvidia-h100-80gb-hbm3-sm90-trt10.13.0"
+
+
+@pytest.mark.parametrize("running,expected", [
+    (ORIN, "compute capability 9.0 vs this GPU's 8.7"),
+    (GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "10.14.1"), "TensorRT 10.13.0 vs installed 10.14.1"),
+])
+def test_engine_for_another_architecture_or_trt_raises_engine_mismatch_saying_what_differs(running, expected):
+    with pytest.raises(EngineMismatch, match=expected) as e:
+        find_engines(record(H100), running, "fp16", "bundle/manifest.json")
+    assert "--rebuild" in str(e.value) and "bundle/manifest.json" in str(e.value)
+
+
+def test_another_gpu_model_of_the_same_architecture_and_trt_may_load_the_engine():
+    h100_pcie = GpuIdentity("NVIDIA H100 PCIe", "9.0", "10.13.0")
+    assert mismatches(H100, h100_pcie) == ["built on 'NVIDIA H100 80GB HBM3', running on 'NVIDIA H100 PCIe'"]
+    assert find_engines(record(H100), h100_pcie, "fp16", "m.json")["gpu"] == H100.name
+
+
+def test_missing_precision_or_no_engines_raise_engine_mismatch():
+    with pytest.raises(EngineMismatch, match="no int8 engines"):
+        find_engines(record(H100), H100, "int8", "m.json")
+    with pytest.raises(EngineMismatch, match="no TensorRT engines recorded"):
+        find_engines({}, H100, "fp16", "m.json")
+    with pytest.raises(EngineMismatch, match="lacks field 'trt_version'"):
+        find_engines({"d": {"gpu": "x", "compute_capability": "9.0"}}, H100, "fp16", "m.json")
+
+
+def test_auto_picks_tensorrt_when_engines_fit():
+    machine = Machine(True, ("CUDAExecutionProvider", "CPUExecutionProvider"), H100)
+    choice = choose_backend("auto", manifest_with(record(H100)), machine)
+    assert choice.backend == "tensorrt" and "fit this NVIDIA H100" in choice.reason
+
+
+def test_auto_falls_back_to_ort_and_says_why_when_engines_mismatch():
+    machine = Machine(True, ("CUDAExecutionProvider", "CPUExecutionProvider"), ORIN)
+    choice = choose_backend("auto", manifest_with(record(H100)), machine)
+    assert choice.backend == "ort-cuda"
+    assert "tensorrt skipped" in choice.reason and "compute capability 9.0 vs this GPU's 8.7" in choice.reason
+
+
+def test_explicit_tensorrt_with_mismatched_engines_raises_instead_of_falling_back():
+    machine = Machine(True, ("CPUExecutionProvider",), ORIN)
+    with pytest.raises(EngineMismatch, match="rebuild"):
+        choose_backend("tensorrt", manifest_with(record(H100)), machine)
+
+
+def test_explicit_tensorrt_without_the_package_says_so():
+    with pytest.raises(GammaError, match="--backend tensorrt: TensorRT or cuda-python is not installed"):
+        choose_backend("tensorrt", manifest_with(record(H100)), Machine(False, ("CPUExecutionProvider",)))
+
+
+@pytest.mark.parametrize("providers,expected", [
+    (("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"), "ort-trt"),
+    (("CUDAExecutionProvider", "CPUExecutionProvider"), "ort-cuda"),
+    (("CPUExecutionProvider",), "ort-cpu"),
+])
+def test_auto_without_tensorrt_takes_the_best_ort_provider(providers, expected):
+    assert choose_backend("auto", manifest_with({}), Machine(False, providers)).backend == expected
+
+
+def test_explicit_ort_backend_missing_its_provider_is_a_clear_error():
+    with pytest.raises(GammaError, match="no CUDAExecutionProvider.*onnxruntime-gpu"):
+        choose_backend("ort-cuda", manifest_with({}), Machine(False, ("CPUExecutionProvider",)))
+    with pytest.raises(GammaError, match="--backend 'cuda'"):
+        choose_backend("cuda", manifest_with({}), Machine(False, ("CPUExecutionProvider",)))
+
+
+def test_this_machine_is_probed_and_gets_a_backend_it_can_run():
+    machine = probe()
+    choice = choose_backend("auto", manifest_with({}), machine)
+    assert choice.backend in ("tensorrt", "ort-trt", "ort-cuda", "ort-cpu")
+    if machine.gpu is None:
+        assert "tensorrt skipped" in choice.reason
+
+
+def test_ort_trt_provider_caches_engines_inside_the_bundle(tmp_path):
+    providers = ort_providers("ort-trt", tmp_path)
+    name, options = providers[0]
+    assert name == "TensorrtExecutionProvider" and options["trt_engine_cache_path"] == str(tmp_path / "engines" / "ort-trt")
+    assert providers[-1] == "CPUExecutionProvider"
+
+
+def test_runtime_gpu_modules_import_without_torch_export_or_tensorrt():
+    code = (
+        "import sys\n"
+        "import gamma_rt.runtime.trt_backend, gamma_rt.runtime.backend_choice, gamma_rt.runtime.engine_record\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'tensorrt') or m.startswith('gamma_rt.export')]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
