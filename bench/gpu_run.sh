@@ -6,6 +6,9 @@
 #                            # foreground: the PyTorch bf16 reference per stage (bench/gpu_reference.py)
 #   bench/gpu_run.sh llama   # waits for both, quantizes to Q8_0 and Q4_K_M, runs llama-bench on all three
 #
+# Knobs: BATCH (windows per audio-side call in the PyTorch run, default 1), QUANTS (default "Q8_0 Q4_K_M"),
+# DEPTHS (KV-cache depths for llama-bench, default 0; 15000 = 10 min of audio), RESULT_SUFFIX.
+#
 # Needs a CUDA GPU, nvcc, cmake, python3 with torch + transformers, and ~40 GB of disk under $GAMMA_GPU_WORK.
 # GAMMA_NATIVE_SDIST may name the llama-cpp-python sdist tarball (otherwise native/build.sh pip-downloads it).
 set -euo pipefail
@@ -51,7 +54,7 @@ case "${1:-}" in
     taskset -c "$busy" setsid nohup bash -c "
       PYTHONPATH='$gguf_py' python3 '$repo/bench/random_gguf.py' '$work/qwen3-8b-f16.gguf' --preset full > '$work/gguf.log' 2>&1
       echo \$? > '$work/gguf.rc'" > /dev/null 2>&1 &
-    taskset -c 0,1 python3 -m gamma_rt.bench.gpu_reference --preset full --batch 1 --out "$out"
+    taskset -c 0,1 python3 -m gamma_rt.bench.gpu_reference --preset full --batch "${BATCH:-1}" --out "$out"
     ;;
   llama)
     for f in build gguf; do
@@ -59,16 +62,17 @@ case "${1:-}" in
       [ "$(cat "$work/$f.rc")" = 0 ] || { tail -30 "$work/$f.log"; echo "$f failed" >&2; exit 1; }
     done
     bin="$repo/native-build/cuda-sm$arch/bin"
-    for q in Q8_0 Q4_K_M; do
+    quants="${QUANTS:-Q8_0 Q4_K_M}"
+    for q in $quants; do
       lower="$(echo "$q" | tr 'A-Z' 'a-z')"
       [ -f "$work/qwen3-8b-$lower.gguf" ] || "$bin/llama-quantize" "$work/qwen3-8b-f16.gguf" "$work/qwen3-8b-$lower.gguf" "$q" "$cores" > "$work/quantize-$lower.log" 2>&1
     done
     # The bandwidth floor uses the copy rate measured by the PyTorch run on this same machine.
-    bw="$(python3 -c "import json,glob; print(json.load(open(sorted(glob.glob('$out/gpu_*_torch_reference_full_b1.json'))[0]))['measured_chip_rates']['copy_tb_per_s']*1000)")"
+    bw="$(python3 -c "import json,glob; print(json.load(open(sorted(glob.glob('$out/gpu_*_torch_reference_full_b*.json'))[0]))['measured_chip_rates']['copy_tb_per_s']*1000)")"
     GAMMA_RT_NATIVE="$repo/native-build/cuda-sm$arch" PYTHONPATH="$PYTHONPATH:$gguf_py" python3 -m gamma_rt.bench.llama_bench \
-      "$work"/qwen3-8b-f16.gguf "$work"/qwen3-8b-q8_0.gguf "$work"/qwen3-8b-q4_k_m.gguf \
-      --ngl 99 --n-prompt 750 --n-gen 128 --repetitions 5 --bandwidth-gbs "$bw" --device "$gpu" \
-      --out "$out/gpu_${tag}_llama_bench_qwen3_8b_random.json"
+      "$work"/qwen3-8b-f16.gguf $(for q in $quants; do echo "$work/qwen3-8b-$(echo "$q" | tr 'A-Z' 'a-z').gguf"; done) \
+      --ngl 99 --n-prompt 750 --n-gen 128 --repetitions 5 --depths "${DEPTHS:-0}" --bandwidth-gbs "$bw" --device "$gpu" \
+      --out "$out/gpu_${tag}_llama_bench_qwen3_8b_random${RESULT_SUFFIX:-}.json"
     echo "CUDA build of llama.cpp took $(cat "$work/build.seconds") s on $((cores - 2)) cores"
     ;;
   *) echo "usage: bench/gpu_run.sh start|llama" >&2; exit 2 ;;

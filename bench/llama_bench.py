@@ -40,6 +40,8 @@ class BenchRecord:
     gpu_info: str
     cpu_info: str
     build_commit: str
+    n_depth: int = 0  # tokens already in the KV cache before the test (e.g. 15000 = 10 min of audio)
+    flash_attn: int = 0
 
     @property
     def ms_per_token(self) -> float:
@@ -95,6 +97,8 @@ def parse_records(text: str, source: str = TOOL) -> list[BenchRecord]:
                     gpu_info=str(r.get("gpu_info", "")),
                     cpu_info=str(r.get("cpu_info", "")),
                     build_commit=str(r.get("build_commit", "")),
+                    n_depth=int(r.get("n_depth", 0)),
+                    flash_attn=int(r.get("flash_attn", 0)),
                 )
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -112,15 +116,17 @@ def run_llama_bench(
     n_gpu_layers: int = 0,
     binary: str | Path | None = None,
     timeout_s: float = 1800,
+    depths: tuple[int, ...] = (0,),
+    flash_attn: str = "auto",
 ) -> list[BenchRecord]:
     """Run llama-bench on ``gguf``: a prefill test of ``n_prompt`` tokens (if > 0) and a decode test of
-    ``n_gen`` tokens (if > 0), each ``repetitions`` times. Returns one record per test."""
+    ``n_gen`` tokens (if > 0), each ``repetitions`` times, at every KV-cache depth in ``depths``. Returns one record per test."""
     gguf = Path(gguf)
     if not gguf.is_file():
         raise GammaError(f"{gguf}: GGUF file not found")
     exe = find_llama_bench(binary)
     cmd = [str(exe), "-m", str(gguf), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(repetitions),
-           "-ngl", str(n_gpu_layers), "-o", "json"]
+           "-ngl", str(n_gpu_layers), "-d", ",".join(map(str, depths)), "-fa", flash_attn, "-o", "json"]
     if threads:
         cmd += ["-t", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -137,6 +143,16 @@ def decode_weight_bytes(gguf: str | Path) -> int:
     return sum(int(t.n_bytes) for t in GGUFReader(str(gguf)).tensors if t.name != "token_embd.weight")
 
 
+def kv_bytes_read(gguf: str | Path, depth: int, bytes_per_value: int = 2) -> int:
+    """Bytes of f16 K and V cache one decode step reads with ``depth`` tokens already cached."""
+    from gamma_rt.runtime.gguf_check import check_gguf
+
+    meta = check_gguf(gguf).metadata
+    arch = meta["general.architecture"]
+    head_dim = meta.get(f"{arch}.attention.key_length") or meta[f"{arch}.embedding_length"] // meta[f"{arch}.attention.head_count"]
+    return 2 * meta[f"{arch}.block_count"] * depth * meta[f"{arch}.attention.head_count_kv"] * head_dim * bytes_per_value
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import platform
@@ -150,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--ngl", type=int, default=0, help="layers offloaded to the GPU (99 = all)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--depths", default="0", help="comma-separated KV-cache depths to test at (e.g. 0,15000)")
+    parser.add_argument("--flash-attn", default="auto", choices=["on", "off", "auto"])
     parser.add_argument("--bandwidth-gbs", type=float, required=True, help="memory copy rate of the device, GB/s")
     parser.add_argument("--device", required=True, help="device name recorded in the result, e.g. 'NVIDIA H100 80GB HBM3'")
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -157,15 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for path in args.gguf:
         weight_bytes = decode_weight_bytes(path)
-        floor_ms = weight_bytes / (args.bandwidth_gbs * 1e9) * 1e3
         for r in run_llama_bench(path, n_prompt=args.n_prompt, n_gen=args.n_gen, repetitions=args.repetitions,
-                                 threads=args.threads, n_gpu_layers=args.ngl):
+                                 threads=args.threads, n_gpu_layers=args.ngl, flash_attn=args.flash_attn,
+                                 depths=tuple(int(d) for d in args.depths.split(","))):
             row = {"gguf": Path(path).name, **r.__dict__, "ms_per_token": r.ms_per_token, "kind": r.kind}
             if r.kind == "decode":
-                row.update(decode_weight_bytes=weight_bytes, floor_ms=floor_ms,
+                kv = kv_bytes_read(path, r.n_depth)
+                floor_ms = (weight_bytes + kv) / (args.bandwidth_gbs * 1e9) * 1e3
+                row.update(decode_weight_bytes=weight_bytes, kv_bytes_read=kv, floor_ms=floor_ms,
                            percent_of_bandwidth=100 * floor_ms / r.ms_per_token)
             results.append(row)
-            print(f"{row['gguf']}: {r.kind} {r.tokens_per_s:.1f} tok/s ({r.ms_per_token:.2f} ms/token)"
+            print(f"{row['gguf']} @depth {r.n_depth}: {r.kind} {r.tokens_per_s:.1f} tok/s ({r.ms_per_token:.2f} ms/token)"
                   + (f", {row['percent_of_bandwidth']:.0f}% of bandwidth" if r.kind == "decode" else ""))
     record = {"benchmark": "llama_bench", "device": args.device, "host": platform.node(),
               "bandwidth_gbs": args.bandwidth_gbs, "results": results}

@@ -102,3 +102,11 @@ def test_llama_cpp_python_on_the_native_libs_decodes_like_the_pip_wheel(tiny_ggu
     native_lib, native_text = native.stdout.splitlines()[:2]
     assert native_lib.startswith(str(lib_dir)) and not wheel_lib.startswith(str(lib_dir))
     assert native_text == wheel_text and native_text.strip()
+
+
+def test_kv_bytes_read_counts_k_and_v_of_every_layer_at_the_depth(tiny_gguf):
+    from gamma_rt.bench.llama_bench import kv_bytes_read
+
+    # K and V x 2 layers x 32 cached tokens x 2 KV heads x 16 dims x 2 bytes (f16)
+    assert kv_bytes_read(tiny_gguf, 32) == 2 * 2 * 32 * 2 * 16 * 2 == 8192
+    assert kv_bytes_read(tiny_gguf, 0) == 0
