@@ -1,0 +1,150 @@
+"""Audio -> 30 s windows -> log-mel -> audio backend -> LLM embeddings, one window at a time.
+
+:func:`embed_windows` yields a :class:`WindowEmbedding` as soon as each window's audio has arrived and
+been encoded. With ``overlap`` the reading, front end and encoders run on a worker thread one window
+ahead, so while the caller (the decoder) prefills window k the encoders already work on window k+1.
+ONNX Runtime and llama.cpp both release the GIL, so the two really run at the same time. The queue
+between them holds one window, which bounds memory for a file of any length.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .backends import AudioBackend
+from .embed_cache import EmbeddingCache
+from .mel import log_mel_spectrogram
+from .timings import StageTimes
+from .windows import Window, windows
+
+
+@dataclass
+class WindowEmbedding:
+    """One window's LLM input: embeddings (n_tokens, n_embd) float32, padding tokens already dropped.
+
+    start_s, end_s: the window's real audio in the source, seconds."""
+
+    index: int
+    start_s: float
+    end_s: float
+    embeddings: np.ndarray
+
+
+@dataclass(frozen=True)
+class AudioLayout:
+    """The manifest's ``audio`` fields the embedding path needs."""
+
+    sample_rate: int
+    window_seconds: float
+    n_mels: int
+    tokens_per_window: int
+
+    @classmethod
+    def from_manifest(cls, audio: dict) -> "AudioLayout":
+        return cls(int(audio["sample_rate"]), float(audio["window_seconds"]), int(audio["n_mels"]),
+                   int(audio["tokens_per_window"]))
+
+
+def _timed_blocks(blocks: Iterable[np.ndarray], times: StageTimes) -> Iterator[np.ndarray]:
+    """Count time spent inside the audio reader (decode + resample) as the ``read`` stage."""
+    it = iter(blocks)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            block = next(it)
+        except StopIteration:
+            return
+        finally:
+            times.add("read", (time.perf_counter() - t0) * 1e3)
+        yield block
+
+
+def _encode_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
+                    cache: EmbeddingCache | None) -> Iterator[WindowEmbedding]:
+    for window in windows(_timed_blocks(blocks, times), layout.sample_rate, layout.window_seconds):
+        yield _encode_one(window, backend, layout, times, cache)
+
+
+def _encode_one(window: Window, backend: AudioBackend, layout: AudioLayout, times: StageTimes,
+                cache: EmbeddingCache | None) -> WindowEmbedding:
+    full = None
+    if cache is not None:
+        with times.stage("cache"):
+            key = cache.key(window.samples)
+            full = cache.get(key)
+    if full is None:
+        with times.stage("front_end"):
+            mel = log_mel_spectrogram(window.samples[None], layout.n_mels)
+        full = backend.encode(mel)[0]
+        if cache is not None:
+            with times.stage("cache"):
+                cache.put(key, full)
+    n = window.valid_tokens(layout.tokens_per_window)
+    return WindowEmbedding(window.index, window.start_s, window.end_s, full[:n])
+
+
+def embed_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout,
+                  times: StageTimes | None = None, cache: EmbeddingCache | None = None,
+                  overlap: bool = True) -> Iterator[WindowEmbedding]:
+    """WindowEmbeddings of a stream of 1-D float32 blocks at ``layout.sample_rate``, in order.
+
+    Errors raised while reading or encoding (AudioError for a corrupt file, ...) reach the caller with
+    their own type and traceback, whichever thread they happened on."""
+    times = times if times is not None else StageTimes()
+    produce = _encode_windows(blocks, backend, layout, times, cache)
+    if not overlap:
+        yield from produce
+        return
+    yield from _ahead(produce)
+
+
+_DONE = object()
+
+
+def _ahead(items: Iterator) -> Iterator:
+    """Run ``items`` on a worker thread one item ahead of the consumer."""
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        handoff.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put((_DONE, None))
+        except BaseException as e:  # handed to the consumer, which re-raises it with its traceback
+            handoff.put((_DONE, e))
+
+    worker = threading.Thread(target=work, name="gamma-rt-encoder", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early (an error, or it had enough): let the worker finish
+        while worker.is_alive():
+            try:
+                handoff.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
+        close = getattr(items, "close", None)
+        if close:
+            close()
