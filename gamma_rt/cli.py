@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "gamma_rt.bench.commands",
     "gamma_rt.export.engines",
     "gamma_rt.bench.plan",
+    "gamma_rt.demo",
 ]
 
 DESCRIPTION = """\

@@ -109,9 +109,8 @@ class Pipeline:
 
     def embed(self, audio: AudioSource) -> Iterator[WindowEmbedding]:
         """The song's WindowEmbeddings, each as soon as its window is encoded (padding tokens dropped)."""
-        stream, _ = self._blocks(audio)
-        items = embed_windows(stream, self.backend, self.layout, self.times, self.cache, self.overlap)
-        yield from items
+        blocks, _ = self._blocks(audio)
+        yield from embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.overlap)
 
     def _blocks(self, audio: AudioSource) -> tuple[object, float | None]:
         """(iterable of 1-D float32 blocks at the bundle's rate, duration in s or None when unknown)."""
@@ -170,6 +169,10 @@ class Pipeline:
                 s.eval_embeddings(window.embeddings)
             n_windows += 1
         return AudioPrefix(s.n_past(0), n_windows, time.perf_counter())
+
+    def figures_ms(self) -> dict[str, float]:
+        """The last run's key times in ms: after_audio_ms (end of audio to answers done), ..."""
+        return {k: v for k, v in self.figures.items() if k.endswith("_ms")}
 
     def _finish(self, prefix: AudioPrefix) -> None:
         self.times.merge(self.backend.times)
