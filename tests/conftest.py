@@ -38,3 +38,16 @@ def tiny_bundle_onnx(tiny_checkpoint, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("tiny_bundle_onnx")
     export_onnx(tiny_checkpoint, bundle, precision="fp32")
     return bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tiny_bundle_onnx, tmp_path_factory):
+    """A complete tiny bundle: the fp32 ONNX audio graphs plus the F32 GGUF decoder. Copy it before changing it."""
+    import shutil
+
+    from gamma_rt.export.gguf_export import export_gguf
+
+    bundle = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    shutil.copytree(tiny_bundle_onnx, bundle)
+    export_gguf(tiny_checkpoint, bundle, "f32", progress=lambda items, **_: items)
+    return bundle
