@@ -14,6 +14,8 @@ so the runtime always feeds float32 and reads float32.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import onnx
@@ -29,21 +31,32 @@ def optimize_graph(
 
     Returns the external data files written beside ``out`` (names relative to its folder) and the
     fused operator counts (only the fusions that happened).
+
+    The fusions run on the graph without its weights: with them, the optimizer's copies of the model
+    take about six times its size (17 GiB for one Whisper-large-v3 encoder). Weights are read back only
+    to be written out, so peak memory is about one copy (two for fp16).
     """
+    from onnx.external_data_helper import load_external_data_for_model
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    model = optimizer.optimize_model(
-        str(raw),
-        model_type="bert",
-        num_heads=n_heads,
-        hidden_size=d_model,
-        optimization_options=FusionOptions("bert"),
-        opt_level=0,
-    )
+    _move_weights_out(raw)
+    graph = onnx.load(str(raw), load_external_data=False)
+    with _working_dir(raw.parent):  # a fusion that reads a weight's value finds its file from here
+        model = optimizer.optimize_model(
+            graph,
+            model_type="bert",
+            num_heads=n_heads,
+            hidden_size=d_model,
+            optimization_options=FusionOptions("bert"),
+            opt_level=0,
+        )
+        if precision == "fp16":
+            _record_types(model.model)
     fusions = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+    load_external_data_for_model(model.model, str(raw.parent))
     if precision == "fp16":
-        model.convert_float_to_float16(keep_io_types=True)
+        _to_fp16(model)
     weight_bytes = sum(_tensor_bytes(t) for t in model.model.graph.initializer)
     external = weight_bytes > EXTERNAL_DATA_BYTES
     # With external data the optimizer writes every tensor into one file named ``<out>.data``.
@@ -51,6 +64,52 @@ def optimize_graph(
     (out.parent / data_name).unlink(missing_ok=True)  # a stale one from an earlier export would be appended to
     model.save_model_to_file(str(out), use_external_data_format=external, all_tensors_to_one_file=True)
     return ([data_name] if external else []), fusions
+
+
+def _move_weights_out(raw: Path) -> None:
+    """Rewrite ``raw`` with every weight in its own file beside it (the tracer does this past 2 GiB only)."""
+    model = onnx.load(str(raw), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return
+    onnx.save_model(model, str(raw), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024)
+
+
+def _to_fp16(model) -> None:
+    """``OnnxModel.convert_float_to_float16`` without its shape inference, which copies the weights.
+
+    Types were recorded by :func:`_record_types` before the weights were loaded.
+    """
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model.initialize(convert_float_to_float16(model.model, keep_io_types=True, disable_shape_infer=True))
+    model.remove_cascaded_cast_nodes()
+    model.remove_useless_cast_nodes()
+
+
+def _record_types(model: onnx.ModelProto) -> None:
+    """Add every intermediate tensor's element type to ``value_info``; fp16 conversion needs them.
+
+    Symbolic shape inference, as ONNX Runtime's fp16 conversion does it, but on the graph without weights.
+    Only types are kept: merged symbolic shapes can be wrong (onnxruntime issue 15521).
+    """
+    from onnxruntime.transformers.shape_infer_helper import SymbolicShapeInferenceHelper
+
+    inferred = SymbolicShapeInferenceHelper(model).infer_shapes(model, auto_merge=True, guess_output_rank=False)
+    known = {vi.name for vi in model.graph.value_info}
+    for vi in inferred.graph.value_info:
+        elem = vi.type.tensor_type.elem_type
+        if vi.name and vi.name not in known and elem != onnx.TensorProto.UNDEFINED:
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(vi.name, elem, None))
+
+
+@contextlib.contextmanager
+def _working_dir(folder: Path):
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def check_graph(path: Path) -> None:

@@ -116,6 +116,9 @@ def test_manifest_records_hashes_shapes_and_precisions(both_precisions):
             assert c.sha256 == sha256_file(path) and c.bytes == path.stat().st_size
             assert c.precision == precision and c.kind == "onnx" and c.external_data == []
             assert c.extra["ort_optimized"] and c.extra["fusions"]
+            weights = onnx.load(str(path)).graph.initializer
+            big = max(weights, key=lambda t: np.prod(t.dims))
+            assert big.data_type == (onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.FLOAT)
             sess = ort.InferenceSession(str(path))
             graph = [(i.name, i.shape, i.type) for i in sess.get_inputs()], [
                 (o.name, o.shape, o.type) for o in sess.get_outputs()
