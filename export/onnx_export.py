@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from gamma_rt.errors import GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, Component, Manifest, TensorSpec
+from gamma_rt.manifest import AUDIO_COMPONENTS, Component, Manifest, TensorSpec, sha256_file
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 17
@@ -143,7 +143,14 @@ def _export_component(ckpt, name: str, out: Path, precision: str, opset: int) ->
         outputs=outputs,
         opset=opset,
         external_data=external,
-        extra={"ort_optimized": True, "fusions": fusions, "exporter": "torch.onnx (TorchScript)"},
+        extra={
+            "ort_optimized": True,
+            "fusions": fusions,
+            "exporter": "torch.onnx (TorchScript)",
+            # ``sha256``/``bytes`` cover the graph file only; the weights past 2 GiB are checked by these.
+            "external_data_sha256": {name: sha256_file(out.parent / name) for name in external},
+            "external_data_bytes": {name: (out.parent / name).stat().st_size for name in external},
+        },
     )
 
 

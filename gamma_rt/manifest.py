@@ -156,6 +156,12 @@ class Manifest:
                 raise BundleError(
                     f"{path}: sha256 {digest[:12]}... does not match components.{name}.sha256 {c.sha256[:12]}..."
                 )
+            # Weights in external data files (ONNX graphs past 2 GiB) are hashed too, when recorded.
+            for rel, expected in c.extra.get("external_data_sha256", {}).items():
+                if cache.sha256(bundle / rel) != expected:
+                    raise BundleError(
+                        f"{bundle / rel}: sha256 does not match components.{name}.extra.external_data_sha256"
+                    )
         cache.save()
         self.check_widths(bundle)
 

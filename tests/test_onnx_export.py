@@ -153,25 +153,31 @@ def test_export_into_a_bundle_of_another_checkpoint_is_refused(tiny_bundle_onnx,
     assert Manifest.read(bundle) == Manifest.read(tiny_bundle_onnx)
 
 
-def test_large_graph_is_saved_with_one_external_data_file(tiny_checkpoint, tmp_path, monkeypatch):
-    from gamma_rt.export import onnx_export, onnx_optimize
+def test_large_graphs_keep_weights_in_one_hashed_external_file(tiny_checkpoint, tmp_path, monkeypatch):
+    from gamma_rt.export import onnx_optimize
 
-    # The 2 GiB limit, moved down so that the tiny projector takes the large-model path.
+    # The 2 GiB limit, moved down so that the tiny graphs take the large-model path.
     monkeypatch.setattr(onnx_optimize, "EXTERNAL_DATA_BYTES", 0)
+    bundle = tmp_path / "bundle"
+    export_onnx(tiny_checkpoint, bundle)
+    manifest = Manifest.load(bundle)  # verifies the external data hashes too
+    c = manifest.component("projector")
+    assert c.external_data == ["projector.onnx.data"]
+    data = bundle / c.external_data[0]
+    assert c.extra["external_data_bytes"] == {data.name: data.stat().st_size} and data.stat().st_size > c.bytes
+    onnx.checker.check_model(str(bundle / c.file))
     ckpt = Checkpoint(tiny_checkpoint)
-    inputs, outputs = graph_io(ckpt.config, "projector")
-    raw = tmp_path / "raw.onnx"
-    onnx_export._trace(ckpt, "projector", inputs, outputs, raw, 17)
-    out = tmp_path / "projector.onnx"
-    external, _ = onnx_optimize.optimize_graph(raw, out, 4, 64, "fp32")
-    assert external == ["projector.onnx.data"]
-    assert (tmp_path / external[0]).stat().st_size > out.stat().st_size
-    onnx_optimize.check_graph(out)
     feeds = fresh_inputs(ckpt.config, "projector", 2, seed=3)
-    got = ort.InferenceSession(str(out)).run(None, feeds)[0]
+    got = session(bundle, "projector").run(None, feeds)[0]
     with torch.no_grad():
         ref = ckpt.component("projector")(torch.from_numpy(feeds["fused"])).numpy()
     assert rel_err(got, ref) <= 1e-4
+    # A flipped byte in the weights, same size: the manifest check must catch it.
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="external_data_sha256"):
+        Manifest.load(bundle)
 
 
 def test_onnx_subcommand_help_names_the_graphs_and_options(capsys):
