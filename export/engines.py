@@ -110,7 +110,10 @@ def build_all(bundle: Path, plan: EnginePlan, calibration_feeds: dict | None = N
 def build_engine(trt, logger, bundle: Path, build: EngineBuild, cache_bytes: bytes, calibration_feeds=None):
     """One engine from one ONNX graph. Returns (serialized engine, updated timing cache)."""
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    # TensorRT 10 has explicit batch only; 8.6 (JetPack 6.0) must be asked for it
+    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    major = int(trt.__version__.split(".")[0])
+    network = builder.create_network(1 << int(explicit) if explicit is not None and major < 10 else 0)
     parser = trt.OnnxParser(network, logger)
     onnx_path = bundle / build.onnx_file
     # parse_from_file resolves external data (the experts' weights) next to the graph
@@ -120,6 +123,8 @@ def build_engine(trt, logger, bundle: Path, build: EngineBuild, cache_bytes: byt
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build.workspace_bytes)
     for flag in build.flags:
+        if not hasattr(trt.BuilderFlag, flag):
+            raise GammaError(f"TensorRT {trt.__version__} has no {flag} builder flag; choose --precision fp16 or int8")
         config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
     for p in build.profiles:
