@@ -224,3 +224,36 @@ def _first_prompts(n: int, out: Path) -> Path:
         raise ValueError(f"the default prompt set has {len(prompts)} prompts, fewer than {n}")
     out.write_text(head + "".join("[[prompt]]" + p for p in prompts[:n]))
     return out
+
+
+def time_reference_pipeline(reference, request: dict) -> dict:
+    """The PyTorch reference pipeline (export/reference.py) on the same files and question, per length.
+
+    It reads the whole file, then encodes, then generates (no streaming), so its time to first token after
+    the audio is its whole run and is not reported separately. Runs in the baselines child (it needs torch).
+    """
+    import torch
+
+    torch.set_num_threads(request["threads"])
+    files = {float(k): v for k, v in request["audio_files"].items()}
+    if not files:
+        return {"absent": "no end-to-end audio files (end_to_end was skipped)"}
+    ref = reference.ReferencePipeline(request["checkpoint"])
+    for _ in range(request["warmup"]):
+        ref.ask(files[min(files)], QUESTION, max_tokens=request["n_decode"])
+    rows = {}
+    for seconds, path in sorted(files.items()):
+        runs = []
+        for _ in range(request["repeat"]):
+            t = time.perf_counter()
+            answer = ref.ask(path, QUESTION, max_tokens=request["n_decode"])
+            runs.append({"total_ms": _ms(t), **answer.timings_ms})
+        total = [r["total_ms"] for r in runs]
+        rows[_label(seconds)] = {
+            "seconds": seconds,
+            "total_ms": summarize(total).to_dict(),
+            "rtf": summarize([x / (1000 * seconds) for x in total]).to_dict(),
+            "ttft_ms": None,
+            "parts_ms": {k: summarize([r[k] for r in runs]).to_dict() for k in ("audio_side", "generate")},
+        }
+    return rows

@@ -81,6 +81,8 @@ def test_tiny_run_writes_json_with_every_field_and_sane_numbers(tiny_result):
     assert row["stage_sum_ms"]["median"] <= row["total_ms"]["median"]
     assert row["ttft_ms"]["median"] < row["total_ms"]["median"]
     assert math.isclose(row["rtf"]["median"], row["total_ms"]["median"] / 35_000, rel_tol=1e-9)
+    reference = result["end_to_end"]["pytorch-reference"]["35s"]  # export/reference.py, same file and question
+    _stats_ok(reference["total_ms"])
     assert result["memory"]["runtime_peak_rss_mib"] > 0 and result["memory"]["pytorch_peak_rss_mib"] > 0
     assert result["skipped"]["throughput"].startswith("skipped on request")
     assert [t["ratio"] for t in result["targets"]] == [t.ratio for t in TARGETS]
