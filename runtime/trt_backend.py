@@ -45,6 +45,25 @@ def _ok(result):
     return values[0] if len(values) == 1 else (values or None)
 
 
+def fork_join(event, waiting_stream, signalling_stream) -> None:
+    """Make ``waiting_stream`` wait for everything queued so far on ``signalling_stream`` (works in capture too)."""
+    cudart = _cudart()
+    _ok(cudart.cudaEventRecord(event, signalling_stream))
+    _ok(cudart.cudaStreamWaitEvent(waiting_stream, event, 0))
+
+
+def capture_graph(stream, enqueue) -> object:
+    """What ``enqueue()`` queues on ``stream`` (and on streams joined to it by events), as an instantiated
+    CUDA graph to replay with ``cudaGraphLaunch``."""
+    cudart = _cudart()
+    _ok(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+    enqueue()
+    graph = _ok(cudart.cudaStreamEndCapture(stream))
+    graph_exec = _ok(cudart.cudaGraphInstantiate(graph, 0))
+    _ok(cudart.cudaGraphDestroy(graph))
+    return graph_exec
+
+
 def detect_gpu(device: int = 0) -> GpuIdentity:
     """This machine's GPU and TensorRT version, as recorded with each engine."""
     try:
@@ -142,14 +161,11 @@ class TrtChain:
 
     def _enqueue(self, batch: int) -> None:
         """The whole chain on the two streams: fork, both experts, join, fusion, projector."""
-        cudart = _cudart()
         s0, s1 = self.streams
-        _ok(cudart.cudaEventRecord(self.fork, s0))
-        _ok(cudart.cudaStreamWaitEvent(s1, self.fork, 0))
+        fork_join(self.fork, s1, s0)
         for name in AUDIO_COMPONENTS:
             if name == "fusion":
-                _ok(cudart.cudaEventRecord(self.join, s1))
-                _ok(cudart.cudaStreamWaitEvent(s0, self.join, 0))
+                fork_join(self.join, s0, s1)
             self._bind(name, batch)
             if not self.contexts[name].execute_async_v3(int(self.streams[STREAM_OF[name]])):
                 raise RuntimeError(f"TensorRT could not enqueue {name}")
@@ -160,10 +176,7 @@ class TrtChain:
         if batch not in self.graphs:
             self._enqueue(batch)
             _ok(cudart.cudaStreamSynchronize(self.streams[0]))
-            _ok(cudart.cudaStreamBeginCapture(self.streams[0], cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-            self._enqueue(batch)
-            graph = _ok(cudart.cudaStreamEndCapture(self.streams[0]))
-            self.graphs[batch] = _ok(cudart.cudaGraphInstantiate(graph, 0))
+            self.graphs[batch] = capture_graph(self.streams[0], lambda: self._enqueue(batch))
         return self.graphs[batch]
 
     def encode(self, mel: np.ndarray) -> np.ndarray:

@@ -123,3 +123,41 @@ def test_runtime_gpu_modules_import_without_torch_export_or_tensorrt():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
+
+
+def test_two_stream_work_captured_as_a_cuda_graph_replays_with_new_input():
+    """The stream fork/join and graph capture TrtChain uses, run with plain copies instead of engines."""
+    pytest.importorskip("cuda", reason="cuda-python is not installed (no CUDA on this machine)")
+    import numpy as np
+
+    from gamma_rt.runtime.trt_backend import _cudart, _ok, capture_graph, fork_join
+
+    cudart = _cudart()
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        pytest.skip("no CUDA GPU visible")
+    n = 1 << 20
+    src, left, right = (_ok(cudart.cudaMalloc(n * 4)) for _ in range(3))
+    s0, s1 = (_ok(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)) for _ in range(2))
+    fork, join = (_ok(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming)) for _ in range(2))
+    d2d = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+
+    def enqueue():  # like the experts: one copy per stream from the shared input, then joined back
+        fork_join(fork, s1, s0)
+        _ok(cudart.cudaMemcpyAsync(left, src, n * 4, d2d, s0))
+        _ok(cudart.cudaMemcpyAsync(right, src, n * 4, d2d, s1))
+        fork_join(join, s0, s1)
+
+    graph = capture_graph(s0, enqueue)
+    for value in (1.0, 2.5):
+        host = np.full(n, value, np.float32)
+        _ok(cudart.cudaMemcpy(src, host.ctypes.data, n * 4, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+        _ok(cudart.cudaGraphLaunch(graph, s0))
+        _ok(cudart.cudaStreamSynchronize(s0))
+        for ptr in (left, right):
+            out = np.empty(n, np.float32)
+            _ok(cudart.cudaMemcpy(out.ctypes.data, ptr, n * 4, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
+            assert (out == value).all()
+    _ok(cudart.cudaGraphExecDestroy(graph))
+    for ptr in (src, left, right):
+        _ok(cudart.cudaFree(ptr))
