@@ -47,6 +47,27 @@ def file_sizes(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def expert_parity(ckpt: Path, bundle: Path) -> dict:
+    """One random window through the temporal expert: ORT graphs at each precision against PyTorch fp32."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from gamma_rt.export.checkpoint import Checkpoint
+    from gamma_rt.manifest import Manifest
+
+    checkpoint, manifest = Checkpoint(ckpt), Manifest.read(bundle)
+    mel = np.random.default_rng(0).standard_normal((1, checkpoint.config.temporal.num_mel_bins, 3000), np.float32)
+    with torch.no_grad():
+        ref = checkpoint.component("temporal_encoder")(torch.from_numpy(mel)).last_hidden_state.numpy()
+    out = {}
+    for key in ("temporal_encoder", "temporal_encoder.fp16"):
+        if key in manifest.components:
+            got = ort.InferenceSession(str(bundle / manifest.components[key].file)).run(None, {"mel": mel})[0]
+            out[key] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    return {"input": "one window of N(0,1) log-mel, batch 1", "rel_err_vs_pytorch_fp32": out}
+
+
 def machine() -> dict:
     mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
@@ -65,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, required=True, help="folder for full-ckpt/ and full-bundle/ (tens of GB)")
     p.add_argument("--out", type=Path, required=True, help="JSON results file")
     p.add_argument("--precision", action="append", choices=["fp32", "fp16"], help="repeatable; default fp32")
+    p.add_argument("--parity", action="store_true", help="also check the temporal expert graphs against PyTorch")
+    p.add_argument("--skip-export", action="store_true", help="reuse WORK/full-bundle and keep the export steps already in OUT")
     p.add_argument("--reuse-checkpoint", action="store_true", help="skip init when WORK/full-ckpt exists")
     args = p.parse_args(argv)
 
@@ -72,12 +95,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt, bundle = args.work / "full-ckpt", args.work / "full-bundle"
     result = {"machine": machine(), "tools": tool_versions(), "preset": "full", "steps": []}
+    if args.skip_export and args.out.is_file():
+        result["steps"] = [s for s in json.loads(args.out.read_text())["steps"] if " export " in s["command"]]
     if not (args.reuse_checkpoint and (ckpt / "config.json").is_file()):
         result["steps"].append(timed(["gamma-rt", "init", "--preset", "full", "--out", str(ckpt)], args.work))
-    for precision in args.precision or ["fp32"]:
+    for precision in [] if args.skip_export else args.precision or ["fp32"]:
         step = timed(["gamma-rt", "export", "onnx", str(ckpt), "--out", str(bundle), "--precision", precision], args.work)
         result["steps"].append(step)
         print(json.dumps(step), flush=True)
+    if args.parity:
+        result["parity"] = expert_parity(ckpt, bundle)
     result["checkpoint_bytes"] = file_sizes(ckpt)
     result["bundle_bytes"] = file_sizes(bundle)
     args.out.parent.mkdir(parents=True, exist_ok=True)
