@@ -74,7 +74,10 @@ def table(result: dict, name: str) -> str:
         per_token = block.get("decode_ms_per_token")
         median = per_token["median"] if isinstance(per_token, dict) else per_token
         rate = f"{1000 / median:.1f}" if median else "—"
-        lines.append(f"| {way} | {fmt(block.get('prefill_ms') or block.get('prefill_ms_per_token'))} | "
+        prefill = block.get("prefill_ms")
+        if prefill is None and block.get("prefill_ms_per_token"):  # llama-bench reports pp per token
+            prefill = block["prefill_ms_per_token"] * result["inputs"]["tokens_per_window"]
+        lines.append(f"| {way} | {fmt(prefill)} | "
                      f"{fmt(per_token, 2)} | {rate} |")
     e2e = result.get("end_to_end", {})
     if e2e:
