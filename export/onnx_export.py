@@ -31,19 +31,27 @@ DEFAULT_OPSET = 17
 OPSETS = range(17, 21)
 BATCH = "batch"
 
+HELP = """\
+Export the audio side of a checkpoint into BUNDLE as four ONNX graphs:
+  temporal_encoder, global_encoder  log-mel (batch, 128, 3000) -> hidden states (batch, 1500, d)
+  fusion                            both experts' hidden states -> fused (batch, 1500, d)
+  projector                         fused -> LLM embeddings (batch, 750, n_embd)
+Graphs take any batch size, are optimized by ONNX Runtime (LayerNorm and GELU fusions) and are
+recorded in BUNDLE/manifest.json. Run it again with the other --precision to hold both in one bundle.
+
+example: gamma-rt export onnx ckpt --out bundle --precision fp16
+"""
+
 
 def register(export_sub: argparse._SubParsersAction) -> None:
     p = export_sub.add_parser(
         "onnx",
         help="export the audio side (experts, fusion, projector) to ONNX graphs",
-        description="Export the audio side of a checkpoint into BUNDLE as four ONNX graphs: "
-        "temporal_encoder and global_encoder (log-mel -> hidden states), fusion (both experts' hidden "
-        "states -> fused) and projector (fused -> LLM embeddings). Graphs take any batch size, are "
-        "optimized by ONNX Runtime (LayerNorm/GELU fusions) and recorded in BUNDLE/manifest.json. "
-        "Run it twice with different --precision to hold both in one bundle.",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint folder written by `gamma-rt init`")
-    p.add_argument("--out", required=True, type=Path, help="bundle folder (created, or merged into)")
+    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE", help="bundle folder (created, or merged into)")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,

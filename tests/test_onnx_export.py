@@ -180,6 +180,26 @@ def test_large_graphs_keep_weights_in_one_hashed_external_file(tiny_checkpoint, 
         Manifest.load(bundle)
 
 
+def test_chosen_opset_is_written_and_the_chain_still_matches(tiny_checkpoint, reference, tmp_path):
+    bundle = tmp_path / "bundle"
+    assert main(["export", "onnx", str(tiny_checkpoint), "--out", str(bundle), "--opset", "20"]) == 0
+    manifest = Manifest.load(bundle)
+    ckpt, model = reference
+    mel = fresh_inputs(ckpt.config, "temporal_encoder", 1, seed=5)["mel"]
+    hidden = {}
+    for name in ("temporal_encoder", "global_encoder"):
+        path = bundle / manifest.component(name).file
+        assert manifest.component(name).opset == 20
+        assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""] == 20
+        hidden[name] = session(bundle, name).run(None, {"mel": mel})[0]
+    feeds = {"temporal": hidden["temporal_encoder"], "global": hidden["global_encoder"]}
+    fused = session(bundle, "fusion").run(None, feeds)[0]
+    embeddings = session(bundle, "projector").run(None, {"fused": fused})[0]
+    with torch.no_grad():
+        ref = model.encode_window(torch.from_numpy(mel)).numpy()
+    assert rel_err(embeddings, ref) <= 1e-4
+
+
 def test_onnx_subcommand_help_names_the_graphs_and_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "onnx", "--help"])
