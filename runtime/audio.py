@@ -199,7 +199,10 @@ class _FileSource(_Source):
         f = self._file
         if f.closed:
             raise AudioError(f"{self._name}: the audio stream was closed")
-        f.seek(0)  # every pass starts at the beginning, so a file can be iterated again
+        try:
+            f.seek(0)  # every pass starts at the beginning, so a file can be iterated again
+        except sf.LibsndfileError as err:  # a corrupt FLAC can fail even this seek
+            raise AudioError(f"{self._name}: corrupt {f.format} data ({_libsndfile_reason(err)})") from None
         decoded = 0
         while True:
             try:

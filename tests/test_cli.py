@@ -146,13 +146,7 @@ BAD_AUDIO = {
 }
 
 
-AUDIO_PY_SEEK_BUG = pytest.mark.xfail(
-    strict=True, reason="runtime/audio.py: libsndfile's seek(0) on this corrupt FLAC raises LibsndfileError "
-    "('Internal psf_fseek() failed') instead of AudioError; reported to the audio owner")
-
-
-@pytest.mark.parametrize("name", [n if n != "corrupt.flac" else pytest.param(n, marks=AUDIO_PY_SEEK_BUG)
-                                  for n in sorted(BAD_AUDIO)])
+@pytest.mark.parametrize("name", sorted(BAD_AUDIO))
 def test_bad_audio_is_one_line_naming_the_file(capsys, tiny_bundle, tmp_path, name):
     path = tmp_path / name
     make = BAD_AUDIO[name]
