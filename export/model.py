@@ -28,6 +28,8 @@ class CrossAttention(nn.Module):
     def __init__(self, d: int, n_heads: int, eps: float):
         super().__init__()
         self.n_heads = n_heads
+        # A Python float, so the traced graph holds a constant the attention fusion can read.
+        self.scale = (d // n_heads) ** -0.5
         self.norm_q = nn.LayerNorm(d, eps=eps)
         self.norm_kv = nn.LayerNorm(d, eps=eps)
         self.q_proj = nn.Linear(d, d)
@@ -42,7 +44,7 @@ class CrossAttention(nn.Module):
         kv = self.norm_kv(context)
         k = self.k_proj(kv).view(b, -1, h, d // h).transpose(1, 2)
         v = self.v_proj(kv).view(b, -1, h, d // h).transpose(1, 2)
-        attn = torch.softmax((q @ k.transpose(-1, -2)) * (d // h) ** -0.5, dim=-1)
+        attn = torch.softmax((q @ k.transpose(-1, -2)) * self.scale, dim=-1)
         return self.out_proj((attn @ v).transpose(1, 2).reshape(b, t, d))
 
 

@@ -40,6 +40,8 @@ def optimize_graph(
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
+    from .onnx_attention import FUSED_OP, fuse_attention
+
     _move_weights_out(raw)
     graph = onnx.load(str(raw), load_external_data=False)
     with _working_dir(raw.parent):  # a fusion that reads a weight's value finds its file from here
@@ -51,9 +53,13 @@ def optimize_graph(
             optimization_options=FusionOptions("bert"),
             opt_level=0,
         )
+        attention = fuse_attention(model.model, n_heads)
+        model.prune_graph()  # the head-split shape computations the fused attention left unused
         if precision == "fp16":
             _record_types(model.model)
     fusions = {op: n for op, n in model.get_fused_operator_statistics().items() if n}
+    if attention:
+        fusions[FUSED_OP] = attention
     load_external_data_for_model(model.model, str(raw.parent))
     if precision == "fp16":
         _to_fp16(model)
