@@ -36,7 +36,7 @@ Export the audio side of a checkpoint into BUNDLE as four ONNX graphs:
   temporal_encoder, global_encoder  log-mel (batch, 128, 3000) -> hidden states (batch, 1500, d)
   fusion                            both experts' hidden states -> fused (batch, 1500, d)
   projector                         fused -> LLM embeddings (batch, 750, n_embd)
-Graphs take any batch size, are optimized by ONNX Runtime (LayerNorm and GELU fusions) and are
+Graphs take any batch size, are optimized by ONNX Runtime (LayerNorm, GELU and attention fusions) and are
 recorded in BUNDLE/manifest.json. Run it again with the other --precision to hold both in one bundle.
 
 example: gamma-rt export onnx ckpt --out bundle --precision fp16

@@ -2,8 +2,11 @@
 
 The plain graph from ``torch.onnx.export`` goes through ``onnxruntime.transformers.optimizer``: it fuses
 LayerNorm + residual into ``SkipLayerNormalization`` and the erf GELU (with its bias) into ``BiasGelu`` /
-``Gelu``. These fusions are pure graph rewrites (``opt_level=0``: no session-level, machine-specific
-passes), so the saved graph runs on any ONNX Runtime execution provider.
+``Gelu``. It does not match the attention these graphs trace to, so :mod:`.onnx_attention` then fuses each
+head-split / MatMul / Softmax / MatMul / head-merge chain into ``com.microsoft.MultiHeadAttention``.
+These fusions are pure graph rewrites (``opt_level=0``: no session-level, machine-specific
+passes); the com.microsoft ops they emit run on ONNX Runtime's CPU and CUDA providers (TensorRT builds
+trace their own plain graphs, see ``engines.py``).
 
 ``optimum`` is not used: its ``ORTOptimizer`` wraps this same optimizer and adds nothing for graphs that
 are not ``transformers`` models it knows by name.

@@ -105,6 +105,21 @@ def test_every_graph_passes_onnx_checker_and_has_the_recorded_opset(both_precisi
         assert opsets[""] == c.opset, key
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_every_attention_is_fused_and_listed_in_the_manifest(both_precisions, reference, precision):
+    """Encoders' self-attention and fusion's cross-attention: one fused op each, no attention Softmax left."""
+    cfg = reference[0].config
+    layers = {"temporal_encoder": cfg.temporal.encoder_layers, "global_encoder": cfg.global_.encoder_layers,
+              "fusion": 2 * cfg.fusion.n_blocks}
+    manifest = Manifest.read(both_precisions)
+    for name, n_attention in layers.items():
+        c = manifest.component(component_name(name, precision))
+        ops = [n.op_type for n in onnx.load(str(both_precisions / c.file), load_external_data=False).graph.node]
+        assert ops.count("Softmax") == (1 if name == "fusion" else 0)  # the router's gate is the one left
+        assert ops.count("MultiHeadAttention") == n_attention
+        assert c.extra["fusions"]["MultiHeadAttention"] == n_attention
+
+
 def test_manifest_records_hashes_shapes_and_precisions(both_precisions):
     manifest = Manifest.load(both_precisions)  # verify=True: every file's size and sha256
     cfg = GammaConfig.tiny()
