@@ -36,7 +36,9 @@ def fuse_attention(model: onnx.ModelProto, n_heads: int) -> int:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
     constants = {t.name: t for t in graph.initializer}
-    constants.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"})
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute[0].name == "value":
+            constants[n.output[0]] = n.attribute[0].t
 
     def scalar(name: str) -> float | None:
         t = constants.get(name)
@@ -83,8 +85,9 @@ def fuse_attention(model: onnx.ModelProto, n_heads: int) -> int:
         if scores is None or only(scores[0], "MatMul") is None:
             continue
         qk = producer[scores[0]]
-        q_side, k_side, v_side = split_heads(qk.input[0], [0, 2, 1, 3]), split_heads(qk.input[1], [0, 2, 3, 1]), \
-            split_heads(out_mm.input[1], [0, 2, 1, 3])
+        q_side = split_heads(qk.input[0], [0, 2, 1, 3])
+        k_side = split_heads(qk.input[1], [0, 2, 3, 1])  # K is split and transposed for Q @ K^T in one step
+        v_side = split_heads(out_mm.input[1], [0, 2, 1, 3])
         merge_tr = consumers.get(out_mm.output[0], [])
         if None in (q_side, k_side, v_side) or len(merge_tr) != 1 or perm(merge_tr[0]) != [0, 2, 1, 3]:
             continue
@@ -94,7 +97,8 @@ def fuse_attention(model: onnx.ModelProto, n_heads: int) -> int:
         q_in = scaled(q_side[0])
         if q_in is None:
             continue
-        nodes = [softmax, out_mm, qk, merge_tr[0], merge_rs[0], *scores[2], *q_side[1], *k_side[1], *v_side[1], *q_in[2]]
+        nodes = [softmax, out_mm, qk, merge_tr[0], merge_rs[0], *scores[2], *q_in[2],
+                 *q_side[1], *k_side[1], *v_side[1]]
         dropped.update(id(n) for n in nodes)
         added.append((merge_rs[0], helper.make_node(
             FUSED_OP,
