@@ -39,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every engine, same for all (default 2)")
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode measurement (default 32)")
     p.add_argument("--baseline", type=Path, metavar="CKPT", help="checkpoint folder: also measure the PyTorch way")
-    p.add_argument("--skip", action="append", default=[], choices=["end_to_end", "throughput", "baselines"],
-                   help="leave a part out (repeatable); it is listed as skipped in the JSON")
+    p.add_argument("--skip", action="append", default=[], choices=["end_to_end", "throughput", "baselines", "llama_bench", "reference_10min"],
+                   help="leave a part out (repeatable; reference_10min: the PyTorch reference pipeline on the "
+                        "10 min input only); it is listed as skipped in the JSON")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
     p.set_defaults(func=cmd_bench)
 

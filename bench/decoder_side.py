@@ -37,12 +37,33 @@ def _quiet_log(level, text, user_data):  # llama.cpp logs every load at INFO; a 
     return None
 
 
+KV_TYPES = {"f32": 0, "f16": 1}  # GGML type ids, as runtime/decoder.py uses them
+
+
+def context_settings(n_ctx: int, threads: int, kv_type: str, n_batch: int) -> dict:
+    """The llama_context_params fields DecoderSession sets, with the values it gives them, for a raw loop
+    that must decode under exactly the runtime's settings (same cache type, flash attention, batch, threads).
+
+    Flash attention: off for an f32 cache (the runtime turns it off for exactness), llama.cpp's default
+    (auto) otherwise — again as the runtime leaves it."""
+    import llama_cpp as L
+
+    settings = {"n_ctx": n_ctx, "n_batch": n_batch, "n_ubatch": n_batch, "n_threads": threads,
+                "n_threads_batch": threads, "type_k": KV_TYPES[kv_type], "type_v": KV_TYPES[kv_type]}
+    if kv_type == "f32":
+        settings["flash_attn_type"] = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    return settings
+
+
 class RawLlamaLoop:
     """A llama.cpp model + context opened through the C API; call :meth:`prefill` then :meth:`step`."""
 
-    def __init__(self, gguf: str | Path, n_ctx: int, threads: int, n_gpu_layers: int = 0, f32_cache: bool = False):
-        """``f32_cache``: an f32 KV cache without flash attention, as the runtime picks for an all-F32 GGUF,
-        so both read and write the same bytes per token; otherwise llama.cpp's defaults (f16 cache)."""
+    def __init__(self, gguf: str | Path, n_ctx: int, threads: int, n_gpu_layers: int = 0, kv_type: str = "f16",
+                 n_batch: int | None = None):
+        """Context settings as :class:`gamma_rt.runtime.decoder.DecoderSession` makes them (see
+        :func:`context_settings`): ``kv_type`` "f32" (no flash attention, as the runtime picks for an all-F32
+        GGUF) or "f16" (llama.cpp's default cache, flash attention left to llama.cpp). ``n_batch`` defaults to
+        ``n_ctx``; it is also the micro-batch, so a window's prefill is one graph in both."""
         import llama_cpp as L
 
         self.L = L
@@ -54,16 +75,14 @@ class RawLlamaLoop:
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")
         cp = L.llama_context_default_params()
-        cp.n_ctx = n_ctx
-        cp.n_batch = n_ctx
-        cp.n_threads = cp.n_threads_batch = threads
-        if f32_cache:
-            cp.type_k = cp.type_v = 0  # GGML_TYPE_F32
-            cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        settings = context_settings(n_ctx, threads, kv_type, n_batch or n_ctx)
+        for name, value in settings.items():
+            setattr(cp, name, value)
+        self.settings = settings
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.n_embd = L.llama_model_n_embd(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
-        self.embd_batch = L.llama_batch_init(n_ctx, self.n_embd, 1)
+        self.embd_batch = L.llama_batch_init(settings["n_batch"], self.n_embd, 1)
         self.token_batch = L.llama_batch_init(1, 0, 1)
         self.n_past = 0
 
@@ -113,11 +132,17 @@ class RawLlamaLoop:
         return int(logits.argmax())
 
 
+def default_kv_type(gguf_type: str) -> str:
+    """The cache type DecoderSession picks for a GGUF of this type: f32 for an all-F32 file, else f16."""
+    return "f32" if gguf_type == "f32" else "f16"
+
+
 def raw_llama_loop(gguf: str | Path, embeddings: np.ndarray, n_decode: int, threads: int, repeat: int,
-                   warmup: int, n_gpu_layers: int = 0, f32_cache: bool = False) -> dict[str, Stats]:
+                   warmup: int, n_gpu_layers: int = 0, kv_type: str = "f16") -> dict[str, Stats]:
     """``prefill_ms`` (one window of embeddings) and ``decode_ms_per_token`` (median over all steps of all repeats)."""
-    loop = RawLlamaLoop(gguf, n_ctx=len(embeddings) + n_decode + 8, threads=threads, n_gpu_layers=n_gpu_layers,
-                        f32_cache=f32_cache)
+    n = len(embeddings)
+    loop = RawLlamaLoop(gguf, n_ctx=n + n_decode + 8, threads=threads, n_gpu_layers=n_gpu_layers, kv_type=kv_type,
+                        n_batch=n)
     try:
         prefill = measure(lambda: loop.prefill(embeddings), repeat, warmup)
         steps = []
@@ -134,36 +159,71 @@ def _advance(loop: RawLlamaLoop, token: int) -> None:
     loop.step(token)
 
 
-def runtime_decoder(gguf: str | Path, embeddings: np.ndarray, n_decode: int, threads: int, repeat: int,
-                    warmup: int, n_gpu_layers: int = 0) -> dict[str, Stats]:
-    """The runtime's DecoderSession on the same GGUF and embeddings: ``eval_embeddings`` then greedy
-    ``generate``. ms/token is generate's time over the tokens it evaluated (it may stop early at an
-    end token; ``tokens_decoded`` says how many)."""
+def runtime_against_raw(gguf: str | Path, embeddings: np.ndarray, n_decode: int, threads: int, repeat: int,
+                        warmup: int, kv_type: str, n_gpu_layers: int = 0, blocks: int = 4) -> dict[str, dict]:
+    """The runtime's DecoderSession and the raw loop on the same GGUF, settings and embeddings, interleaved.
+
+    Both contexts are open at once (the GGUF is memory-mapped, so its weights are shared) and each repeat
+    alternates them: prefill raw, prefill runtime, then ``blocks`` rounds of (raw steps, runtime ``generate``)
+    of ``n_decode / blocks`` tokens each. Load that drifts on a shared machine then hits both alike; measured
+    minutes apart, the same two loops differed by 20% on load alone.
+
+    Returns ``{"raw": {...}, "runtime": {...}}``, each with ``prefill_ms`` and ``decode_ms_per_token`` (one
+    sample per block, ms per token); the runtime's also ``tokens_decoded`` (generate may stop at an end token)
+    and both the context ``settings`` used.
+    """
     import time
 
     from gamma_rt.runtime.decoder import DecoderSession, Sampling
 
-    prefill, per_token, counts = [], [], []
-    with DecoderSession(gguf, n_ctx=len(embeddings) + n_decode + 8, n_threads=threads, n_gpu_layers=n_gpu_layers,
-                        n_seq_max=1, n_batch=len(embeddings)) as session:
-        for i in range(warmup + repeat):
-            session.clear()
-            t0 = time.perf_counter()
-            session.eval_embeddings(embeddings)
-            t1 = time.perf_counter()
-            before = session.n_past()
-            for _ in session.generate(Sampling(), max_tokens=n_decode):
-                pass
-            t2 = time.perf_counter()
-            n = session.n_past() - before
-            if i >= warmup and n > 0:
-                prefill.append((t1 - t0) * 1e3)
-                per_token.append((t2 - t1) * 1e3 / n)
-                counts.append(n)
-    if not per_token:
+    n = len(embeddings)
+    n_ctx = n + n_decode + 8
+    per_block = max(1, n_decode // blocks)
+    raw = RawLlamaLoop(gguf, n_ctx=n_ctx, threads=threads, n_gpu_layers=n_gpu_layers, kv_type=kv_type, n_batch=n)
+    figures = {way: {"prefill": [], "decode": []} for way in ("raw", "runtime")}
+    counts = []
+    try:
+        with DecoderSession(gguf, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=n_gpu_layers, n_seq_max=1,
+                            n_batch=n, kv_type=kv_type) as session:
+            for i in range(warmup + repeat):
+                keep = i >= warmup
+                t0 = time.perf_counter()
+                token = raw.prefill(embeddings)
+                t1 = time.perf_counter()
+                session.clear()
+                session.eval_embeddings(embeddings)
+                t2 = time.perf_counter()
+                if keep:
+                    figures["raw"]["prefill"].append((t1 - t0) * 1e3)
+                    figures["runtime"]["prefill"].append((t2 - t1) * 1e3)
+                decoded = 0
+                for _ in range(blocks):
+                    t0 = time.perf_counter()
+                    for _ in range(per_block):
+                        raw.step(token)
+                    t1 = time.perf_counter()
+                    before = session.n_past()
+                    for _ in session.generate(Sampling(), max_tokens=per_block):
+                        pass
+                    t2 = time.perf_counter()
+                    got = session.n_past() - before
+                    decoded += got
+                    if keep and got > 0:
+                        figures["raw"]["decode"].append((t1 - t0) * 1e3 / per_block)
+                        figures["runtime"]["decode"].append((t2 - t1) * 1e3 / got)
+                    if got < per_block:
+                        break  # an end token: the runtime's answer is over
+                if keep:
+                    counts.append(decoded)
+    finally:
+        raw.close()
+    if not figures["runtime"]["decode"]:
         raise RuntimeError(f"{gguf}: greedy decoding ended at once every time; no decode rate to measure")
-    return {"prefill_ms": summarize(prefill), "decode_ms_per_token": summarize(per_token),
-            "tokens_decoded": summarize(counts)}
+    out = {way: {"prefill_ms": summarize(f["prefill"]), "decode_ms_per_token": summarize(f["decode"]),
+                 "settings": {**raw.settings, "kv_type": kv_type, "interleaved_with": other}}
+           for (way, f), other in zip(figures.items(), ("runtime", "llama.cpp-raw"))}
+    out["runtime"]["tokens_decoded"] = summarize(counts)
+    return out
 
 
 def transformers_generate(checkpoint: str | Path, embeddings: np.ndarray, n_decode: int, threads: int,

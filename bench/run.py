@@ -39,7 +39,7 @@ class BenchOptions:
     threads: int = 2
     n_decode: int = 32  # tokens per decode measurement
     questions: int = 5  # per song, for the throughput workload
-    skip: list[str] = field(default_factory=list)  # parts not to run: end_to_end, throughput, baselines
+    skip: list[str] = field(default_factory=list)  # parts not to run (see --skip in bench/commands.py)
 
     def lengths(self) -> tuple[float, ...]:
         return (self.seconds,) if self.seconds else LENGTHS_S
@@ -140,6 +140,10 @@ def _audio_side(opts: BenchOptions, manifest: Manifest, audio_cfg: dict, result:
     return mel
 
 
+RUNTIME_DECODER_TYPES = ("f16", "f32")  # GGUF types the runtime is timed on, each against the raw loop; f16 first:
+# the deployment type, the one the end-to-end runs use, and the one the stage table shows
+
+
 def _decoder(opts: BenchOptions, manifest: Manifest, result: dict) -> np.ndarray:
     variants = decoder_side.gguf_variants(manifest)
     if not variants:
@@ -148,20 +152,33 @@ def _decoder(opts: BenchOptions, manifest: Manifest, result: dict) -> np.ndarray
     args = (embeddings, opts.n_decode, opts.threads, opts.repeat, opts.warmup)
     for gguf_type, name in variants.items():
         path = Path(opts.bundle) / manifest.component(name).file
-        raw = decoder_side.raw_llama_loop(path, *args, f32_cache=gguf_type == "f32")
-        result["decoder"][f"llama.cpp-raw-{gguf_type}"] = {k: v.to_dict() for k, v in raw.items()}
+        kv_type = decoder_side.default_kv_type(gguf_type)
+        if gguf_type in RUNTIME_DECODER_TYPES:  # the runtime and the raw loop, same settings, interleaved
+            pair = decoder_side.runtime_against_raw(path, *args, kv_type=kv_type)
+            result["decoder"][f"llama.cpp-raw-{gguf_type}"] = _plain(pair["raw"])
+            result["decoder"][f"runtime-{gguf_type}"] = _plain(pair["runtime"])
+        else:
+            raw = decoder_side.raw_llama_loop(path, *args, kv_type=kv_type)
+            result["decoder"][f"llama.cpp-raw-{gguf_type}"] = _plain(raw)
+        if "llama_bench" in opts.skip:
+            result["skipped"]["llama-bench"] = "skipped on request (--skip llama_bench)"
+            continue
         bench = decoder_side.llama_bench_figures(path, len(embeddings), opts.n_decode, opts.threads, opts.repeat)
         if "absent" in bench:
             result["skipped"]["llama-bench"] = bench["absent"]
         else:
             result["decoder"][f"llama-bench-{gguf_type}"] = bench
-    runtime_type = "f32" if "f32" in variants else next(iter(variants))
-    path = Path(opts.bundle) / manifest.component(variants[runtime_type]).file
-    rt = decoder_side.runtime_decoder(path, *args)
-    result["decoder"][f"runtime-{runtime_type}"] = {k: v.to_dict() for k, v in rt.items()}
-    result["stages"]["prefill_per_window"] = rt["prefill_ms"].to_dict()
-    result["stages"]["decode_ms_per_token"] = rt["decode_ms_per_token"].to_dict()
+    shown = next((f"runtime-{t}" for t in RUNTIME_DECODER_TYPES if f"runtime-{t}" in result["decoder"]), None)
+    if shown is None:
+        raise BundleError(f"{opts.bundle}: no F16 or F32 GGUF decoder to time the runtime on")
+    result["stages"]["prefill_per_window"] = result["decoder"][shown]["prefill_ms"]
+    result["stages"]["decode_ms_per_token"] = result["decoder"][shown]["decode_ms_per_token"]
     return embeddings
+
+
+def _plain(figures: dict) -> dict:
+    """Stats as dicts, other values (settings) as they are."""
+    return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in figures.items()}
 
 
 def _end_to_end(opts: BenchOptions, scratch: Path, result: dict) -> None:
@@ -196,7 +213,7 @@ def _baselines(opts: BenchOptions, scratch: Path, mel: np.ndarray, embeddings: n
     np.save(scratch / "embeddings.npy", embeddings)
     request = {"checkpoint": str(Path(opts.baseline).resolve()), "mel": str(scratch / "mel.npy"),
                "embeddings": str(scratch / "embeddings.npy"), "threads": opts.threads, "repeat": opts.repeat,
-               "warmup": opts.warmup, "n_decode": opts.n_decode, "audio_files": result.get("_audio_files", {}),
+               "warmup": opts.warmup, "n_decode": opts.n_decode, "audio_files": _reference_files(opts, result),
                "questions": opts.questions}
     from .baselines import run_baselines
 
@@ -210,6 +227,15 @@ def _baselines(opts: BenchOptions, scratch: Path, mel: np.ndarray, embeddings: n
         result["end_to_end"]["pytorch-reference"] = ref
     result["_baseline_memory"] = {"pytorch_peak_rss_mib": answer["memory"]["peak_rss_mib"],
                                   "pytorch_peak_device_mib": answer["memory"]["peak_device_mib"]}
+
+
+def _reference_files(opts: BenchOptions, result: dict) -> dict[str, str]:
+    """The end-to-end files the PyTorch reference runs on: all, or all but the 10 min one on request."""
+    files = result.get("_audio_files", {})
+    if "reference_10min" not in opts.skip:
+        return files
+    result["skipped"]["reference_10min"] = "skipped on request: the PyTorch reference pipeline on the 10 min input"
+    return {k: v for k, v in files.items() if float(k) < 600}
 
 
 # --- ratios --------------------------------------------------------------------------------------
@@ -249,16 +275,18 @@ def ratios(result: dict) -> dict[str, float | None]:
                 hf, _median(block, "decode_ms_per_token"))
     preferred = next((t for t in ("f16", "f32") if f"llama.cpp-raw-{t}" in dec), None)
     r["decode_llamacpp_over_transformers"] = r.get(f"decode_{preferred}_over_transformers") if preferred else None
-    runtime_key = next((k for k in dec if k.startswith("runtime-")), None)
-    if runtime_key:
-        raw = dec.get("llama.cpp-raw-" + runtime_key.removeprefix("runtime-"))
-        r["decode_runtime_over_raw"] = div(_median(raw, "decode_ms_per_token"),
-                                           _median(dec[runtime_key], "decode_ms_per_token"))
-    # the Pipeline's own end-to-end figures where it exists, else the runtime's parts streamed by bench
+    for t in RUNTIME_DECODER_TYPES:
+        if f"runtime-{t}" in dec:
+            r[f"decode_runtime_over_raw_{t}"] = div(_median(dec.get(f"llama.cpp-raw-{t}"), "decode_ms_per_token"),
+                                                    _median(dec[f"runtime-{t}"], "decode_ms_per_token"))
+    r["decode_runtime_over_raw"] = next((r[f"decode_runtime_over_raw_{t}"] for t in RUNTIME_DECODER_TYPES
+                                         if f"decode_runtime_over_raw_{t}" in r), None)
+    # the Pipeline's own rows (``runtime``; overhead from ``runtime-sequential``, where stages do not overlap),
+    # or the runtime's parts as an older run streamed them itself (``runtime-parts``)
     runtime_e2e = e2e.get("runtime") or e2e.get("runtime-parts") or {}
     first, last = runtime_e2e.get("30s"), runtime_e2e.get("600s")
-    r["orchestration_overhead"] = max((v.get("overhead") for v in runtime_e2e.values() if v.get("overhead") is not None),
-                                      default=None)
+    rows = [*e2e.get("runtime-sequential", {}).values(), *runtime_e2e.values()]
+    r["orchestration_overhead"] = max((v["overhead"] for v in rows if v.get("overhead") is not None), default=None)
     r["ttft_10min_over_30s"] = div(_median(last, "ttft_ms"), _median(first, "ttft_ms"))
     r["throughput_prefix_reuse"] = tp.get("speedup")
     return r

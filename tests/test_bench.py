@@ -35,12 +35,13 @@ def tiny_full_bundle(tiny_checkpoint, tiny_bundle_gguf, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_result(tiny_full_bundle, tiny_checkpoint, tmp_path_factory):
-    """One quick run of the whole harness through the CLI: repeat 1, one 35 s input, PyTorch baselines on."""
+    """One quick run of the whole harness through the CLI: repeat 1, one 35 s input, PyTorch baselines on,
+    llama-bench (a native build) left out."""
     out = tmp_path_factory.mktemp("bench_results")
     proc = subprocess.run(
         [sys.executable, "-m", "gamma_rt.cli", "bench", str(tiny_full_bundle), "--baseline", str(tiny_checkpoint),
          "--repeat", "1", "--warmup", "0", "--seconds", "35", "--decode-tokens", "4", "--threads", "1",
-         "--skip", "throughput", "--out", str(out)],
+         "--skip", "llama_bench", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -71,20 +72,38 @@ def test_tiny_run_writes_json_with_every_field_and_sane_numbers(tiny_result):
     for way in result["audio_side"].values():
         for stage in ("temporal_encoder", "global_encoder", "fusion", "projector"):
             _stats_ok(way[stage])
-    for way in ("llama.cpp-raw-f32", "llama.cpp-raw-f16", "runtime-f32", "transformers"):
+    for way in ("llama.cpp-raw-f32", "llama.cpp-raw-f16", "runtime-f32", "runtime-f16", "transformers"):
         _stats_ok(result["decoder"][way]["prefill_ms"])
         _stats_ok(result["decoder"][way]["decode_ms_per_token"])
-    row = result["end_to_end"]["runtime-parts"]["35s"]
+    for t, kv in (("f32", 0), ("f16", 1)):  # the runtime and its raw loop decode under the very same settings
+        runtime, raw = result["decoder"][f"runtime-{t}"]["settings"], result["decoder"][f"llama.cpp-raw-{t}"]["settings"]
+        assert {k: v for k, v in runtime.items() if k != "interleaved_with"} == \
+            {k: v for k, v in raw.items() if k != "interleaved_with"}
+        assert runtime["type_k"] == runtime["type_v"] == kv and runtime["n_threads"] == 1
+    row = result["end_to_end"]["runtime"]["35s"]  # the Pipeline, encoding one window ahead
     assert row["windows"] == 2  # 35 s = one full window + a padded one
     for key in ("total_ms", "rtf", "ttft_ms", "stage_sum_ms"):
         _stats_ok(row[key])
-    assert row["stage_sum_ms"]["median"] <= row["total_ms"]["median"]
+    assert row["overhead"] is None  # overlapping stages: overhead is judged on the sequential rows
     assert row["ttft_ms"]["median"] < row["total_ms"]["median"]
+    if row["first_piece_after_prefill_ms"] is not None:  # None when the tiny model's 4 tokens print no text
+        assert row["first_piece_after_prefill_ms"]["median"] <= row["ttft_ms"]["median"]
     assert math.isclose(row["rtf"]["median"], row["total_ms"]["median"] / 35_000, rel_tol=1e-9)
+    assert set(row["parts_ms"]) >= {"read", "front_end", "temporal_encoder", "prefill", "question", "decode"}
+    sequential = result["end_to_end"]["runtime-sequential"]["35s"]
+    assert sequential["stage_sum_ms"]["median"] <= sequential["total_ms"]["median"]
+    assert sequential["overhead"] == result["ratios"]["orchestration_overhead"] >= 0
+    assert result["inputs"]["end_to_end"]["decoder"] == "decoder.f16"
     reference = result["end_to_end"]["pytorch-reference"]["35s"]  # export/reference.py, same file and question
     _stats_ok(reference["total_ms"])
+    tp = result["throughput"]
+    assert tp["songs"] == 2 and tp["prompts"] == 5
+    for mode in ("with_prefix_reuse", "without_prefix_reuse"):
+        assert tp[mode]["seconds"] > 0 and tp[mode]["songs_per_hour"] > 0
+    assert result["ratios"]["throughput_prefix_reuse"] == pytest.approx(
+        tp["without_prefix_reuse"]["seconds"] / tp["with_prefix_reuse"]["seconds"])
     assert result["memory"]["runtime_peak_rss_mib"] > 0 and result["memory"]["pytorch_peak_rss_mib"] > 0
-    assert result["skipped"]["throughput"].startswith("skipped on request")
+    assert result["skipped"]["llama-bench"].startswith("skipped on request")
     assert [t["ratio"] for t in result["targets"]] == [t.ratio for t in TARGETS]
     assert result["ratios"]["audio_eager_over_ort"] > 0 and result["ratios"]["decode_runtime_over_raw"] > 0
     assert "targets (ratios within this run)" in stdout
@@ -156,8 +175,9 @@ def _result_with(**figures) -> dict:
             "llama.cpp-raw-f16": {"decode_ms_per_token": ms(figures["raw"])},
             "runtime-f16": {"decode_ms_per_token": ms(figures["runtime"])},
         },
-        "end_to_end": {"runtime": {"30s": {"ttft_ms": ms(figures["ttft30"]), "overhead": figures["overhead"]},
-                                   "600s": {"ttft_ms": ms(figures["ttft600"]), "overhead": 0.01}}},
+        "end_to_end": {"runtime": {"30s": {"ttft_ms": ms(figures["ttft30"]), "overhead": None},
+                                   "600s": {"ttft_ms": ms(figures["ttft600"]), "overhead": None}},
+                       "runtime-sequential": {"30s": {"overhead": figures["overhead"]}}},
         "throughput": {"speedup": figures["speedup"]},
     }
 
