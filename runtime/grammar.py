@@ -86,12 +86,22 @@ def max_answer_bytes(schema: dict) -> int:
     return 1 + _SPACE + body + (len(schema["properties"]) - 1) * (1 + _SPACE) + 1 + _SPACE
 
 
+# A string character: printable ASCII but '"' and '\', or an escape; non-ASCII text is written as \uXXXX
+# (not a surrogate). Why not llama.cpp's own ``[^"\\]``: its grammar decodes UTF-8 leniently, so it lets
+# through bytes that are not UTF-8 (overlong forms, surrogates, past U+10FFFF; seen from the tiny model),
+# which Python decodes to several U+FFFD each (breaking maxLength), and raw control characters, which
+# strict JSON rejects. With ASCII only, every accepted text decodes and parses exactly as the grammar counts.
+_CHAR_RULE = ('char ::= [ !#-\\[\\]-~] | "\\\\" (["\\\\/bfnrt] | '
+              '"u" ([0-9a-cA-Ce-fE-F] [0-9a-fA-F] | [dD] [0-7]) [0-9a-fA-F] [0-9a-fA-F])')
+
+
 def to_gbnf(schema: dict) -> str:
     """The llama.cpp grammar (GBNF text) that accepts exactly the JSON texts of ``schema``."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     order = list(schema["properties"]) if schema.get("type") == "object" else None
-    return json_schema_to_gbnf(json.dumps(schema), prop_order=order)
+    lines = json_schema_to_gbnf(json.dumps(schema), prop_order=order).splitlines()
+    return "\n".join(_CHAR_RULE if line.startswith("char ::= ") else line for line in lines) + "\n"
 
 
 def parse_answer(text: str, schema: dict, prompt: str):

@@ -103,6 +103,12 @@ class TrackTagger:
         """All prompts about one track: one encode, one audio prefill, the questions decoded together."""
         audio = item.audio if item.audio is not None else item.track.path
         prompts = self.prompt_set.prompts
+        cache = self.pipeline.cache
+        hits = cache.hits if cache is not None else 0
         answers = self.pipeline.ask(audio, [p.question for p in prompts], sampling=self.samplings,
                                     max_tokens=[p.max_tokens for p in prompts])
-        return [a.text for a in answers], {}
+        # per-stage ms of this ask (front end, encoders, prefill, question, decode) and the windows whose
+        # embeddings came from the cache, so a re-run with a new prompt set shows it skipped the encoders
+        info = {f"{stage}_ms": round(ms, 2) for stage, ms, _ in self.pipeline.times.rows()}
+        info["cached_windows"] = (cache.hits - hits) if cache is not None else 0
+        return [a.text for a in answers], info

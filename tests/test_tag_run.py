@@ -20,12 +20,6 @@ from gamma_rt.runtime.grammar import schema_violation
 from gamma_rt.runtime.outputs import read_records
 from gamma_rt.runtime.prompts import PromptSet
 
-for _module in ("gamma_rt.runtime.pipeline", "gamma_rt.runtime.audio", "gamma_rt.export.onnx_export",
-                "gamma_rt.export.gguf_export"):
-    if importlib.util.find_spec(_module) is None:
-        pytest.skip(f"{_module} has not landed yet: the tag job needs the runtime pipeline and the exporters",
-                    allow_module_level=True)
-
 # Short answers keep the tests fast; the default set is exercised once below.
 SMALL_PROMPTS = """\
 name = "small"
@@ -48,14 +42,10 @@ schema = { type = "object", properties = { caption = { type = "string", maxLengt
 """
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bundle")
-    for argv in (["init", "--preset", "tiny", "--out", str(root / "ckpt")],
-                 ["export", "onnx", str(root / "ckpt"), "--out", str(root / "b")],
-                 ["export", "gguf", str(root / "ckpt"), "--out", str(root / "b")]):
-        assert main(argv) == 0, argv
-    return root / "b"
+@pytest.fixture
+def bundle(tiny_bundle) -> Path:
+    """The session's tiny bundle (fp32 ONNX audio graphs + F32 GGUF decoder); the tag job only reads it."""
+    return tiny_bundle
 
 
 @pytest.fixture
@@ -183,6 +173,33 @@ def test_write_tags_dry_run_changes_nothing_then_write_tags_round_trips(job, cap
     capsys.readouterr()
     assert main(job["argv"]) == 1
     assert "0 ok, 0 failed of 0 to do" in capsys.readouterr().err, "tagged files are not asked again"
+
+
+def _cache_files(out: Path) -> set[Path]:
+    return set((out / "embedding-cache").rglob("*.npy"))
+
+
+def test_new_prompt_set_asks_again_but_reuses_every_cached_audio_embedding(job):
+    assert main(job["argv"]) == 1
+    cached = _cache_files(job["out"])
+    assert cached, "the first run cached no embeddings"
+    first = {r["path"]: r for r in read_records(job["out"] / "records.jsonl", "jsonl")}
+    assert all(r["timings"]["cached_windows"] == 0 and r["timings"]["front_end_ms"] > 0
+               for r in first.values() if r["status"] == "ok")
+    other = job["prompts"].parent / "other.toml"
+    other.write_text(SMALL_PROMPTS.replace('name = "small"', 'name = "other"')
+                     .replace("What is the genre?", "Which genre is it?"))
+    assert PromptSet.load(other).hash != PromptSet.load(job["prompts"]).hash
+    argv = [a if a != str(job["prompts"]) else str(other) for a in job["argv"]]
+    assert main(argv) == 1
+    assert _cache_files(job["out"]) == cached, "the re-run encoded audio again"
+    second = read_records(job["out"] / "records.jsonl", "jsonl")
+    assert {r["path"] for r in second} == set(first), "every track is asked the new prompt set"
+    for r in second:
+        if r["status"] == "ok":
+            assert r["timings"]["cached_windows"] >= 1, r["timings"]
+            assert not {"front_end_ms", "temporal_encoder_ms"} & set(r["timings"]), "encoders ran again"
+    _check_records(second, job["lib"], PromptSet.load(other))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'gamma-rt[ray]')")
