@@ -82,17 +82,26 @@ def table(result: dict, name: str) -> str:
     e2e = result.get("end_to_end", {})
     if e2e:
         lines += ["", "### End to end", "", "| way | audio | total ms | RTF | time to first token after audio, ms | "
-                  "orchestration overhead |", "|---|---|---|---|---|---|"]
+                  "first text after the last prefill, ms | sum of stage times, ms | orchestration overhead |",
+                  "|---|---|---|---|---|---|---|---|"]
         for way, by_length in e2e.items():
             for length, row in by_length.items():
                 lines.append(f"| {way} | {length} | {fmt(row.get('total_ms'))} | {fmt(row.get('rtf'), 3)} | "
-                             f"{fmt(row.get('ttft_ms'))} | {_pct(row.get('overhead'))} |")
+                             f"{fmt(row.get('ttft_ms'))} | {fmt(row.get('first_piece_after_prefill_ms'))} | "
+                             f"{fmt(row.get('stage_sum_ms'))} | {_pct(row.get('overhead'))} |")
+        if "runtime" in e2e:
+            lines += ["", "`runtime`: `Pipeline.stream`, encoding one window ahead while the decoder prefills (stages "
+                      "overlap, so their sum exceeds the total); `runtime-sequential`: the same with `overlap=False`, "
+                      "where overhead = (total − stage sum) / stage sum. Time to first token runs from the delivery "
+                      "of the last audio block, held back until the earlier windows are prefilled, as live input "
+                      "would arrive (bench/end_to_end.py)."]
     tp = result.get("throughput")
     if tp:
         lines += ["", "### Tagging throughput", "",
                   f"{tp.get('songs')} songs × {tp.get('prompts')} questions: "
                   f"{tp['with_prefix_reuse']['songs_per_hour']:.0f} songs/hour with prefix reuse, "
-                  f"{tp['without_prefix_reuse']['songs_per_hour']:.0f} without."]
+                  f"{tp['without_prefix_reuse']['songs_per_hour']:.0f} without "
+                  f"({tp.get('speedup', 0):.2f}x; {tp.get('bench', '')}, {tp.get('max_tokens', '?')} tokens per answer)."]
     mem = result.get("memory", {})
     lines += ["", "### Memory", "", " · ".join(f"{k} {v:.0f}" for k, v in mem.items() if v is not None) or "—"]
     lines += ["", "### Targets", "", "| target | value | needed | verdict |", "|---|---|---|---|"]
