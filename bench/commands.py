@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed runs per figure (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before them (default 1)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for every engine, same for all (default 2)")
+    p.add_argument("--gpu-layers", type=int, default=0, metavar="N",
+                   help="decoder layers on the GPU for every llama.cpp measurement (default 0: CPU; needs a "
+                   "CUDA build of llama.cpp, see native/build.sh)")
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode measurement (default 32)")
     p.add_argument("--baseline", type=Path, metavar="CKPT", help="checkpoint folder: also measure the PyTorch way")
     p.add_argument("--skip", action="append", default=[], choices=["end_to_end", "throughput", "baselines", "llama_bench", "reference_10min"],
@@ -60,6 +63,8 @@ def cmd_bench(args) -> int:
     for name in ("repeat", "threads", "decode_tokens"):
         if getattr(args, name) < 1:
             raise GammaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.gpu_layers < 0:
+        raise GammaError(f"--gpu-layers must be 0 or more, got {args.gpu_layers}")
     if args.warmup < 0:
         raise GammaError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.seconds is not None and args.seconds <= 0:
@@ -68,7 +73,7 @@ def cmd_bench(args) -> int:
         raise GammaError(f"{args.audio}: audio file not found (--audio)")
     opts = BenchOptions(bundle=Path(args.bundle), baseline=args.baseline, audio=args.audio, seconds=args.seconds,
                         repeat=args.repeat, warmup=args.warmup, threads=args.threads, n_decode=args.decode_tokens,
-                        skip=args.skip)
+                        skip=args.skip, gpu_layers=args.gpu_layers)
     result = run_bench(opts)
     path = write_result(result, args.out)
     plots = report.plot_result(path)

@@ -252,14 +252,16 @@ def transformers_generate(checkpoint: str | Path, embeddings: np.ndarray, n_deco
     return {"prefill_ms": prefill, "decode_ms_per_token": summarize(per_token)}
 
 
-def llama_bench_figures(gguf: str | Path, n_prompt: int, n_decode: int, threads: int, repeat: int) -> dict:
+def llama_bench_figures(gguf: str | Path, n_prompt: int, n_decode: int, threads: int, repeat: int,
+                        n_gpu_layers: int = 0) -> dict:
     """llama-bench's pp/tg ms per token, or why there are none (no native build here)."""
     from gamma_rt.errors import GammaError
 
     from .llama_bench import run_llama_bench
 
     try:
-        records = run_llama_bench(gguf, n_prompt=n_prompt, n_gen=n_decode, repetitions=repeat, threads=threads)
+        records = run_llama_bench(gguf, n_prompt=n_prompt, n_gen=n_decode, repetitions=repeat, threads=threads,
+                                   n_gpu_layers=n_gpu_layers)
     except GammaError as e:
         return {"absent": str(e)}
     return {f"{r.kind}_ms_per_token": r.ms_per_token for r in records}

@@ -108,12 +108,12 @@ def ask_once(pipe, path: str | Path, n_decode: int, overlap: bool) -> dict:
 
 
 def open_pipeline(opts, max_seconds: float, decoder: str, answer_tokens: int | None = None):
-    """The bundle's Pipeline on ORT fp32 with ``opts.threads``, its context sized for ``max_seconds`` and
-    ``answer_tokens`` at once (so no timed run pays for re-creating it, and the 30 s and 10 min runs attend
-    over the same cache size)."""
+    """The bundle's Pipeline on ORT fp32 with ``opts.threads`` and ``opts.gpu_layers`` decoder layers on the GPU,
+    its context sized for ``max_seconds`` and ``answer_tokens`` at once (so no timed run pays for re-creating
+    it, and the 30 s and 10 min runs attend over the same cache size)."""
     pipeline = _pipeline_module()
     pipe = pipeline.Pipeline.open(opts.bundle, backend="ort-cpu", decoder=decoder, precision="fp32",
-                                  threads=opts.threads)
+                                  threads=opts.threads, gpu_layers=opts.gpu_layers)
     answer_tokens = answer_tokens or opts.n_decode
     pipe._open_decoder(pipe._context_for(max_seconds, pipeline.PROMPT_SLACK_TOKENS + answer_tokens))
     return pipe

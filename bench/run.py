@@ -38,6 +38,7 @@ class BenchOptions:
     warmup: int = 1
     threads: int = 2
     n_decode: int = 32  # tokens per decode measurement
+    gpu_layers: int = 0  # decoder layers offloaded by every llama.cpp side (runtime, raw loop, llama-bench)
     questions: int = 5  # per song, for the throughput workload
     skip: list[str] = field(default_factory=list)  # parts not to run (see --skip in bench/commands.py)
 
@@ -150,20 +151,22 @@ def _decoder(opts: BenchOptions, manifest: Manifest, result: dict) -> np.ndarray
         raise BundleError(f"{opts.bundle}: no GGUF decoder in the manifest; run `gamma-rt export gguf` first")
     embeddings = decoder_side.audio_embeddings(manifest.audio["tokens_per_window"], manifest.llm["n_embd"])
     args = (embeddings, opts.n_decode, opts.threads, opts.repeat, opts.warmup)
+    gpu = {"n_gpu_layers": opts.gpu_layers}
     for gguf_type, name in variants.items():
         path = Path(opts.bundle) / manifest.component(name).file
         kv_type = decoder_side.default_kv_type(gguf_type)
         if gguf_type in RUNTIME_DECODER_TYPES:  # the runtime and the raw loop, same settings, interleaved
-            pair = decoder_side.runtime_against_raw(path, *args, kv_type=kv_type)
+            pair = decoder_side.runtime_against_raw(path, *args, kv_type=kv_type, **gpu)
             result["decoder"][f"llama.cpp-raw-{gguf_type}"] = _plain(pair["raw"])
             result["decoder"][f"runtime-{gguf_type}"] = _plain(pair["runtime"])
         else:
-            raw = decoder_side.raw_llama_loop(path, *args, kv_type=kv_type)
+            raw = decoder_side.raw_llama_loop(path, *args, kv_type=kv_type, **gpu)
             result["decoder"][f"llama.cpp-raw-{gguf_type}"] = _plain(raw)
         if "llama_bench" in opts.skip:
             result["skipped"]["llama-bench"] = "skipped on request (--skip llama_bench)"
             continue
-        bench = decoder_side.llama_bench_figures(path, len(embeddings), opts.n_decode, opts.threads, opts.repeat)
+        bench = decoder_side.llama_bench_figures(path, len(embeddings), opts.n_decode, opts.threads, opts.repeat,
+                                                   opts.gpu_layers)
         if "absent" in bench:
             result["skipped"]["llama-bench"] = bench["absent"]
         else:

@@ -43,12 +43,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed, for repeatable answers (default 0)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the decoder and ONNX Runtime (default: all cores; use 1 on a busy machine)")
+    add_gpu_layers_option(p)
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="keep audio embeddings here, so asking about the same song again skips the encoders")
     p.add_argument("--no-overlap", action="store_true",
                    help="encode each window only after the previous one is prefilled (no worker thread)")
     p.add_argument("--verbose", "-v", action="store_true", help="print the backend chosen and per-stage timings")
     add_raw_format_options(p)
+
+
+def add_gpu_layers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu-layers", type=int, default=None, metavar="N",
+                   help="decoder layers on the GPU (default: all of them when llama.cpp was built with CUDA, "
+                   "see native/build.sh; 0 keeps the decoder on the CPU)")
+
+
+def check_gpu_layers(value: int | None) -> None:
+    from gamma_rt.errors import GammaError
+
+    if value is not None and value < 0:
+        raise GammaError(f"--gpu-layers must be 0 or more, got {value}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,10 +92,13 @@ def _open(args):
         raise GammaError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.threads is not None and args.threads < 1:
         raise GammaError(f"--threads must be at least 1, got {args.threads}")
+    check_gpu_layers(args.gpu_layers)
     pipe = Pipeline.open(args.bundle, backend=args.backend, decoder=args.decoder, precision=args.precision,
-                         cache_dir=args.cache_dir, threads=args.threads, overlap=not args.no_overlap, progress=track)
+                         cache_dir=args.cache_dir, threads=args.threads, overlap=not args.no_overlap, progress=track,
+                         gpu_layers=args.gpu_layers)
     if args.verbose:
         print(f"audio backend: {pipe.backend.name} {pipe.backend.precision} ({pipe.backend.reason})", file=sys.stderr)
+        print(f"decoder: {pipe.decoder_placement()}", file=sys.stderr)
     audio = open_audio(args.audio, pipe.layout.sample_rate, raw=raw_format_from_options(args))
     return pipe, audio
 

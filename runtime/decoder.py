@@ -42,6 +42,17 @@ def context_size_for(audio_seconds: float, tokens_per_second: float, prompt_toke
     return max(256, -(-needed // 256) * 256)
 
 
+ALL_LAYERS = 999  # more layers than any model has: llama.cpp offloads every layer and the output
+
+
+def gpu_layers_for(requested: int | None) -> int:
+    """The decoder layers to put on the GPU: ``requested`` (None = all) where this llama.cpp build can offload
+    (a CUDA, Metal or Vulkan build), else 0."""
+    if not llama_cpp.llama_supports_gpu_offload():
+        return 0
+    return ALL_LAYERS if requested is None else requested
+
+
 def quiet_llama_logs() -> None:
     """Keep llama.cpp's log to errors. llama-cpp-python prints every line (model dumps, graph stats) unless
     its logger says otherwise; an application that configured that logger itself is left alone."""
@@ -58,14 +69,15 @@ class DecoderSession:
         gguf_path: str | Path,
         n_ctx: int,
         n_threads: int | None = None,
-        n_gpu_layers: int = 0,
+        n_gpu_layers: int | None = 0,
         n_seq_max: int = 8,
         n_batch: int = 512,
         kv_type: str | None = None,
     ):
         """``n_ctx`` is the KV cache size in tokens, shared by all ``n_seq_max`` sequences (see
         :func:`context_size_for`). ``n_gpu_layers`` layers go to the GPU when llama.cpp was built with CUDA
-        (``llama_supports_gpu_offload``); on a CPU-only build the request is ignored. ``kv_type`` "f32" or
+        (``llama_supports_gpu_offload``), None meaning all of them; on a CPU-only build the request is ignored
+        (``self.gpu_layers`` says what was asked of llama.cpp). ``kv_type`` "f32" or
         "f16" is the KV cache's type; by default f32 for an all-F32 GGUF (exact parity with the reference:
         f32 cache, no flash attention), else f16 (half the memory)."""
         global _backend_ready
@@ -83,7 +95,10 @@ class DecoderSession:
             _backend_ready = True
 
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+        if n_gpu_layers is not None and n_gpu_layers < 0:
+            raise ValueError(f"n_gpu_layers must be 0 or more (None for all), got {n_gpu_layers}")
+        self.gpu_layers = gpu_layers_for(n_gpu_layers)
+        mparams.n_gpu_layers = self.gpu_layers
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise BundleError(f"{self.path}: llama.cpp could not load this GGUF (unsupported architecture or tensors)")

@@ -32,7 +32,7 @@ from gamma_rt.manifest import Manifest
 
 from .audio import AudioStream, open_audio
 from .backends import AudioBackend, open_backend
-from .decoder import DecoderSession, Sampling, context_size_for
+from .decoder import ALL_LAYERS, DecoderSession, Sampling, context_size_for
 from .embed import AudioLayout, WindowEmbedding, embed_windows
 from .embed_cache import EmbeddingCache
 from .prompt import ChatPrompt
@@ -66,12 +66,12 @@ class Pipeline:
 
     def __init__(self, bundle: Path, manifest: Manifest, backend: AudioBackend, decoder_file: Path,
                  cache: EmbeddingCache | None = None, threads: int | None = None, overlap: bool = True,
-                 progress=None):
+                 progress=None, gpu_layers: int | None = None):
         self.bundle, self.manifest, self.backend = bundle, manifest, backend
         self.layout = AudioLayout.from_manifest(manifest.audio)
         self.prompt = ChatPrompt.from_manifest(manifest.prompt, str(bundle / "manifest.json"))
         self.decoder_file, self.threads, self.overlap, self.progress = decoder_file, threads, overlap, progress
-        self.cache = cache
+        self.cache, self.gpu_layers = cache, gpu_layers
         self.times = StageTimes()  # of the last run; the backend's stages are merged in at its end
         self.figures: dict[str, float] = {}  # key figures of the last run in ms (after_audio_ms, ...)
         self.session: DecoderSession | None = None
@@ -80,10 +80,11 @@ class Pipeline:
     @classmethod
     def open(cls, bundle: str | Path, backend: str = "auto", decoder: str = "decoder", precision: str = "auto",
              cache_dir: str | Path | None = None, threads: int | None = None, overlap: bool = True,
-             verify: bool = True, progress=None) -> "Pipeline":
+             verify: bool = True, progress=None, gpu_layers: int | None = None) -> "Pipeline":
         """Load a bundle. ``backend``: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. ``decoder``: the manifest
         component of the GGUF (``decoder``, ``decoder.f16``, ``decoder.q4_k_m``...). ``cache_dir``: keep audio
-        embeddings there. ``verify`` checks every file's sha256 first (cached, so cheap after the first time)."""
+        embeddings there. ``verify`` checks every file's sha256 first (cached, so cheap after the first time).
+        ``gpu_layers``: decoder layers offloaded to the GPU (None = all, on a llama.cpp built with CUDA; 0 = CPU)."""
         bundle = Path(bundle)
         manifest = Manifest.load(bundle, verify=verify)
         gguf = manifest.component(decoder)
@@ -91,7 +92,7 @@ class Pipeline:
             raise BundleError(f"{bundle / 'manifest.json'}: components.{decoder}.kind is {gguf.kind!r}, not gguf")
         audio_backend = open_backend(bundle, manifest, backend, precision, threads)
         cache = EmbeddingCache(cache_dir, bundle, audio_backend.precision) if cache_dir else None
-        return cls(bundle, manifest, audio_backend, bundle / gguf.file, cache, threads, overlap, progress)
+        return cls(bundle, manifest, audio_backend, bundle / gguf.file, cache, threads, overlap, progress, gpu_layers)
 
     def close(self) -> None:
         if self.session is not None:
@@ -138,7 +139,16 @@ class Pipeline:
             return
         if self.session is not None:
             self.session.close()
-        self.session = DecoderSession(self.decoder_file, n_ctx=n_ctx, n_threads=self.threads)
+        self.session = DecoderSession(self.decoder_file, n_ctx=n_ctx, n_threads=self.threads,
+                                      n_gpu_layers=self.gpu_layers)
+
+    def decoder_placement(self) -> str:
+        """Where the decoder runs, in words (for --verbose)."""
+        layers = self.session.gpu_layers
+        if layers == 0:
+            why = "--gpu-layers 0" if self.gpu_layers == 0 else "this llama.cpp build has no GPU offload"
+            return f"{self.decoder_file.name} on the CPU ({why})"
+        return f"{self.decoder_file.name}, {'all' if layers >= ALL_LAYERS else layers} layers on the GPU"
 
     def tokens(self, text: str) -> list[int]:
         return self.session.tokenize(text) if text else []

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .commands import add_gpu_layers_option, check_gpu_layers
+
 DESCRIPTION = """\
 Ask a prompt set (genre, mood, instruments, tempo, key, vocals, structure, caption by default) about every
 audio file under LIBRARY_DIR and write one record per track to RESULTS/records.jsonl (or .csv / .sqlite).
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: actors on a Ray cluster (set RAY_ADDRESS to join one)")
     p.add_argument("--backend", default="auto", help="audio-side backend passed to the pipeline (default auto)")
+    add_gpu_layers_option(p)
     p.add_argument("--cache", type=Path, metavar="DIR",
                    help="audio-embedding cache folder (default RESULTS/embedding-cache)")
     p.add_argument("--retry-failed", action="store_true", help="ask again about tracks whose record failed")
@@ -60,10 +63,12 @@ def cmd_tag(args) -> int:
         raise GammaError("--dry-run only applies to --write-tags")
     if args.workers < 1 or args.prefetch < 0:
         raise GammaError("--workers must be at least 1 and --prefetch at least 0")
+    check_gpu_layers(args.gpu_layers)
     prompt_set = PromptSet.load(args.prompts) if args.prompts else PromptSet.default()
     opts = TagOptions(library=args.library, bundle=args.bundle, out=args.out, prompt_set=prompt_set,
                       fmt=args.format, workers=args.workers, prefetch=args.prefetch, engine=args.engine,
-                      retry_failed=args.retry_failed, backend=args.backend, cache_dir=args.cache)
+                      retry_failed=args.retry_failed, backend=args.backend, cache_dir=args.cache,
+                      gpu_layers=args.gpu_layers)
     progress = TagProgress(enabled=False if args.quiet else None)
     try:
         summary = run(opts, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)))

@@ -28,10 +28,11 @@ def _actor_class():
     class TagActor:
         """One model instance. Holds a TrackTagger for the whole run (the model loads once per actor)."""
 
-        def __init__(self, bundle: str, prompt_set: PromptSet, cache_dir: str, backend: str):
+        def __init__(self, bundle: str, prompt_set: PromptSet, cache_dir: str, backend: str,
+                     gpu_layers: int | None):
             from gamma_rt.runtime.tag_worker import TrackTagger
 
-            self.tagger = TrackTagger(bundle, prompt_set, cache_dir, backend)
+            self.tagger = TrackTagger(bundle, prompt_set, cache_dir, backend, gpu_layers)
 
         def tag(self, track: Track) -> dict:
             from gamma_rt.runtime.tag_worker import decode
@@ -44,7 +45,7 @@ def _actor_class():
 
 
 def run_ray(tracks: list[Track], bundle: Path, prompt_set: PromptSet, cache_dir: Path, workers: int,
-            backend: str, stop) -> Iterator[dict]:
+            backend: str, stop, gpu_layers: int | None = None) -> Iterator[dict]:
     """Records of ``tracks`` from ``workers`` Ray actors, as they finish. Joins the cluster named by
     RAY_ADDRESS, or starts a local Ray instance."""
     try:
@@ -59,7 +60,8 @@ def run_ray(tracks: list[Track], bundle: Path, prompt_set: PromptSet, cache_dir:
         return
     gpu = ray.cluster_resources().get("GPU", 0) >= 1
     actor = _actor_class().options(num_gpus=1) if gpu else _actor_class().options(num_cpus=1)
-    actors = [actor.remote(str(Path(bundle).resolve()), prompt_set, str(Path(cache_dir).resolve()), backend)
+    actors = [actor.remote(str(Path(bundle).resolve()), prompt_set, str(Path(cache_dir).resolve()), backend,
+                           gpu_layers)
               for _ in range(min(workers, len(tracks)))]
     queue = iter(tracks)
     owner: dict = {}  # ObjectRef -> actor index

@@ -67,13 +67,13 @@ class TrackTagger:
     """One pipeline (one model instance) answering a prompt set about decoded tracks."""
 
     def __init__(self, bundle: str | Path, prompt_set: PromptSet, cache_dir: str | Path | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", gpu_layers: int | None = None):
         from .decoder import Sampling
         from .pipeline import Pipeline
 
         self.prompt_set = prompt_set
         self.bundle_hash = bundle_hash(bundle)
-        self.pipeline = Pipeline.open(bundle, backend=backend, cache_dir=cache_dir)
+        self.pipeline = Pipeline.open(bundle, backend=backend, cache_dir=cache_dir, gpu_layers=gpu_layers)
         base = {k: v for k, v in prompt_set.sampling.items()}
         self.samplings = [Sampling(**base, grammar=p.grammar) for p in prompt_set.prompts]
 

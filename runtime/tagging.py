@@ -44,6 +44,7 @@ class TagOptions:
     engine: str = "local"
     retry_failed: bool = False
     backend: str = "auto"
+    gpu_layers: int | None = None  # decoder layers on the GPU; None = all where llama.cpp can offload
     cache_dir: Path | None = None  # default: OUT/embedding-cache
 
 
@@ -162,9 +163,9 @@ def run(opts: TagOptions, on_record: Callable[[dict], None] | None = None,
         if opts.engine == "ray":
             from .tag_ray import run_ray
 
-            results = run_ray(todo, opts.bundle, ps, cache_dir, opts.workers, opts.backend, stop)
+            results = run_ray(todo, opts.bundle, ps, cache_dir, opts.workers, opts.backend, stop, opts.gpu_layers)
         else:
-            results = run_local(todo, lambda: TrackTagger(opts.bundle, ps, cache_dir, opts.backend),
+            results = run_local(todo, lambda: TrackTagger(opts.bundle, ps, cache_dir, opts.backend, opts.gpu_layers),
                                 opts.workers, opts.prefetch, stop)
         restore = stop.install()
         try:

@@ -72,6 +72,14 @@ def test_verbose_names_the_backend_and_prints_stage_timings(capsys, tiny_bundle,
     code, out, err = run_cli(capsys, "ask", tiny_bundle, song, "-q", "Genre?", *ASK, "--verbose")
     assert code == 0
     assert "audio backend: ort-cpu" in err
+    import llama_cpp
+
+    if llama_cpp.llama_supports_gpu_offload():  # a CUDA build of llama.cpp (native/build.sh cuda ARCH)
+        assert "decoder: decoder-f32.gguf, all layers on the GPU" in err
+    else:
+        assert "decoder: decoder-f32.gguf on the CPU (this llama.cpp build has no GPU offload)" in err
+    code, out, err = run_cli(capsys, "ask", tiny_bundle, song, "-q", "Genre?", *ASK, "-v", "--gpu-layers", "0")
+    assert code == 0 and "decoder: decoder-f32.gguf on the CPU (--gpu-layers 0)" in err
     for stage in ("front_end", "temporal_encoder", "global_encoder", "fusion", "projector", "prefill", "decode"):
         assert stage in err
 
@@ -168,6 +176,16 @@ def test_non_finite_samples_are_refused(capsys, tiny_bundle, tmp_path, value):
     sf.write(path, samples, 16000, subtype="FLOAT")
     code, out, err = run_cli(capsys, "ask", tiny_bundle, path, "-q", "Genre?", *ASK)
     assert_one_line_error(code, err, "nonfinite.wav")
+
+
+@pytest.mark.parametrize("command", ["ask", "tag"])
+def test_negative_gpu_layers_is_refused(capsys, tiny_bundle, song, tmp_path, command):
+    if command == "ask":
+        argv = ["ask", tiny_bundle, song, "-q", "Genre?", *ASK]
+    else:
+        argv = ["tag", tmp_path, "--bundle", tiny_bundle, "--out", tmp_path / "out", "--quiet"]
+    code, out, err = run_cli(capsys, *argv, "--gpu-layers", "-2")
+    assert_one_line_error(code, err, "--gpu-layers must be 0 or more, got -2")
 
 
 # --- bad bundles ----------------------------------------------------------------------------------

@@ -124,6 +124,20 @@ def test_a_full_context_is_a_clear_error(f32):
             s.eval_tokens([5] * 300)
 
 
+def test_gpu_layers_are_all_by_default_where_llama_cpp_can_offload_and_none_elsewhere(f32):
+    import llama_cpp
+
+    from gamma_rt.runtime.decoder import ALL_LAYERS
+
+    offload = llama_cpp.llama_supports_gpu_offload()
+    with DecoderSession(f32, n_ctx=256, n_gpu_layers=None) as s:
+        assert s.gpu_layers == (ALL_LAYERS if offload else 0)
+    with DecoderSession(f32, n_ctx=256, n_gpu_layers=0) as s:
+        assert s.gpu_layers == 0
+    with pytest.raises(ValueError, match="n_gpu_layers must be 0 or more"):
+        DecoderSession(f32, n_ctx=256, n_gpu_layers=-1)
+
+
 def test_context_size_covers_audio_prompt_and_answer():
     # 95 s of audio at 25 tokens/s = 2375 tokens, + 40 prompt + 200 answer = 2615 -> next multiple of 256
     assert context_size_for(95, 25.0, 40, 200) == 2816
