@@ -6,6 +6,13 @@
 #                            # foreground: the PyTorch bf16 reference per stage (bench/gpu_reference.py)
 #   bench/gpu_run.sh llama   # waits for both, quantizes to Q8_0 and Q4_K_M, runs llama-bench on all three
 #
+# and for the runtime's own decoder on that build (no PyTorch reference needed):
+#
+#   bench/gpu_run.sh build   # foreground: the CUDA build and the F16 GGUF side by side
+#   bench/gpu_run.sh tests   # the decoder, pipeline and CLI tests with every decoder layer on the GPU
+#   bench/gpu_run.sh runtime # quantizes to Q4_K_M, then bench/gpu_decoder.py: DecoderSession vs the raw loop
+#                            # vs llama-bench, F16 and Q4_K_M, all layers offloaded
+#
 # Knobs: BATCH (windows per audio-side call in the PyTorch run, default 1), QUANTS (default "Q8_0 Q4_K_M"),
 # DEPTHS (KV-cache depths for llama-bench, default 0; 15000 = 10 min of audio), RESULT_SUFFIX.
 #
@@ -75,5 +82,30 @@ case "${1:-}" in
       --out "$out/gpu_${tag}_llama_bench_qwen3_8b_random${RESULT_SUFFIX:-}.json"
     echo "CUDA build of llama.cpp took $(cat "$work/build.seconds") s on $((cores - 2)) cores"
     ;;
-  *) echo "usage: bench/gpu_run.sh start|llama" >&2; exit 2 ;;
+  build)
+    nvidia-smi > "$work/nvidia-smi.txt"
+    start=$(date +%s)
+    PYTHONPATH="$PYTHONPATH:$gguf_py" python3 "$repo/bench/random_gguf.py" "$work/qwen3-8b-f16.gguf" --preset full \
+      > "$work/gguf.log" 2>&1 &
+    JOBS="$cores" GAMMA_NATIVE_SDIST="$sdist" "$repo/native/build.sh" cuda "$arch" > "$work/build.log" 2>&1 \
+      || { tail -30 "$work/build.log"; exit 1; }
+    echo "CUDA build of llama.cpp took $(($(date +%s) - start)) s on $cores cores"
+    wait $! || { tail -30 "$work/gguf.log"; exit 1; }
+    ;;
+  tests|runtime)
+    # llama-cpp-python's Python package from the same sdist, on the CUDA libraries just built
+    export LLAMA_CPP_LIB_PATH="$repo/native-build/cuda-sm$arch/bin" GAMMA_RT_NATIVE="$repo/native-build/cuda-sm$arch"
+    export PYTHONPATH="$PYTHONPATH:$sdist:$gguf_py"
+    if [ "$1" = tests ]; then
+      python3 -m pytest -q -p no:cacheprovider "$repo/tests/test_decoder.py" "$repo/tests/test_pipeline.py" \
+        "$repo/tests/test_cli.py"
+    else
+      q4="$work/qwen3-8b-q4_k_m.gguf"
+      [ -f "$q4" ] || "$repo/native-build/cuda-sm$arch/bin/llama-quantize" "$work/qwen3-8b-f16.gguf" "$q4" Q4_K_M "$cores" \
+        > "$work/quantize-q4_k_m.log" 2>&1
+      python3 -m gamma_rt.bench.gpu_decoder "$work/qwen3-8b-f16.gguf" "$q4" --device "$gpu" \
+        --out "$out/gpu_${tag}_runtime_decoder_qwen3_8b_random.json"
+    fi
+    ;;
+  *) echo "usage: bench/gpu_run.sh start|llama|build|tests|runtime" >&2; exit 2 ;;
 esac

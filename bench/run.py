@@ -157,11 +157,11 @@ def _decoder(opts: BenchOptions, manifest: Manifest, result: dict) -> np.ndarray
         kv_type = decoder_side.default_kv_type(gguf_type)
         if gguf_type in RUNTIME_DECODER_TYPES:  # the runtime and the raw loop, same settings, interleaved
             pair = decoder_side.runtime_against_raw(path, *args, kv_type=kv_type, **gpu)
-            result["decoder"][f"llama.cpp-raw-{gguf_type}"] = _plain(pair["raw"])
-            result["decoder"][f"runtime-{gguf_type}"] = _plain(pair["runtime"])
+            result["decoder"][f"llama.cpp-raw-{gguf_type}"] = plain_figures(pair["raw"])
+            result["decoder"][f"runtime-{gguf_type}"] = plain_figures(pair["runtime"])
         else:
             raw = decoder_side.raw_llama_loop(path, *args, kv_type=kv_type, **gpu)
-            result["decoder"][f"llama.cpp-raw-{gguf_type}"] = _plain(raw)
+            result["decoder"][f"llama.cpp-raw-{gguf_type}"] = plain_figures(raw)
         if "llama_bench" in opts.skip:
             result["skipped"]["llama-bench"] = "skipped on request (--skip llama_bench)"
             continue
@@ -179,7 +179,7 @@ def _decoder(opts: BenchOptions, manifest: Manifest, result: dict) -> np.ndarray
     return embeddings
 
 
-def _plain(figures: dict) -> dict:
+def plain_figures(figures: dict) -> dict:
     """Stats as dicts, other values (settings) as they are."""
     return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in figures.items()}
 
