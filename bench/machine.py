@@ -48,17 +48,24 @@ def library_versions() -> dict[str, str]:
 
 
 def gpu() -> dict | None:
-    """The CUDA device torch sees (name, capability, memory), or None without one."""
+    """The first CUDA device (name, capability, memory): from torch where this process loaded it, else from
+    nvidia-smi (a runtime-only process, llama.cpp on the GPU, has no torch); None without one."""
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
+    if torch is not None and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "driver": _nvidia_smi("driver_version"),
+        }
+    name = _nvidia_smi("name")
+    if name is None:
         return None
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "name": props.name,
-        "capability": f"{props.major}.{props.minor}",
-        "memory_gib": round(props.total_memory / 2**30, 1),
-        "driver": _nvidia_smi("driver_version"),
-    }
+    memory_mib = _nvidia_smi("memory.total,nounits")
+    return {"name": name, "capability": _nvidia_smi("compute_cap"),
+            "memory_gib": round(float(memory_mib) / 1024, 1) if memory_mib else None,
+            "driver": _nvidia_smi("driver_version")}
 
 
 def describe(threads: int) -> dict:
@@ -110,7 +117,9 @@ def _memory_gib() -> float | None:
 
 def _nvidia_smi(field: str) -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
+        field, _, unit = field.partition(",")  # "memory.total,nounits": the number alone
+        fmt = "--format=csv,noheader" + (f",{unit}" if unit else "")
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", fmt],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -55,6 +55,7 @@ def table(result: dict, name: str) -> str:
         f"load {m.get('load_average_start', ['?'])[0]} → {m.get('load_average_end', ['?'])[0]}; "
         f"onnxruntime {m['versions'].get('onnxruntime')}, llama-cpp-python {m['versions'].get('llama-cpp-python')}, "
         f"torch {m['versions'].get('torch')}; {result['created']}",
+        *(["", f"_{m['note']}_"] if m.get("note") else []),
         "",
         "### Stages of one 30 s window (the runtime's way)",
         "",

@@ -7,19 +7,3 @@ checkpoint -> ``gamma_rt.export`` -> bundle -> ``gamma_rt.quant`` -> bundle -> `
 
 __version__ = "0.1.0"
 
-
-def _load_llama_cpp_first() -> None:
-    """Load llama.cpp's shared libraries before anything imports numpy.
-
-    Measured on an H100 box (llama.cpp built with CUDA 13 through native/build.sh, numpy 2.5): when
-    libggml-cuda is loaded after numpy, loading a model with GPU layers segfaults inside libggml-cuda;
-    loaded first, it works. Importing llama_cpp here, as gamma_rt is imported, puts it first for the
-    CLI and for any program that imports gamma_rt before numpy.
-    """
-    try:
-        import llama_cpp  # noqa: F401
-    except (ImportError, OSError):  # reported where the decoder is opened, with the context of the command
-        pass
-
-
-_load_llama_cpp_first()

@@ -36,6 +36,23 @@ Typical flow:
 """
 
 
+# Commands that run llama.cpp and never torch in this process import onnxruntime, then llama_cpp, before
+# anything else. Measured on an H100 box (llama.cpp built with CUDA 13 by native/build.sh, onnxruntime 1.30,
+# numpy 2.5, torch cu130): numpy alone first, loading a model segfaults inside libggml-cuda; llama_cpp first,
+# importing onnxruntime segfaults; onnxruntime first (numpy comes with it), then llama_cpp, `gamma-rt ask`
+# runs. torch shares a process with that CUDA build in neither order, so export commands never load llama.cpp.
+DECODER_COMMANDS = {"ask", "chat", "tag", "bench"}
+
+
+def load_native_libraries_first(argv: list[str]) -> None:
+    if next((a for a in argv if not a.startswith("-")), None) in DECODER_COMMANDS:
+        try:
+            import onnxruntime  # noqa: F401
+            import llama_cpp  # noqa: F401
+        except (ImportError, OSError):  # reported where the backend or decoder is opened, with context
+            pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gamma-rt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -48,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    load_native_libraries_first(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

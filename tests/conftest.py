@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gamma_rt  # noqa: F401  (first: it loads llama.cpp's libraries before numpy, see gamma_rt/__init__.py)
 import pytest
 
 

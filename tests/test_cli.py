@@ -261,3 +261,25 @@ def test_demo_runs_end_to_end_from_nothing(tmp_path):
         assert stage in proc.stdout
     assert (tmp_path / "demo" / "bundle" / "manifest.json").is_file()
     assert sf.info(str(tmp_path / "demo" / "demo-music.flac")).duration == pytest.approx(20.0)
+
+
+def test_decoder_commands_load_onnxruntime_then_llama_cpp_first_and_export_commands_load_neither():
+    """The import order that lets a CUDA build of llama.cpp run (see gamma_rt/cli.py), in a fresh process."""
+    code = """
+import sys
+from gamma_rt.cli import load_native_libraries_first
+load_native_libraries_first(sys.argv[1:])
+order = list(sys.modules)
+print(",".join(m for m in ("onnxruntime", "llama_cpp", "numpy", "torch") if m in order))
+print(",".join(str(order.index(m)) for m in ("onnxruntime", "llama_cpp") if m in order))
+"""
+    def run(*argv):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+        return [line.split(",") for line in out.splitlines()]
+
+    loaded, where = run("ask", "bundle", "song.wav")
+    assert loaded == ["onnxruntime", "llama_cpp", "numpy"]
+    # sys.modules keeps the order in which imports finished: onnxruntime (numpy within it) before llama_cpp
+    assert int(where[0]) < int(where[1])
+    loaded, _ = run("export", "onnx", "ckpt")
+    assert "llama_cpp" not in loaded and "torch" not in loaded
