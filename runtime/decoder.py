@@ -257,6 +257,26 @@ class DecoderSession:
 
     # --- generation ----------------------------------------------------------------------------
 
+    def _chain(self, sampling: Sampling):
+        """A llama.cpp sampler chain, or None for plain greedy (no grammar): then :meth:`_sample` takes the
+        argmax of the logits in place. Same token (the first maximum, as llama.cpp's greedy sampler picks), but
+        llama_sampler_sample first copies the whole vocabulary into a candidate array, which on a GPU decode
+        step of a few ms was a measurable share (bench/results/GPU.md)."""
+        if sampling.temperature <= 0 and sampling.grammar is None:
+            return None
+        return sampler_chain(sampling, self._vocab)
+
+    def _sample(self, chain, index: int) -> int:
+        if chain is not None:
+            return llama_cpp.llama_sampler_sample(chain, self._ctx, index)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+        return int(logits.argmax())
+
+    @staticmethod
+    def _free(chain) -> None:
+        if chain is not None:
+            llama_cpp.llama_sampler_free(chain)
+
     def generate(
         self, sampling: Sampling, max_tokens: int, stop: list[str] | tuple[str, ...] = (), seq_id: int = 0
     ) -> Iterator[str]:
@@ -266,12 +286,12 @@ class DecoderSession:
         Each accepted token is evaluated, so the cache holds the answer for a follow-up turn.
         """
         self.logits()  # raises if nothing was evaluated: llama.cpp would sample from a null pointer
-        chain = sampler_chain(sampling, self._vocab)
+        chain = self._chain(sampling)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopFilter(stop)
         try:
             for _ in range(max_tokens):
-                token = llama_cpp.llama_sampler_sample(chain, self._ctx, -1)
+                token = self._sample(chain, -1)
                 if self.is_end(token):
                     break
                 self.eval_tokens([token], seq_id)
@@ -284,7 +304,7 @@ class DecoderSession:
             if tail:
                 yield tail
         finally:
-            llama_cpp.llama_sampler_free(chain)
+            self._free(chain)
 
     def generate_parallel(
         self, prompts: dict[int, list[int]], sampling: Sampling, max_tokens: int, stop=()
@@ -302,7 +322,7 @@ class DecoderSession:
                 raise ValueError(f"sequence {seq}: empty prompt; the first token needs a prompt to follow")
             if len(tokens) > 1:
                 self.eval_tokens(tokens[:-1], seq)
-        chains = {seq: sampler_chain(sampling, self._vocab) for seq in prompts}
+        chains = {seq: self._chain(sampling) for seq in prompts}
         utf8 = {seq: codecs.getincrementaldecoder("utf-8")(errors="replace") for seq in prompts}
         stops = {seq: StopFilter(stop) for seq in prompts}
         texts = {seq: "" for seq in prompts}
@@ -314,7 +334,7 @@ class DecoderSession:
                     break
                 next_step = []
                 for i, (seq, _token) in enumerate(step):
-                    token = llama_cpp.llama_sampler_sample(chains[seq], self._ctx, i)
+                    token = self._sample(chains[seq], i)
                     if self.is_end(token):
                         continue
                     texts[seq] += stops[seq].feed(utf8[seq].decode(self.token_bytes(token)))
@@ -325,7 +345,7 @@ class DecoderSession:
                 step = next_step
         finally:
             for chain in chains.values():
-                llama_cpp.llama_sampler_free(chain)
+                self._free(chain)
         for seq in prompts:
             if not stops[seq].stopped:
                 texts[seq] += stops[seq].feed(utf8[seq].decode(b"", final=True)) + stops[seq].flush()
