@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import threading
 from importlib.metadata import PackageNotFoundError, version
 
 LIBRARIES = ("gamma-rt", "numpy", "onnxruntime", "llama-cpp-python", "torch", "transformers", "onnx", "gguf", "soundfile",
@@ -106,6 +108,77 @@ def peak_device_mib() -> float | None:
     if torch is None or not torch.cuda.is_available():
         return None
     return torch.cuda.max_memory_allocated() / 2**20
+
+
+class DeviceMemoryWatch:
+    """Peak GPU memory during a ``with`` block, sampled from nvidia-smi every ``interval`` seconds.
+
+    llama.cpp's and ONNX Runtime's CUDA buffers are not torch's, so torch's allocator counters miss them.
+    ``peak_mib`` is this process's own use where nvidia-smi lists it by pid, else the growth of the device's
+    used memory over its level at the start (``source`` says which); None without nvidia-smi.
+    """
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak_mib, self.source = interval, None, None
+        self._stop = threading.Event()
+        self._thread = None
+        self._start_used = None
+
+    def __enter__(self) -> "DeviceMemoryWatch":
+        if shutil.which("nvidia-smi"):
+            self._start_used = _float(_nvidia_smi("memory.used,nounits"))
+            self._thread = threading.Thread(target=self._poll, name="device-memory-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        own = process_gpu_mib(_compute_apps(), os.getpid())
+        if own is not None:
+            mib, source = own, "this process (nvidia-smi --query-compute-apps)"
+        else:
+            used = _float(_nvidia_smi("memory.used,nounits"))
+            if used is None or self._start_used is None:
+                return
+            mib, source = used - self._start_used, "device memory used above the level at the start (nvidia-smi)"
+        if self.peak_mib is None or mib > self.peak_mib:
+            self.peak_mib, self.source = mib, source
+
+
+def process_gpu_mib(compute_apps: str | None, pid: int) -> float | None:
+    """MiB that ``pid`` holds in ``nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits``
+    output, summed over GPUs; None when it is not listed (or inside a container that shows host pids)."""
+    total = None
+    for line in (compute_apps or "").splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0] == str(pid) and _float(parts[1]) is not None:
+            total = (total or 0.0) + float(parts[1])
+    return total
+
+
+def _compute_apps() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _memory_gib() -> float | None:

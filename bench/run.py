@@ -64,7 +64,7 @@ def run_bench(opts: BenchOptions) -> dict:
         "skipped": {},
     }
     skipped = result["skipped"]
-    with tempfile.TemporaryDirectory(prefix="gamma-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="gamma-bench-") as scratch, machine.DeviceMemoryWatch() as device:
         scratch = Path(scratch)
         steps = ["audio side", "decoder", "end to end", "throughput", "PyTorch baselines"]
         for step in track(steps, description="benchmarking"):
@@ -78,8 +78,11 @@ def run_bench(opts: BenchOptions) -> dict:
                 _throughput(opts, scratch, result)
             elif step == "PyTorch baselines":
                 _baselines(opts, scratch, mel, embeddings, result)
-    result["memory"] = {"runtime_peak_rss_mib": machine.peak_rss_mib(), "peak_device_mib": machine.peak_device_mib(),
+    result["memory"] = {"runtime_peak_rss_mib": machine.peak_rss_mib(),
+                        "peak_device_mib": device.peak_mib if device.peak_mib is not None else machine.peak_device_mib(),
                         **result.pop("_baseline_memory", {})}
+    if device.source:
+        result["memory_notes"] = {"peak_device_mib": device.source}
     result.pop("_audio_files", None)
     result["machine"]["load_average_end"] = machine.load_average()
     result["ratios"] = ratios(result)

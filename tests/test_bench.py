@@ -231,3 +231,21 @@ def test_write_result_names_file_by_preset_and_time(tmp_path):
 def test_bench_options_default_lengths_are_30s_4min_10min(tmp_path):
     assert BenchOptions(tmp_path).lengths() == (30.0, 240.0, 600.0)
     assert BenchOptions(tmp_path, seconds=12).lengths() == (12,)
+
+
+def test_process_gpu_memory_is_read_from_nvidia_smi_compute_apps_output():
+    from gamma_rt.bench.machine import DeviceMemoryWatch, process_gpu_mib
+
+    listing = "4242, 1536\n777, 80\n4242, 512\n"  # one process on two GPUs, and another process
+    assert process_gpu_mib(listing, 4242) == 2048.0
+    assert process_gpu_mib(listing, 9) is None
+    assert process_gpu_mib("No running processes found", 4242) is None
+    assert process_gpu_mib(None, 4242) is None
+    import shutil
+
+    with DeviceMemoryWatch(interval=0.05) as watch:
+        pass
+    if shutil.which("nvidia-smi") is None:  # nothing to sample here: no figure rather than a made-up one
+        assert watch.peak_mib is None and watch.source is None
+    else:
+        assert watch.peak_mib is not None and watch.source
