@@ -6,4 +6,3 @@ checkpoint -> ``gamma_rt.export`` -> bundle -> ``gamma_rt.quant`` -> bundle -> `
 """
 
 __version__ = "0.1.0"
-
