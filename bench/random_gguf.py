@@ -32,7 +32,7 @@ class Qwen3Shape:
     head_dim: int
     rope_theta: float = 1000000.0
     rms_norm_eps: float = 1e-6
-    context_length: int = 40960
+    max_position_embeddings: int = 40960
 
     @classmethod
     def preset(cls, name: str) -> "Qwen3Shape":
@@ -86,21 +86,14 @@ def write_random_qwen3_gguf(path: str | Path, shape: Qwen3Shape, seed: int = 0) 
     """Write an F16 GGUF (norm weights F32, as llama.cpp's converter does) of ``shape`` with N(0, 0.02) weights."""
     import gguf
 
+    from gamma_rt.export.gguf_export import add_qwen3_hparams
+
     path = Path(path)
     rng = np.random.default_rng(seed)
     pool = (rng.standard_normal(_POOL_SIZE, dtype=np.float32) * 0.02).astype(np.float16)
     writer = gguf.GGUFWriter(str(path), "qwen3")
     writer.add_name(f"random-qwen3-{shape.hidden_size}x{shape.num_hidden_layers}")
-    writer.add_context_length(shape.context_length)
-    writer.add_embedding_length(shape.hidden_size)
-    writer.add_block_count(shape.num_hidden_layers)
-    writer.add_feed_forward_length(shape.intermediate_size)
-    writer.add_head_count(shape.num_attention_heads)
-    writer.add_head_count_kv(shape.num_key_value_heads)
-    writer.add_key_length(shape.head_dim)
-    writer.add_value_length(shape.head_dim)
-    writer.add_rope_freq_base(shape.rope_theta)
-    writer.add_layer_norm_rms_eps(shape.rms_norm_eps)
+    add_qwen3_hparams(writer, shape)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     tokens, scores, types = _vocab(shape.vocab_size)
     writer.add_tokenizer_model("llama")

@@ -117,6 +117,21 @@ def open_source(folder: str | Path, scratch: Path) -> DecoderSource:
     return DecoderSource(folder, cfg, prefix, tokenizer_folder, where, files)
 
 
+def add_qwen3_hparams(writer, llm) -> None:
+    """The Qwen3 hyperparameters llama.cpp reads, from ``llm`` with transformers' Qwen3Config attribute names
+    (our LLMConfig, or bench/random_gguf.py's Qwen3Shape)."""
+    writer.add_context_length(llm.max_position_embeddings)
+    writer.add_embedding_length(llm.hidden_size)
+    writer.add_block_count(llm.num_hidden_layers)
+    writer.add_feed_forward_length(llm.intermediate_size)
+    writer.add_head_count(llm.num_attention_heads)
+    writer.add_head_count_kv(llm.num_key_value_heads)
+    writer.add_key_length(llm.head_dim)
+    writer.add_value_length(llm.head_dim)
+    writer.add_rope_freq_base(llm.rope_theta)
+    writer.add_layer_norm_rms_eps(llm.rms_norm_eps)
+
+
 def write_gguf(source: DecoderSource, out: str | Path, gguf_type: str = "f32", progress=track) -> Path:
     """Write ``out`` (via a temporary file, so a failed run leaves nothing half-written)."""
     import gguf
@@ -144,16 +159,7 @@ def write_gguf(source: DecoderSource, out: str | Path, gguf_type: str = "f32", p
     tmp = out.with_name(out.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, ARCH)
     writer.add_name(f"{source.config.family}-{source.config.preset}-decoder")
-    writer.add_context_length(llm.max_position_embeddings)
-    writer.add_embedding_length(llm.hidden_size)
-    writer.add_block_count(llm.num_hidden_layers)
-    writer.add_feed_forward_length(llm.intermediate_size)
-    writer.add_head_count(llm.num_attention_heads)
-    writer.add_head_count_kv(llm.num_key_value_heads)
-    writer.add_key_length(llm.head_dim)
-    writer.add_value_length(llm.head_dim)
-    writer.add_rope_freq_base(llm.rope_theta)
-    writer.add_layer_norm_rms_eps(llm.rms_norm_eps)
+    add_qwen3_hparams(writer, llm)
     writer.add_file_type(gguf.LlamaFileType[file_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_vocab(writer, source.tokenizer_folder, llm.vocab_size)
