@@ -1,0 +1,92 @@
+"""How the runtime runs a bundle, as one frozen object: from the CLI into ``Pipeline.open``, the tagger,
+the Ray actors and the bench.
+
+    opts = RuntimeOptions(threads=1, gpu_layers=0)
+    with Pipeline.open("bundle", opts) as pipe: ...
+
+A new option touches three places: a field here, its flag in :func:`add_runtime_options`, and the one
+place that uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from gamma_rt.errors import GammaError
+
+BACKEND_NAMES = ("auto", "tensorrt", "ort-trt", "ort-cuda", "ort-cpu")
+PRECISION_NAMES = ("auto", "fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    # audio side: "auto" picks the best available backend and says why (runtime/backends.py)
+    backend: str = "auto"
+    # audio graphs to run: "auto" is fp16 on a GPU backend when the bundle has them, else fp32
+    precision: str = "auto"
+    # CPU threads for the decoder and ONNX Runtime; None = all cores (1 is best on a busy machine)
+    threads: int | None = None
+    # decoder layers on the GPU; None = all where llama.cpp was built with CUDA, 0 = CPU only
+    gpu_layers: int | None = None
+    # keep audio embeddings here, keyed by audio content and bundle, so a song is encoded once
+    cache_dir: Path | None = None
+    # encode window k+1 on a worker thread while window k is prefilled
+    overlap: bool = True
+    # the manifest's GGUF component: "decoder" (F32), "decoder.f16", "decoder.q4_k_m", ...
+    decoder: str = "decoder"
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise GammaError(f"--threads must be at least 1, got {self.threads}")
+        if self.gpu_layers is not None and self.gpu_layers < 0:
+            raise GammaError(f"--gpu-layers must be 0 or more, got {self.gpu_layers}")
+        if self.precision not in PRECISION_NAMES:
+            raise GammaError(f"--precision {self.precision!r}: choose {', '.join(PRECISION_NAMES)}")
+        if self.backend not in BACKEND_NAMES:
+            raise GammaError(f"--backend {self.backend!r}: choose {', '.join(BACKEND_NAMES)}")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, Path):
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+
+    def replace(self, **changes) -> "RuntimeOptions":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain values (for a Ray actor, a JSON record)."""
+        d = dataclasses.asdict(self)
+        d["cache_dir"] = str(self.cache_dir) if self.cache_dir is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RuntimeOptions":
+        return cls(**d)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RuntimeOptions":
+        """The options of a command that took :func:`add_runtime_options`."""
+        return cls(backend=args.backend, precision=args.precision, threads=args.threads,
+                   gpu_layers=args.gpu_layers, cache_dir=args.cache_dir, overlap=not args.no_overlap,
+                   decoder=args.decoder)
+
+
+def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = None) -> None:
+    """The one flag group of every command that runs a bundle (ask, chat, tag, bench, serve)."""
+    g = p.add_argument_group("runtime options")
+    g.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
+                   help="audio-side backend (default auto: the best available, and -v says which)")
+    g.add_argument("--precision", default="auto", choices=PRECISION_NAMES,
+                   help="audio graphs to run (default auto: fp16 on a GPU when the bundle has them, else fp32)")
+    g.add_argument("--decoder", default="decoder", metavar="COMPONENT",
+                   help="GGUF component of the manifest: decoder (F32, default), decoder.f16, decoder.q4_k_m, ...")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the decoder and ONNX Runtime (default: all cores; 1 on a busy machine)")
+    g.add_argument("--gpu-layers", type=int, default=None, metavar="N",
+                   help="decoder layers on the GPU (default: all of them when llama.cpp was built with CUDA, "
+                   "see native/build.sh; 0 keeps the decoder on the CPU)")
+    g.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help=cache_help or "keep audio embeddings here, so asking about the same song again skips "
+                   "the encoders")
+    g.add_argument("--no-overlap", action="store_true",
+                   help="encode each window only after the previous one is prefilled (no worker thread)")
