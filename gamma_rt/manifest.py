@@ -6,15 +6,18 @@ check that fails names the file and the field. Pure Python + stdlib: the runtime
 Layout::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "created_by": "gamma-rt 0.1.0",
       "source": {"checkpoint_sha256": "...", "preset": "tiny", "family": "gamma"},
       "tools": {"torch": "...", "onnx": "...", ...},
       "audio": {"sample_rate": 16000, "n_fft": 400, "hop_length": 160, "n_mels": 128, "window_seconds": 30,
-                "window_frames": 3000, "encoder_tokens_per_window": 1500, "tokens_per_window": 750,
-                "pool_stride": 2},
-      "prompt": {... PromptConfig fields ...},
-      "llm": {"n_embd": 64, "n_vocab": 1024, ...},
+                "window_frames": 3000, "tokens_per_window": 750, "max_seconds": null,
+                "token_count": "proportional",
+                "chain": [{"component": "temporal_encoder", "inputs": {"mel": "mel"}, "outputs": {"hidden": "temporal"}},
+                          ..., {"component": "projector", "inputs": {"fused": "fused"},
+                                "outputs": {"embeddings": "embeddings"}}]},
+      "prompt": {... PromptConfig fields, or "chat_template" + "audio_placeholder" ...},
+      "llm": {"arch": "qwen3", "n_embd": 64, "n_vocab": 1024, "n_layer": 2},
       "components": {
         "temporal_encoder": {"kind": "onnx", "file": "temporal_encoder.onnx", "sha256": "...", "bytes": 123,
                               "external_data": [], "precision": "fp32", "opset": 17,
@@ -30,19 +33,187 @@ Layout::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from gamma_rt.errors import BundleError
+from gamma_rt.hashing import sha256_file
 
-SCHEMA_VERSION = 1
+# 2: ``audio.chain`` says how the audio graphs connect, ``audio.token_count`` how many tokens a partial
+# window keeps, ``prompt`` may hold the checkpoint's own chat template. Version 1 bundles (GaMMA only)
+# still load: their chain is GAMMA_CHAIN.
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-AUDIO_COMPONENTS = ("temporal_encoder", "global_encoder", "fusion", "projector")
+# Value names the runtime feeds into the audio chain; the chain's last value must be EMBEDDINGS.
+CHAIN_INPUTS = ("mel", "mel_mask", "window_index")
+EMBEDDINGS = "embeddings"
+TOKEN_COUNTS = ("proportional", "conv_pool")
 # A cache of verified hashes keyed by (size, mtime), so a 16 GB bundle is hashed once, not at every load.
 HASH_CACHE_NAME = ".verified.json"
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One audio graph in the per-window chain: ``inputs`` maps the graph's input names to value names
+    (``mel``, ``mel_mask``, ``window_index`` or an earlier step's output), ``outputs`` its output names to
+    the value names later steps read."""
+
+    component: str
+    inputs: dict
+    outputs: dict
+
+
+def _step(component: str, inputs: dict, outputs: dict) -> ChainStep:
+    return ChainStep(component, inputs, outputs)
+
+
+# GaMMA's chain: the two experts read the same mel; fusion mixes them; the projector pools and projects.
+GAMMA_CHAIN = (
+    _step("temporal_encoder", {"mel": "mel"}, {"hidden": "temporal"}),
+    _step("global_encoder", {"mel": "mel"}, {"hidden": "global"}),
+    _step("fusion", {"temporal": "temporal", "global": "global"}, {"fused": "fused"}),
+    _step("projector", {"fused": "fused"}, {"embeddings": EMBEDDINGS}),
+)
+AUDIO_COMPONENTS = tuple(s.component for s in GAMMA_CHAIN)  # GaMMA's; a bundle's own are manifest.audio.components
+
+
+@dataclass
+class AudioSection:
+    """The manifest's ``audio`` object: the front end, the windowing and the audio graph chain.
+
+    sample_rate Hz; n_fft, hop_length samples; window_seconds s; window_frames mel frames per window;
+    tokens_per_window LLM tokens of a full window; max_seconds: audio past it is cut (None: no limit);
+    token_count: how many tokens a partial last window keeps (``proportional``: ceil of the share of real
+    samples; ``conv_pool``: Whisper's two convolutions then pooling over the frames of real audio).
+    ``recorded`` holds the other fields an exporter wrote (kept, never read by the runtime)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 128
+    window_seconds: float = 30
+    window_frames: int = 3000
+    tokens_per_window: int = 750
+    max_seconds: float | None = None
+    token_count: str = "proportional"
+    chain: tuple = GAMMA_CHAIN
+    recorded: dict = field(default_factory=dict)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The audio graphs in the order they run."""
+        return tuple(step.component for step in self.chain)
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_seconds * self.sample_rate))
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "AudioSection":
+        names = {f.name for f in dataclasses.fields(cls)} - {"recorded", "chain"}
+        known = {k: d[k] for k in names if k in d}
+        try:
+            section = cls(**known, chain=_read_chain(d.get("chain"), where),
+                          recorded={k: v for k, v in d.items() if k not in names and k != "chain"})
+        except TypeError as e:
+            raise BundleError(f"{where}: field audio malformed ({e})") from None
+        section.check(where)
+        return section
+
+    def check(self, where: str) -> None:
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "window_frames", "tokens_per_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise BundleError(f"{where}: field audio.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.window_seconds, (int, float)) or self.window_seconds <= 0:
+            raise BundleError(f"{where}: field audio.window_seconds must be positive, got {self.window_seconds!r}")
+        if self.max_seconds is not None and (not isinstance(self.max_seconds, (int, float)) or self.max_seconds <= 0):
+            raise BundleError(f"{where}: field audio.max_seconds must be positive or null, got {self.max_seconds!r}")
+        if self.token_count not in TOKEN_COUNTS:
+            raise BundleError(f"{where}: field audio.token_count is {self.token_count!r}; this gamma-rt knows "
+                              f"{', '.join(TOKEN_COUNTS)}")
+        if self.window_samples // self.hop_length != self.window_frames:
+            raise BundleError(f"{where}: field audio.window_frames is {self.window_frames} but a "
+                              f"{self.window_seconds} s window at {self.sample_rate} Hz, hop {self.hop_length}, "
+                              f"has {self.window_samples // self.hop_length} frames")
+        known = set(CHAIN_INPUTS)
+        for i, step in enumerate(self.chain):
+            for graph_input, value in step.inputs.items():
+                if value not in known:
+                    raise BundleError(f"{where}: field audio.chain[{i}].inputs.{graph_input} reads {value!r}, "
+                                      "which no earlier step makes")
+            known.update(step.outputs.values())
+        if EMBEDDINGS not in known:
+            raise BundleError(f"{where}: field audio.chain makes no {EMBEDDINGS!r} value")
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("recorded", "chain")}
+        d["chain"] = [dataclasses.asdict(step) for step in self.chain]
+        return {**self.recorded, **d}
+
+
+def _read_chain(raw, where: str) -> tuple:
+    if raw is None:
+        return GAMMA_CHAIN
+    if not isinstance(raw, list) or not raw:
+        raise BundleError(f"{where}: field audio.chain must be a non-empty list")
+    steps = []
+    for i, item in enumerate(raw):
+        ok = (isinstance(item, dict) and isinstance(item.get("component"), str)
+              and all(isinstance(item.get(k), dict) for k in ("inputs", "outputs")))
+        if not ok:
+            raise BundleError(f"{where}: field audio.chain[{i}] needs component (text), inputs and outputs (objects)")
+        steps.append(ChainStep(item["component"], dict(item["inputs"]), dict(item["outputs"])))
+    return tuple(steps)
+
+
+@dataclass
+class LLMSection:
+    """The manifest's ``llm`` object: what the audio side must fit. ``arch``: llama.cpp's architecture name."""
+
+    n_embd: int = 0
+    n_vocab: int = 0
+    n_layer: int = 0
+    arch: str = "qwen3"
+    recorded: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "LLMSection":
+        if not isinstance(d, dict):
+            raise BundleError(f"{where}: field llm must be an object")
+        names = {f.name for f in dataclasses.fields(cls)} - {"recorded"}
+        section = cls(**{k: d[k] for k in names if k in d}, recorded={k: v for k, v in d.items() if k not in names})
+        for name in ("n_embd", "n_vocab", "n_layer"):
+            value = getattr(section, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BundleError(f"{where}: field llm.{name} must be a non-negative integer, got {value!r}")
+        return section
+
+    def to_dict(self) -> dict:
+        return {**self.recorded, "n_embd": self.n_embd, "n_vocab": self.n_vocab, "n_layer": self.n_layer,
+                "arch": self.arch}
+
+
+def bundle_file(bundle: str | Path, rel: str, field_name: str) -> Path:
+    """``bundle / rel`` for a file the manifest names, refused unless it is a plain relative name that stays
+    inside the bundle: a bundle is untrusted input, and ``../outside.onnx`` or a symlink out must not load."""
+    bundle = Path(bundle)
+    where = bundle / MANIFEST_NAME
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"{where}: field {field_name} must be a file name, got {rel!r}")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or rel.startswith(("/", "\\")) or "\\" in rel or ":" in pure.parts[0] or ".." in pure.parts:
+        raise BundleError(f"{where}: field {field_name} is {rel!r}; a file entry must be a plain relative name "
+                          "inside the bundle (no absolute path, no '..')")
+    path = bundle / rel
+    root = bundle.resolve()
+    if path.exists() or path.is_symlink():
+        real = path.resolve()
+        if real != root and root not in real.parents:
+            raise BundleError(f"{where}: field {field_name} is {rel!r}, a link that leaves the bundle (to {real})")
+    return path
 
 
 @dataclass
@@ -80,15 +251,22 @@ class Component:
 
 @dataclass
 class Manifest:
-    audio: dict
+    audio: AudioSection
     prompt: dict
-    llm: dict = field(default_factory=dict)
+    llm: LLMSection = field(default_factory=LLMSection)
     source: dict = field(default_factory=dict)
     tools: dict = field(default_factory=dict)
     components: dict[str, Component] = field(default_factory=dict)
     engines: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     created_by: str = ""
+
+    def __post_init__(self):
+        # Exporters build the sections as plain dicts; they are typed here, in one place.
+        if isinstance(self.audio, dict):
+            self.audio = AudioSection.from_dict(self.audio, MANIFEST_NAME)
+        if isinstance(self.llm, dict):
+            self.llm = LLMSection.from_dict(self.llm, MANIFEST_NAME)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -125,7 +303,12 @@ class Manifest:
         unknown = set(data) - known
         if unknown:
             raise BundleError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
-        return cls(**{**data, "components": comps})
+        for name, c in comps.items():
+            for i, rel in enumerate([c.file, *c.external_data]):
+                bundle_file(bundle, rel, f"components.{name}.{'file' if i == 0 else 'external_data'}")
+        audio = AudioSection.from_dict(data["audio"], str(path))
+        llm = LLMSection.from_dict(data.get("llm", {}), str(path))
+        return cls(**{**data, "components": comps, "audio": audio, "llm": llm})
 
     @classmethod
     def load(cls, bundle: str | Path, verify: bool = True) -> "Manifest":
@@ -141,10 +324,10 @@ class Manifest:
         for name in names or list(self.components):
             c = self.components[name]
             for rel in [c.file, *c.external_data]:
-                path = bundle / rel
+                path = bundle_file(bundle, rel, f"components.{name}.file")
                 if not path.is_file():
                     raise BundleError(f"{path}: missing (components.{name}.file in {bundle / MANIFEST_NAME})")
-            path = bundle / c.file
+            path = bundle_file(bundle, c.file, f"components.{name}.file")
             size = path.stat().st_size
             if size != c.bytes:
                 raise BundleError(
@@ -158,7 +341,7 @@ class Manifest:
                 )
             # Weights in external data files (ONNX graphs past 2 GiB) are hashed too, when recorded.
             for rel, expected in c.extra.get("external_data_sha256", {}).items():
-                if cache.sha256(bundle / rel) != expected:
+                if cache.sha256(bundle_file(bundle, rel, f"components.{name}.extra.external_data_sha256")) != expected:
                     raise BundleError(
                         f"{bundle / rel}: sha256 does not match components.{name}.extra.external_data_sha256"
                     )
@@ -166,18 +349,33 @@ class Manifest:
         self.check_widths(bundle)
 
     def check_widths(self, bundle: str | Path = ".") -> None:
-        """The projector's output width must equal the decoder's n_embd."""
-        proj = self.components.get("projector")
-        width = proj.outputs[0].shape[-1] if proj and proj.outputs else None
+        """The audio chain's embeddings must be as wide as the decoder's n_embd."""
+        width = self.embedding_width()
+        last = self.audio.chain[-1].component
         for name, c in self.components.items():
             if c.kind == "gguf" and width is not None:
                 n_embd = c.extra.get("n_embd")
                 if n_embd != width:
                     raise BundleError(
-                        f"{Path(bundle) / MANIFEST_NAME}: components.{name}.extra.n_embd is {n_embd} but the "
-                        f"projector outputs {width}-wide embeddings; the GGUF and the audio graphs come from "
+                        f"{Path(bundle) / MANIFEST_NAME}: components.{name}.extra.n_embd is {n_embd} but "
+                        f"components.{last} outputs {width}-wide embeddings; the GGUF and the audio graphs come from "
                         "different models"
                     )
+
+    def embedding_width(self) -> int | None:
+        """Width of the ``embeddings`` the last audio graph outputs (any precision), None before export."""
+        last = self.audio.chain[-1]
+        graph_output = next((k for k, v in last.outputs.items() if v == EMBEDDINGS), None)
+        for key in (last.component, *(k for k in self.components if k.startswith(last.component + "."))):
+            c = self.components.get(key)
+            spec = next((o for o in c.outputs if o.name == graph_output), None) if c else None
+            if spec is not None:
+                return spec.shape[-1]
+        return None
+
+    def path(self, bundle: str | Path, name: str) -> Path:
+        """The file of component ``name``, checked to lie inside the bundle."""
+        return bundle_file(bundle, self.component(name).file, f"components.{name}.file")
 
     def component(self, name: str) -> Component:
         if name not in self.components:
@@ -188,7 +386,10 @@ class Manifest:
     # --- writing -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["audio"] = self.audio.to_dict()
+        d["llm"] = self.llm.to_dict()
+        return d
 
     def write(self, bundle: str | Path) -> Path:
         """Atomic write: a reader never sees half a manifest."""
@@ -204,14 +405,6 @@ class Manifest:
         component.bytes = path.stat().st_size
         component.sha256 = sha256_file(path)
         self.components[name] = component
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _HashCache:

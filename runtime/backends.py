@@ -1,27 +1,33 @@
-"""The audio side behind one small interface: log-mel windows in, LLM embeddings out.
+"""The audio side behind one small interface, and the one table of the backends that can run it.
 
-    backend = open_backend(bundle, manifest, "auto")
-    embeddings = backend.encode(mel)   # (B, 128, 3000) float32 -> (B, 750, n_embd) float32
-    backend.times                      # ms per stage: temporal_encoder, global_encoder, fusion, projector
+    backend = open_backend(bundle, manifest, RuntimeOptions())
+    embeddings = backend.encode({"mel": mel, "mel_mask": mask, "window_index": index})
+    backend.times   # ms per stage (per audio graph)
 
-Which backend runs is decided by runtime/backend_choice.py (what is installed, which GPU, which engines the
-manifest records); how each one is opened is the ``OPENERS`` table below. ONNX Runtime serves ``ort-cpu``,
-``ort-cuda`` and ``ort-trt`` through its execution providers; ``tensorrt`` runs the bundle's own engines
-(runtime/trt_backend.py). The pipeline only ever sees :class:`AudioBackend`.
+A backend is one :class:`Backend` record in :data:`BACKENDS` (best first): its name, what it needs from the
+machine, its ONNX Runtime execution providers or none, and how to open it. ``choose_backend`` and
+``open_backend`` read only that table, so adding a backend is one entry. The decision is plain data in,
+plain data out (what is installed, which GPU, which engines the manifest records), so it is tested on any
+machine; :func:`probe` reads the real one. With ``auto`` the best available backend wins and ``reason`` says
+why; asking for one that cannot run is an error that says why (an engine built for another GPU raises
+EngineMismatch).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
-from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, MANIFEST_NAME, Manifest
+from gamma_rt.components import component_key
+from gamma_rt.errors import BundleError, EngineMismatch, GammaError
+from gamma_rt.manifest import GAMMA_CHAIN, MANIFEST_NAME, Manifest
 
-from .backend_choice import Choice, Machine, choose_backend, ort_providers, probe
+from .engine_record import GpuIdentity, find_engines
 from .timings import StageTimes
 
 PRECISIONS = ("fp32", "fp16")
@@ -30,77 +36,110 @@ PRECISIONS = ("fp32", "fp16")
 class AudioBackend(Protocol):
     """What the pipeline needs from an audio backend."""
 
-    name: str  # "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"
+    name: str  # a Backend record's name
     precision: str  # "fp32" | "fp16"
     reason: str  # why this backend was chosen, one line
     times: StageTimes  # per-stage ms, summed over calls
 
-    def encode(self, mel: np.ndarray) -> np.ndarray:
-        """(B, n_mels, 3000) float32 log-mel -> (B, tokens_per_window, n_embd) float32 embeddings."""
+    def encode(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """``mel`` (B, n_mels, frames), ``mel_mask`` (B, frames), ``window_index`` (B,) ->
+        (B, tokens_per_window, n_embd) float32 embeddings."""
 
     def close(self) -> None: ...
 
 
-def component_key(name: str, precision: str) -> str:
-    """Manifest key of an audio component: ``fusion`` (fp32) or ``fusion.fp16``."""
-    return name if precision == "fp32" else f"{name}.{precision}"
+@dataclass(frozen=True)
+class Machine:
+    """What this machine can run: the TensorRT + cuda-python packages, ORT's providers, the GPU (if any)."""
+
+    has_tensorrt: bool
+    ort_providers: tuple[str, ...]
+    gpu: GpuIdentity | None = None
 
 
-class OrtBackend:
-    """The four ONNX graphs of one precision in ONNX Runtime sessions, run one after the other.
+@dataclass
+class Choice:
+    backend: str
+    reason: str
+    engines: dict = field(default_factory=dict)  # the fitting engine record, for "tensorrt"
 
-    ``providers`` is ONNX Runtime's list (best first), so the CUDA and TensorRT execution providers plug
-    in without changing anything else. ORT releases the GIL while it runs, so the pipeline can prefill the
-    decoder on the main thread while this encodes the next window on a worker thread.
-    """
 
-    def __init__(self, bundle: str | Path, manifest: Manifest, precision: str = "fp32", providers: list | None = None,
-                 threads: int | None = None, name: str = "ort-cpu", reason: str = ""):
-        import onnxruntime as ort
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the audio graphs.
 
-        self.bundle, self.name, self.precision, self.reason = Path(bundle), name, precision, reason
-        self.times = StageTimes()
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.sessions = {}
-        for stage in AUDIO_COMPONENTS:
-            c = manifest.component(component_key(stage, precision))
-            path = self.bundle / c.file
-            try:
-                self.sessions[stage] = ort.InferenceSession(str(path), options,
-                                                            providers=providers or ["CPUExecutionProvider"])
-            except Exception as e:  # ORT raises its own Fail/InvalidGraph types for a file it cannot load
-                raise BundleError(f"{path}: ONNX Runtime cannot load components.{component_key(stage, precision)} "
-                                  f"({str(e).splitlines()[0][:200]})") from None
-        want = manifest.component(component_key("temporal_encoder", precision)).inputs[0].shape[1:]
-        self.mel_shape = tuple(want)
+    check(machine, manifest, precision, where) -> a Choice, or raises GammaError saying why it cannot run.
+    providers(bundle, fp16) -> ONNX Runtime's ``providers`` list (ORT backends only).
+    open(bundle, manifest, choice, precision, threads) -> an AudioBackend."""
 
-    def _run(self, stage: str, feed: dict[str, np.ndarray]) -> np.ndarray:
-        with self.times.stage(stage):
-            return self.sessions[stage].run(None, feed)[0]
+    name: str
+    check: Callable[..., Choice]
+    open: Callable[..., AudioBackend]
+    providers: Callable[[Path, bool], list] | None = None
+    # precision of the graphs it runs when "auto": TensorRT engines are built per precision
+    picks_own_precision: bool = False
 
-    def encode(self, mel: np.ndarray) -> np.ndarray:
-        """(B, n_mels, 3000) float32 log-mel -> (B, tokens_per_window, n_embd) float32."""
-        mel = np.ascontiguousarray(mel, dtype=np.float32)
-        if mel.ndim != 3 or tuple(mel.shape[1:]) != self.mel_shape:
-            raise GammaError(f"mel of shape {mel.shape}: the bundle's encoders take (batch, {self.mel_shape[0]}, "
-                             f"{self.mel_shape[1]})")
-        temporal = self._run("temporal_encoder", {"mel": mel})
-        global_ = self._run("global_encoder", {"mel": mel})
-        fused = self._run("fusion", {"temporal": temporal, "global": global_})
-        return self._run("projector", {"fused": fused})
 
-    def close(self) -> None:
-        self.sessions = {}
+# --- ONNX Runtime --------------------------------------------------------------------------------------
+
+def _ort_check(provider: str):
+    def check(machine: Machine, manifest: Manifest, precision: str, where: str) -> Choice:
+        if provider not in machine.ort_providers:
+            raise GammaError(f"this onnxruntime has no {provider} (has {', '.join(machine.ort_providers)}); "
+                             "install onnxruntime-gpu or use --backend auto")
+        return Choice("", f"ONNX Runtime {provider}")
+    return check
+
+
+def _ort_open(bundle, manifest: Manifest, choice: Choice, precision: str, threads: int | None) -> AudioBackend:
+    from .ort_backend import OrtBackend
+
+    record = BACKENDS[choice.backend]
+    providers = record.providers(Path(bundle), precision == "fp16")
+    return OrtBackend(bundle, manifest, precision, providers, threads or _default_threads(), choice.backend,
+                      choice.reason)
+
+
+def _trt_provider(bundle: Path, fp16: bool) -> list:
+    # ORT's TensorRT provider keeps its engine and timing caches in BUNDLE/engines/ort-trt/, so the
+    # second start does not rebuild.
+    cache = str(bundle / "engines" / "ort-trt")
+    return [("TensorrtExecutionProvider", {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True,
+                                           "trt_engine_cache_path": cache, "trt_timing_cache_enable": True,
+                                           "trt_timing_cache_path": cache}),
+            ("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+
+
+def _cuda_provider(bundle: Path, fp16: bool) -> list:
+    return [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
+
+
+def _cpu_provider(bundle: Path, fp16: bool) -> list:
+    return ["CPUExecutionProvider"]
+
+
+# --- TensorRT engines ----------------------------------------------------------------------------------
+
+def _trt_check(machine: Machine, manifest: Manifest, precision: str, where: str) -> Choice:
+    if not machine.has_tensorrt:
+        raise GammaError("TensorRT or cuda-python is not installed")
+    if machine.gpu is None:
+        raise GammaError("no CUDA GPU is visible")
+    if manifest.audio.chain != GAMMA_CHAIN:
+        raise GammaError("the TensorRT chain runs GaMMA's four graphs; this bundle's audio chain is "
+                         f"{'/'.join(manifest.audio.components)} (use an ort-* backend)")
+    record = find_engines(manifest.engines, machine.gpu, precision, where)
+    return Choice("tensorrt", f"TensorRT engines {record['dir']} fit this {machine.gpu.name}", record)
+
+
+def _trt_open(bundle, manifest: Manifest, choice: Choice, precision: str, threads: int | None) -> AudioBackend:
+    return TrtBackend(bundle, manifest, precision, choice.reason)
 
 
 class TrtBackend:
     """The bundle's TensorRT engines (runtime/trt_backend.py's TrtChain) behind :class:`AudioBackend`.
 
-    The chain runs the four engines as one CUDA graph, so only the whole audio side is timed
-    (as ``temporal_encoder`` + ... would be meaningless); it is recorded under ``audio_side``."""
+    The chain runs the engines as one CUDA graph, so only the whole audio side is timed, as ``audio_side``."""
 
     def __init__(self, bundle: str | Path, manifest: Manifest, precision: str, reason: str):
         from .trt_backend import TrtChain
@@ -110,35 +149,81 @@ class TrtBackend:
         self.chain = TrtChain(bundle, manifest, precision)
         self.chain.open()
 
-    def encode(self, mel: np.ndarray) -> np.ndarray:
+    def encode(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         with self.times.stage("audio_side"):
-            return self.chain.encode(mel)
+            return self.chain.encode(feeds["mel"])
 
     def close(self) -> None:
         self.chain.close()
 
 
-def _open_ort(bundle, manifest, choice: Choice, precision: str, threads: int | None) -> AudioBackend:
-    providers = ort_providers(choice.backend, bundle, fp16=precision == "fp16")
-    return OrtBackend(bundle, manifest, precision, providers, threads, choice.backend, choice.reason)
+# --- the table -----------------------------------------------------------------------------------------
+
+_BACKEND_LIST = (
+    Backend("tensorrt", _trt_check, _trt_open, picks_own_precision=True),
+    Backend("ort-trt", _ort_check("TensorrtExecutionProvider"), _ort_open, _trt_provider),
+    Backend("ort-cuda", _ort_check("CUDAExecutionProvider"), _ort_open, _cuda_provider),
+    Backend("ort-cpu", _ort_check("CPUExecutionProvider"), _ort_open, _cpu_provider),
+)
+BACKENDS: dict[str, Backend] = {b.name: b for b in _BACKEND_LIST}  # best first
 
 
-def _open_trt(bundle, manifest, choice: Choice, precision: str, threads: int | None) -> AudioBackend:
-    return TrtBackend(bundle, manifest, precision, choice.reason)
+def probe() -> Machine:
+    """The real machine. Never raises for a missing GPU or package: that is what it reports."""
+    import onnxruntime as ort
+
+    has_trt = all(importlib.util.find_spec(m) is not None for m in ("tensorrt", "cuda"))
+    gpu = None
+    if has_trt:
+        from .trt_backend import detect_gpu
+
+        try:
+            gpu = detect_gpu()
+        except GammaError:
+            gpu = None  # packages present but no usable GPU: reported as "no GPU" below
+    return Machine(has_trt, tuple(ort.get_available_providers()), gpu)
 
 
-# Backend name -> how to open it. A new backend is one row here and one in backend_choice.BACKENDS.
-OPENERS: dict[str, Callable[..., AudioBackend]] = {
-    "ort-cpu": _open_ort,
-    "ort-cuda": _open_ort,
-    "ort-trt": _open_ort,
-    "tensorrt": _open_trt,
-}
+def choose_backend(requested: str, manifest: Manifest, machine: Machine, precision: str = "fp16",
+                   bundle: str | Path = ".") -> Choice:
+    """Pick the backend for ``requested`` ("auto" or a name in BACKENDS)."""
+    where = str(Path(bundle) / MANIFEST_NAME)
+    if requested != "auto" and requested not in BACKENDS:
+        raise GammaError(f"--backend {requested!r}: choose auto or one of {', '.join(BACKENDS)}")
+    notes: list[str] = []
+    for record in BACKENDS.values():
+        if requested not in ("auto", record.name):
+            continue
+        try:
+            choice = record.check(machine, manifest, precision, where)
+        except EngineMismatch as e:
+            if requested == record.name:
+                raise
+            notes.append(f"{record.name} skipped: {e}")
+            continue
+        except GammaError as e:
+            if requested == record.name:
+                raise GammaError(f"--backend {record.name}: {e}") from None
+            notes.append(f"{record.name} skipped: {e}")
+            continue
+        why = "the best available" if requested == "auto" else "as asked"
+        return Choice(record.name, "; ".join([f"{choice.reason}, {why}", *notes]), choice.engines)
+    raise GammaError(f"no audio backend can run here (onnxruntime providers: {', '.join(machine.ort_providers)})")
+
+
+def ort_providers(backend: str, bundle: str | Path, fp16: bool = True) -> list:
+    """The ``providers`` argument of ``onnxruntime.InferenceSession`` for an ORT backend (best first, CPU last)."""
+    record = BACKENDS.get(backend)
+    if record is None or record.providers is None:
+        ort_names = [b.name for b in BACKENDS.values() if b.providers]
+        raise GammaError(f"{backend!r} is not an ONNX Runtime backend ({', '.join(ort_names)})")
+    return record.providers(Path(bundle), fp16)
 
 
 def available_precisions(manifest: Manifest) -> list[str]:
-    """Precisions for which the bundle holds all four audio graphs."""
-    return [p for p in PRECISIONS if all(component_key(c, p) in manifest.components for c in AUDIO_COMPONENTS)]
+    """Precisions for which the bundle holds every graph of its audio chain."""
+    return [p for p in PRECISIONS
+            if all(component_key(c, p) in manifest.components for c in manifest.audio.components)]
 
 
 def pick_precision(requested: str, backend: str, manifest: Manifest, bundle: str | Path = ".") -> str:
@@ -148,7 +233,7 @@ def pick_precision(requested: str, backend: str, manifest: Manifest, bundle: str
     where = Path(bundle) / MANIFEST_NAME
     if not have:
         raise BundleError(f"{where}: field 'components' has no complete set of audio graphs "
-                          f"({', '.join(AUDIO_COMPONENTS)}); run `gamma-rt export onnx`")
+                          f"({', '.join(manifest.audio.components)}); run `gamma-rt export onnx`")
     if requested == "auto":
         if backend != "ort-cpu" and "fp16" in have:
             return "fp16"
@@ -166,12 +251,11 @@ def open_backend(bundle: str | Path, manifest: Manifest, name: str = "auto", pre
     """The audio backend ``name`` ("auto" picks the best available; ``.reason`` says which and why)."""
     machine = machine or probe()
     # TensorRT engines are built per precision; ask for fp16 engines unless fp32 was requested.
-    trt_precision = "fp16" if precision == "auto" else precision
-    choice = choose_backend(name, manifest, machine, trt_precision, bundle)
-    if choice.backend == "tensorrt":
-        return OPENERS["tensorrt"](bundle, manifest, choice, trt_precision, threads)
-    chosen = pick_precision(precision, choice.backend, manifest, bundle)
-    return OPENERS[choice.backend](bundle, manifest, choice, chosen, threads or _default_threads())
+    own_precision = "fp16" if precision == "auto" else precision
+    choice = choose_backend(name, manifest, machine, own_precision, bundle)
+    record = BACKENDS[choice.backend]
+    chosen = own_precision if record.picks_own_precision else pick_precision(precision, choice.backend, manifest, bundle)
+    return record.open(bundle, manifest, choice, chosen, threads)
 
 
 def _default_threads() -> int:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .options import RuntimeOptions, add_runtime_options
 from .pcm_stream import add_raw_format_options, raw_format_from_options
 
 ASK_DESCRIPTION = """\
@@ -32,37 +33,12 @@ question, answered in turn with the conversation so far as context. An empty lin
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle folder holding manifest.json, the ONNX graphs and a GGUF")
     p.add_argument("audio", help="audio file (WAV/FLAC/OGG/MP3, any rate and channel count) or - for stdin")
-    p.add_argument("--backend", default="auto", help="audio-side backend: auto (default; says which it picked), "
-                   "ort-cpu, ort-cuda, ort-trt or tensorrt")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
-                   help="audio graphs to run (default auto: fp16 on a GPU when the bundle has them, else fp32)")
-    p.add_argument("--decoder", default="decoder", metavar="COMPONENT",
-                   help="GGUF component of the manifest: decoder (F32, default), decoder.f16, decoder.q4_k_m, ...")
     p.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens (default 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more varied")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, for repeatable answers (default 0)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the decoder and ONNX Runtime (default: all cores; use 1 on a busy machine)")
-    add_gpu_layers_option(p)
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="keep audio embeddings here, so asking about the same song again skips the encoders")
-    p.add_argument("--no-overlap", action="store_true",
-                   help="encode each window only after the previous one is prefilled (no worker thread)")
     p.add_argument("--verbose", "-v", action="store_true", help="print the backend chosen and per-stage timings")
+    add_runtime_options(p)
     add_raw_format_options(p)
-
-
-def add_gpu_layers_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu-layers", type=int, default=None, metavar="N",
-                   help="decoder layers on the GPU (default: all of them when llama.cpp was built with CUDA, "
-                   "see native/build.sh; 0 keeps the decoder on the CPU)")
-
-
-def check_gpu_layers(value: int | None) -> None:
-    from gamma_rt.errors import GammaError
-
-    if value is not None and value < 0:
-        raise GammaError(f"--gpu-layers must be 0 or more, got {value}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,12 +66,7 @@ def _open(args):
 
     if args.max_tokens < 1:
         raise GammaError(f"--max-tokens must be at least 1, got {args.max_tokens}")
-    if args.threads is not None and args.threads < 1:
-        raise GammaError(f"--threads must be at least 1, got {args.threads}")
-    check_gpu_layers(args.gpu_layers)
-    pipe = Pipeline.open(args.bundle, backend=args.backend, decoder=args.decoder, precision=args.precision,
-                         cache_dir=args.cache_dir, threads=args.threads, overlap=not args.no_overlap, progress=track,
-                         gpu_layers=args.gpu_layers)
+    pipe = Pipeline.open(args.bundle, RuntimeOptions.from_args(args), progress=track)
     if args.verbose:
         print(f"audio backend: {pipe.backend.name} {pipe.backend.precision} ({pipe.backend.reason})", file=sys.stderr)
         print(f"decoder: {pipe.decoder_placement()}", file=sys.stderr)

@@ -9,7 +9,9 @@ between them holds one window, which bounds memory for a file of any length.
 
 from __future__ import annotations
 
+import itertools
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,9 +19,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from gamma_rt.manifest import AudioSection
+
 from .backends import AudioBackend
 from .embed_cache import EmbeddingCache
-from .mel import log_mel_spectrogram
+from .mel import FrontEnd
 from .timings import StageTimes
 from .windows import Window, windows
 
@@ -38,17 +42,26 @@ class WindowEmbedding:
 
 @dataclass(frozen=True)
 class AudioLayout:
-    """The manifest's ``audio`` fields the embedding path needs."""
+    """What the embedding path needs from the manifest's ``audio`` section."""
 
     sample_rate: int
     window_seconds: float
-    n_mels: int
     tokens_per_window: int
+    front_end: FrontEnd
+    token_count: str = "proportional"
+    max_seconds: float | None = None
 
     @classmethod
-    def from_manifest(cls, audio: dict) -> "AudioLayout":
-        return cls(int(audio["sample_rate"]), float(audio["window_seconds"]), int(audio["n_mels"]),
-                   int(audio["tokens_per_window"]))
+    def from_manifest(cls, audio: AudioSection) -> "AudioLayout":
+        return cls(audio.sample_rate, float(audio.window_seconds), audio.tokens_per_window,
+                   FrontEnd.from_manifest(audio), audio.token_count, audio.max_seconds)
+
+    @property
+    def max_windows(self) -> int | None:
+        """Windows the model takes at most (its processor cuts the audio after them), None for no limit."""
+        if self.max_seconds is None:
+            return None
+        return max(1, int(self.max_seconds // self.window_seconds))
 
 
 def _timed_blocks(blocks: Iterable[np.ndarray], times: StageTimes) -> Iterator[np.ndarray]:
@@ -67,8 +80,26 @@ def _timed_blocks(blocks: Iterable[np.ndarray], times: StageTimes) -> Iterator[n
 
 def _encode_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
                     cache: EmbeddingCache | None) -> Iterator[WindowEmbedding]:
-    for window in windows(_timed_blocks(blocks, times), layout.sample_rate, layout.window_seconds):
+    cut = windows(_timed_blocks(blocks, times), layout.sample_rate, layout.window_seconds)
+    limit = layout.max_windows
+    for window in itertools.islice(cut, limit):
         yield _encode_one(window, backend, layout, times, cache)
+    if limit is not None and next(cut, None) is not None:
+        # as the model's own processor does: the audio past its limit is not used, and the user is told
+        print(f"gamma-rt: audio longer than the model's {layout.max_seconds:g} s (manifest audio.max_seconds); "
+              f"using the first {limit * layout.window_seconds:g} s", file=sys.stderr)
+    close = getattr(cut, "close", None)
+    if close:
+        close()
+
+
+def window_feeds(window: Window, layout: AudioLayout) -> dict[str, np.ndarray]:
+    """The values the audio chain reads, for one window: ``mel`` (1, n_mels, frames) float32,
+    ``mel_mask`` (1, frames) int64 (1 where the frame holds real audio), ``window_index`` (1,) int64."""
+    mel = layout.front_end(window.samples[None])
+    mask = np.zeros((1, mel.shape[-1]), np.int64)
+    mask[0, :window.valid_frames(layout.front_end.hop_length)] = 1
+    return {"mel": mel, "mel_mask": mask, "window_index": np.array([window.index], np.int64)}
 
 
 def _encode_one(window: Window, backend: AudioBackend, layout: AudioLayout, times: StageTimes,
@@ -76,16 +107,16 @@ def _encode_one(window: Window, backend: AudioBackend, layout: AudioLayout, time
     full = None
     if cache is not None:
         with times.stage("cache"):
-            key = cache.key(window.samples)
+            key = cache.key(window.samples, window.index, window.n_valid)
             full = cache.get(key)
     if full is None:
         with times.stage("front_end"):
-            mel = log_mel_spectrogram(window.samples[None], layout.n_mels)
-        full = backend.encode(mel)[0]
+            feeds = window_feeds(window, layout)
+        full = backend.encode(feeds)[0]
         if cache is not None:
             with times.stage("cache"):
                 cache.put(key, full)
-    n = window.valid_tokens(layout.tokens_per_window)
+    n = window.valid_tokens(layout.tokens_per_window, layout.token_count, layout.front_end.hop_length)
     return WindowEmbedding(window.index, window.start_s, window.end_s, full[:n])
 
 

@@ -34,10 +34,13 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0
 
-    def key(self, samples: np.ndarray) -> str:
+    def key(self, samples: np.ndarray, index: int = 0, n_valid: int | None = None) -> str:
+        """The window's key. ``index`` and ``n_valid`` count too: rotary time embeddings depend on the
+        window's place in the song, and the mel mask on how many samples are real."""
         h = hashlib.sha256()
         h.update(self.bundle_id.encode())
         h.update(self.precision.encode())
+        h.update(f"{index}:{len(samples) if n_valid is None else n_valid}".encode())
         h.update(np.ascontiguousarray(samples, dtype=np.float32).tobytes())
         return h.hexdigest()
 

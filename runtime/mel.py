@@ -1,11 +1,14 @@
-"""Whisper large-v3 log-mel front end in numpy (no torch).
+"""Whisper's log-mel front end in numpy (no torch), shaped by the bundle's manifest.
 
-Matches ``transformers``' WhisperFeatureExtractor(feature_size=128): a centred STFT (reflect padding,
-periodic Hann window), power spectrum, slaney mel filters, log10 with a 1e-10 floor, clamp to
-(max - 8) per example, then (x + 4) / 4.
+Matches ``transformers``' WhisperFeatureExtractor: a centred STFT (reflect padding, periodic Hann window),
+power spectrum, slaney mel filters, log10 with a 1e-10 floor, clamp to (max - 8) per example, then
+(x + 4) / 4. The constants below are Whisper large-v3's and only defaults: the runtime passes n_mels,
+n_fft, hop_length and the sample rate from ``manifest.audio`` (:class:`FrontEnd`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +25,24 @@ LOG_FLOOR = 1e-10  # power floor before log10, as in the reference extractor
 DYNAMIC_RANGE = 8.0  # log10 units kept below each example's maximum
 
 _FILTER_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """The front end's shape: mel bins, FFT size and hop (samples), sample rate (Hz)."""
+
+    n_mels: int = N_MELS
+    n_fft: int = N_FFT
+    hop_length: int = HOP_LENGTH
+    sample_rate: int = SAMPLE_RATE
+
+    @classmethod
+    def from_manifest(cls, audio) -> "FrontEnd":
+        """From a :class:`gamma_rt.manifest.AudioSection`."""
+        return cls(audio.n_mels, audio.n_fft, audio.hop_length, audio.sample_rate)
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        return log_mel_spectrogram(audio, self.n_mels, self.n_fft, self.hop_length, self.sample_rate)
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -78,36 +99,37 @@ def _hann(n_fft: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
 
 
-def log_mel_spectrogram(audio: np.ndarray, n_mels: int = N_MELS) -> np.ndarray:
-    """Whisper log-mel features of windows already padded or trimmed to N_SAMPLES.
+def log_mel_spectrogram(audio: np.ndarray, n_mels: int = N_MELS, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
+                        sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Whisper log-mel features of windows already padded or trimmed to the window length.
 
-    audio: (n_samples,) or (batch, n_samples) float32, 16 kHz mono, values in [-1, 1].
-    Returns (n_mels, n_samples // HOP_LENGTH) or (batch, n_mels, n_samples // HOP_LENGTH) float32 —
-    for a 30 s window (128 mel bins, 3000 frames) — log10 scale, clamped to max - 8, then (x + 4) / 4.
+    audio: (n_samples,) or (batch, n_samples) float32 mono at ``sample_rate``, values in [-1, 1].
+    Returns (n_mels, n_samples // hop_length) or (batch, n_mels, n_samples // hop_length) float32 —
+    for a 30 s window at 16 kHz (128 mel bins, 3000 frames) — log10 scale, clamped to max - 8, then (x + 4) / 4.
     """
     audio = np.asarray(audio)
     if audio.ndim not in (1, 2):
         raise ValueError(f"audio must be (n_samples,) or (batch, n_samples), got shape {audio.shape}")
     batch = audio.reshape(1, -1) if audio.ndim == 1 else audio
-    if batch.shape[-1] < N_FFT // 2 + 1:
-        raise ValueError(f"audio needs at least {N_FFT // 2 + 1} samples for reflect padding, got {batch.shape[-1]}")
-    out = np.empty((len(batch), n_mels, batch.shape[-1] // HOP_LENGTH), np.float32)
+    if batch.shape[-1] < n_fft // 2 + 1:
+        raise ValueError(f"audio needs at least {n_fft // 2 + 1} samples for reflect padding, got {batch.shape[-1]}")
+    out = np.empty((len(batch), n_mels, batch.shape[-1] // hop_length), np.float32)
     # one window at a time: each is fully vectorized already, and this keeps the float64 temporaries
     # (about 40 MB per 30 s window) from growing with the batch
     for i, window in enumerate(batch):
-        out[i] = _log_mel_window(window, n_mels)
+        out[i] = _log_mel_window(window, n_mels, n_fft, hop_length, sample_rate)
     return out[0] if audio.ndim == 1 else out
 
 
-def _log_mel_window(samples: np.ndarray, n_mels: int) -> np.ndarray:
-    """(n_samples,) -> (n_mels, n_samples // HOP_LENGTH) float32, normalized by this window's own peak."""
+def _log_mel_window(samples: np.ndarray, n_mels: int, n_fft: int, hop_length: int, sample_rate: int) -> np.ndarray:
+    """(n_samples,) -> (n_mels, n_samples // hop_length) float32, normalized by this window's own peak."""
     # float64 keeps the power spectrum exact enough that log10 of quiet bins agrees to 1e-4
-    padded = np.pad(samples.astype(np.float64), N_FFT // 2, mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
+    padded = np.pad(samples.astype(np.float64), n_fft // 2, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
     frames = frames[:-1]  # the reference drops the last centred frame: 3001 -> 3000
-    spectrum = np.fft.rfft(frames * _hann(N_FFT), axis=-1)  # (frames, 201) complex128
+    spectrum = np.fft.rfft(frames * _hann(n_fft), axis=-1)  # (frames, n_fft // 2 + 1) complex128
     power = spectrum.real**2 + spectrum.imag**2
-    mel = _mel_filters64(n_mels, SAMPLE_RATE, N_FFT) @ power.T  # (n_mels, frames)
+    mel = _mel_filters64(n_mels, sample_rate, n_fft) @ power.T  # (n_mels, frames)
 
     log_spec = np.log10(np.maximum(mel, LOG_FLOOR))
     log_spec = np.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)

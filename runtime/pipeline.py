@@ -1,20 +1,21 @@
 """Ask a bundle about a song: the public API of the runtime.
 
-    from gamma_rt.runtime.pipeline import Pipeline
-    with Pipeline.open("bundle") as pipe:
+    from gamma_rt.runtime import Pipeline, RuntimeOptions
+    with Pipeline.open("bundle", RuntimeOptions(threads=1)) as pipe:
         answers = pipe.ask("song.flac", ["What genre is this?", "What is the tempo?"])
         for piece in pipe.stream("song.flac", "Describe it."):
             print(piece, end="")
 
 How a run goes (one code path for files, arrays and live streams; a whole file is a stream run to the end):
 
-1. the decoder evaluates the prompt head (system turn, user header, audio_start) on sequence 0;
+1. the decoder evaluates the prompt head (the chat template up to the audio) on sequence 0;
 2. each 30 s window, as soon as its audio has arrived, goes through the front end and the audio backend
    (on a worker thread, one window ahead) and its embeddings are prefilled on sequence 0 right away,
    with the manifest's time marker before every window but the first;
 3. at the end of the audio only the question remains: its tokens and the answer. So the time from the
    end of the audio to the first token does not grow with the song's length;
-4. several questions fork sequence 0 (the audio is not evaluated again) and decode as parallel sequences.
+4. several questions fork sequence 0 (the audio is not evaluated again) and decode as parallel sequences;
+5. a :class:`Conversation` keeps sequence 0 and appends one turn after another to it.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from typing import BinaryIO, Iterator, Sequence
 import numpy as np
 
 from gamma_rt.errors import AudioError, BundleError
-from gamma_rt.manifest import Manifest
+from gamma_rt.manifest import MANIFEST_NAME, Manifest
 
 from .audio import AudioStream, open_audio
 from .backends import AudioBackend, open_backend
 from .decoder import ALL_LAYERS, DecoderSession, Sampling, context_size_for
 from .embed import AudioLayout, WindowEmbedding, embed_windows
 from .embed_cache import EmbeddingCache
-from .prompt import ChatPrompt
+from .options import RuntimeOptions
+from .prompt import prompt_from_manifest
 from .timings import StageTimes
 
 AudioSource = "str | Path | BinaryIO | AudioStream | np.ndarray"
@@ -64,35 +66,34 @@ class AudioPrefix:
 class Pipeline:
     """An opened bundle: the audio backend, one decoder context, the prompt format, an optional cache."""
 
-    def __init__(self, bundle: Path, manifest: Manifest, backend: AudioBackend, decoder_file: Path,
-                 cache: EmbeddingCache | None = None, threads: int | None = None, overlap: bool = True,
-                 progress=None, gpu_layers: int | None = None):
-        self.bundle, self.manifest, self.backend = bundle, manifest, backend
+    def __init__(self, bundle: Path, manifest: Manifest, backend: AudioBackend, options: RuntimeOptions,
+                 progress=None):
+        self.bundle, self.manifest, self.backend, self.options = bundle, manifest, backend, options
         self.layout = AudioLayout.from_manifest(manifest.audio)
-        self.prompt = ChatPrompt.from_manifest(manifest.prompt, str(bundle / "manifest.json"))
-        self.decoder_file, self.threads, self.overlap, self.progress = decoder_file, threads, overlap, progress
-        self.cache, self.gpu_layers = cache, gpu_layers
+        self.prompt = prompt_from_manifest(manifest.prompt, str(bundle / MANIFEST_NAME))
+        self.decoder_file = manifest.path(bundle, options.decoder)
+        self.progress = progress
+        self.cache = EmbeddingCache(options.cache_dir, bundle, backend.precision) if options.cache_dir else None
         self.times = StageTimes()  # of the last run; the backend's stages are merged in at its end
         self.figures: dict[str, float] = {}  # key figures of the last run in ms (after_audio_ms, ...)
         self.session: DecoderSession | None = None
-        self._open_decoder(self._context_for(DEFAULT_AUDIO_SECONDS, 512))
+        self.reserve(DEFAULT_AUDIO_SECONDS, 512)
 
     @classmethod
-    def open(cls, bundle: str | Path, backend: str = "auto", decoder: str = "decoder", precision: str = "auto",
-             cache_dir: str | Path | None = None, threads: int | None = None, overlap: bool = True,
-             verify: bool = True, progress=None, gpu_layers: int | None = None) -> "Pipeline":
-        """Load a bundle. ``backend``: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. ``decoder``: the manifest
-        component of the GGUF (``decoder``, ``decoder.f16``, ``decoder.q4_k_m``...). ``cache_dir``: keep audio
-        embeddings there. ``verify`` checks every file's sha256 first (cached, so cheap after the first time).
-        ``gpu_layers``: decoder layers offloaded to the GPU (None = all, on a llama.cpp built with CUDA; 0 = CPU)."""
+    def open(cls, bundle: str | Path, options: RuntimeOptions | None = None, *, verify: bool = True,
+             progress=None, **overrides) -> "Pipeline":
+        """Load a bundle with ``options`` (see :class:`RuntimeOptions`); keyword ``overrides`` replace single
+        fields, so ``Pipeline.open(b, threads=1)`` works too. ``verify`` checks every file's sha256 first
+        (cached, so cheap after the first time). ``progress`` wraps the window iterator (a progress bar)."""
         bundle = Path(bundle)
+        options = (options or RuntimeOptions()).replace(**overrides) if overrides else (options or RuntimeOptions())
         manifest = Manifest.load(bundle, verify=verify)
-        gguf = manifest.component(decoder)
+        gguf = manifest.component(options.decoder)
         if gguf.kind != "gguf":
-            raise BundleError(f"{bundle / 'manifest.json'}: components.{decoder}.kind is {gguf.kind!r}, not gguf")
-        audio_backend = open_backend(bundle, manifest, backend, precision, threads)
-        cache = EmbeddingCache(cache_dir, bundle, audio_backend.precision) if cache_dir else None
-        return cls(bundle, manifest, audio_backend, bundle / gguf.file, cache, threads, overlap, progress, gpu_layers)
+            raise BundleError(f"{bundle / MANIFEST_NAME}: components.{options.decoder}.kind is {gguf.kind!r}, "
+                              "not gguf")
+        audio_backend = open_backend(bundle, manifest, options.backend, options.precision, options.threads)
+        return cls(bundle, manifest, audio_backend, options, progress)
 
     def close(self) -> None:
         if self.session is not None:
@@ -111,7 +112,7 @@ class Pipeline:
     def embed(self, audio: AudioSource) -> Iterator[WindowEmbedding]:
         """The song's WindowEmbeddings, each as soon as its window is encoded (padding tokens dropped)."""
         blocks, _ = self._blocks(audio)
-        yield from embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.overlap)
+        yield from embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.options.overlap)
 
     def _blocks(self, audio: AudioSource) -> tuple[object, float | None]:
         """(iterable of 1-D float32 blocks at the bundle's rate, duration in s or None when unknown)."""
@@ -129,24 +130,26 @@ class Pipeline:
 
     # --- decoder ----------------------------------------------------------------------------------
 
-    def _context_for(self, audio_seconds: float, answer_tokens: int) -> int:
+    def reserve(self, audio_seconds: float, answer_tokens: int) -> None:
+        """Make the decoder context hold ``audio_seconds`` of audio plus ``answer_tokens`` (reopened larger
+        when it is too small; never shrunk). Runs before each song; call it to size the context ahead."""
+        if self.layout.max_seconds is not None:
+            audio_seconds = min(audio_seconds, self.layout.max_windows * self.layout.window_seconds)
         windows = math.ceil(audio_seconds / self.layout.window_seconds)
         tps = self.layout.tokens_per_window / self.layout.window_seconds
-        return context_size_for(audio_seconds, tps, PROMPT_SLACK_TOKENS + windows * MARKER_TOKENS, answer_tokens)
-
-    def _open_decoder(self, n_ctx: int) -> None:
+        n_ctx = context_size_for(audio_seconds, tps, PROMPT_SLACK_TOKENS + windows * MARKER_TOKENS, answer_tokens)
         if self.session is not None and self.session.n_ctx >= n_ctx:
             return
         if self.session is not None:
             self.session.close()
-        self.session = DecoderSession(self.decoder_file, n_ctx=n_ctx, n_threads=self.threads,
-                                      n_gpu_layers=self.gpu_layers)
+        self.session = DecoderSession(self.decoder_file, n_ctx=n_ctx, n_threads=self.options.threads,
+                                      n_gpu_layers=self.options.gpu_layers)
 
     def decoder_placement(self) -> str:
         """Where the decoder runs, in words (for --verbose)."""
         layers = self.session.gpu_layers
         if layers == 0:
-            why = "--gpu-layers 0" if self.gpu_layers == 0 else "this llama.cpp build has no GPU offload"
+            why = "--gpu-layers 0" if self.options.gpu_layers == 0 else "this llama.cpp build has no GPU offload"
             return f"{self.decoder_file.name} on the CPU ({why})"
         return f"{self.decoder_file.name}, {'all' if layers >= ALL_LAYERS else layers} layers on the GPU"
 
@@ -161,15 +164,17 @@ class Pipeline:
         self.backend.times.reset()
         self.figures = {}
         blocks, duration = self._blocks(audio)
-        self._open_decoder(self._context_for(duration or DEFAULT_AUDIO_SECONDS, answer_tokens))
+        self.reserve(duration or DEFAULT_AUDIO_SECONDS, answer_tokens)
         s = self.session
         s.clear()
         with self.times.stage("prefill"):
             s.eval_tokens(self.tokens(self.prompt.head()))
         n_windows = 0
-        embeddings = embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.overlap)
+        embeddings = embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.options.overlap)
         if self.progress is not None and duration:
             total = math.ceil(duration / self.layout.window_seconds)
+            if self.layout.max_windows is not None:
+                total = min(total, self.layout.max_windows)
             embeddings = self.progress(embeddings, description="listening", total=total)
         for window in embeddings:
             with self.times.stage("prefill"):
@@ -184,7 +189,8 @@ class Pipeline:
         """The last run's key times in ms: after_audio_ms (end of audio to answers done), ..."""
         return {k: v for k, v in self.figures.items() if k.endswith("_ms")}
 
-    def _finish(self, prefix: AudioPrefix) -> None:
+    def finish(self, prefix: AudioPrefix) -> None:
+        """Close the books on a run: the backend's stage times and the figures measured from ``prefix``."""
         self.times.merge(self.backend.times)
         self.figures["after_audio_ms"] = (time.perf_counter() - prefix.audio_end_s) * 1e3
         self.figures["audio_tokens"] = float(prefix.n_tokens)
@@ -223,7 +229,7 @@ class Pipeline:
                 for lane, i in enumerate(batch, start=1):
                     texts[i] = out[lane]
                     s.clear(lane)
-        self._finish(prefix)
+        self.finish(prefix)
         return [Answer(q, t) for q, t in zip(questions, texts)]
 
     def stream(self, audio: AudioSource, question: str, sampling: Sampling | None = None,
@@ -242,13 +248,42 @@ class Pipeline:
                 first = False
             yield piece
         self.times.add("decode", (time.perf_counter() - t0) * 1e3)
-        self._finish(prefix)
+        self.finish(prefix)
 
     def conversation(self, audio: AudioSource, answer_tokens: int = 2048) -> "Conversation":
         """A multi-turn chat about one song; the audio is prefilled once, here."""
-        from .chat import Conversation
-
         return Conversation(self, self.prefill(audio, answer_tokens))
+
+
+class Conversation:
+    """A multi-turn conversation about one song.
+
+    The audio is prefilled once on sequence 0. Every turn appends its text to that same sequence and the
+    answer's tokens stay in the cache (the decoder evaluates each accepted token), so a follow-up question
+    costs only its own tokens, never the audio again."""
+
+    def __init__(self, pipeline: Pipeline, prefix: AudioPrefix):
+        self.pipeline = pipeline
+        self.prefix = prefix
+        self.turns: list[tuple[str, str]] = []
+        pipeline.finish(prefix)
+
+    def say(self, question: str, sampling: Sampling | None = None, max_tokens: int = 256) -> Iterator[str]:
+        """Ask the next question; yields the answer's text pieces as they are decoded."""
+        p = self.pipeline
+        text = p.prompt.tail(question) if not self.turns else p.prompt.follow_up(question)
+        with p.times.stage("question"):
+            p.session.eval_tokens(p.tokens(text))
+        t0 = time.perf_counter()
+        answer = []
+        for piece in p.session.generate(sampling or Sampling(), max_tokens, p.prompt.stop):
+            answer.append(piece)
+            yield piece
+        p.times.add("decode", (time.perf_counter() - t0) * 1e3)
+        self.turns.append((question, "".join(answer)))
+
+    def ask(self, question: str, sampling: Sampling | None = None, max_tokens: int = 256) -> str:
+        return "".join(self.say(question, sampling, max_tokens))
 
 
 def _per_question(value, n: int, name: str) -> list:

@@ -1,9 +1,15 @@
 """The chat prompt around the audio, from the manifest's ``prompt`` fields, cut where the audio is.
 
-A user turn is ``prompt.user_template`` with ``{audio}`` = audio_start + the windows' embeddings (with
-``prompt.time_marker`` text between windows when set) + audio_end. Everything up to and including the
-audio is the *prefix*, the same for every question about a song, so it is evaluated once and forked;
-only the part after the audio (audio_end, the question, the assistant header) differs per question.
+Two layouts, one interface (head, marker, tail, follow_up, stop):
+
+- :class:`ChatPrompt`: ``prompt.user_template`` with ``{audio}`` = audio_start + the windows' embeddings
+  (with ``prompt.time_marker`` text between windows when set) + audio_end (GaMMA's own bundles);
+- :class:`TemplatePrompt`: the checkpoint's own Jinja chat template (``prompt.chat_template``), rendered
+  as transformers renders it, with one user turn holding the audio then the question; the audio item
+  renders as ``prompt.audio_placeholder``, which stands for audio_start + the embeddings + audio_end.
+
+Everything up to and including the audio is the *prefix*, the same for every question about a song, so it
+is evaluated once and forked; only the part after the audio differs per question.
 
 Text pieces are returned as strings; the decoder tokenizes them. Special tokens (``<|im_start|>``) split
 tokenization, so tokenizing the pieces one by one gives the same ids as tokenizing the whole text.
@@ -11,11 +17,20 @@ tokenization, so tokenizing the pieces one by one gives the same ids as tokenizi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gamma_rt.errors import BundleError
 
 AUDIO, QUESTION = "{audio}", "{question}"
+# stands for the first answer in a rendered conversation, to find what the template puts after an answer
+_ANSWER = "\x00gamma-rt-answer\x00"
+
+
+def prompt_from_manifest(prompt: dict, where: str = "manifest.json") -> "ChatPrompt | TemplatePrompt":
+    """The bundle's prompt layout: its chat template when it has one, else GaMMA's user template."""
+    if prompt.get("chat_template"):
+        return TemplatePrompt.from_manifest(prompt, where)
+    return ChatPrompt.from_manifest(prompt, where)
 
 
 @dataclass(frozen=True)
@@ -78,3 +93,91 @@ class ChatPrompt:
     def end_of_turn(self) -> str:
         """What closes an assistant turn: the first stop string and a newline (ChatML ``<|im_end|>\\n``)."""
         return (self.stop[0] if self.stop else "<|im_end|>") + "\n"
+
+
+@dataclass(frozen=True)
+class TemplatePrompt:
+    """A checkpoint's own chat template (Jinja, rendered as transformers' ``apply_chat_template`` does)."""
+
+    chat_template: str
+    audio_placeholder: str
+    audio_start: str = ""
+    audio_end: str = ""
+    stop: tuple[str, ...] = ()
+    system: str = ""
+    template_vars: dict = field(default_factory=dict)  # bos_token, eos_token... as the tokenizer gives them
+    where: str = "manifest.json"
+
+    @classmethod
+    def from_manifest(cls, prompt: dict, where: str = "manifest.json") -> "TemplatePrompt":
+        placeholder = prompt.get("audio_placeholder")
+        if not isinstance(placeholder, str) or not placeholder:
+            raise BundleError(f"{where}: field prompt.audio_placeholder missing (the text the chat template "
+                              "renders for the audio)")
+        out = cls(prompt["chat_template"], placeholder, prompt.get("audio_start", "") or "",
+                  prompt.get("audio_end", "") or "", tuple(prompt.get("stop", ())), prompt.get("system", "") or "",
+                  dict(prompt.get("template_vars", {}) or {}), where)
+        out.head()  # a template that does not render, or renders no audio, is refused when the bundle opens
+        return out
+
+    def _messages(self, question: str, answer: str | None = None, follow_up: str | None = None) -> list[dict]:
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        messages.append({"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": question}]})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+            messages.append({"role": "user", "content": [{"type": "text", "text": follow_up}]})
+        return messages
+
+    def _split(self, question: str) -> tuple[str, str]:
+        text = render_chat_template(self.chat_template, self._messages(question), self.template_vars, self.where)
+        if text.count(self.audio_placeholder) != 1:
+            raise BundleError(f"{self.where}: field prompt.chat_template renders the audio placeholder "
+                              f"{self.audio_placeholder!r} {text.count(self.audio_placeholder)} times, not once")
+        before, after = text.split(self.audio_placeholder)
+        return before, after
+
+    def head(self) -> str:
+        """Text before the first audio embedding (the same for every question)."""
+        return self._split("?")[0] + self.audio_start
+
+    def marker(self, index: int, start_s: float) -> str:
+        return ""  # the checkpoint's processor puts nothing between windows
+
+    def tail(self, question: str) -> str:
+        before, after = self._split(question)
+        if before + self.audio_start != self.head():
+            raise BundleError(f"{self.where}: field prompt.chat_template puts the question before the audio, so "
+                              "two questions could not share one audio prefill")
+        return self.audio_end + after
+
+    def follow_up(self, question: str) -> str:
+        """A later turn: what the template puts after an answer, then a user turn without audio."""
+        text = render_chat_template(self.chat_template, self._messages("?", _ANSWER, question), self.template_vars,
+                                    self.where)
+        if text.count(_ANSWER) != 1:
+            raise BundleError(f"{self.where}: field prompt.chat_template does not render an assistant turn as is")
+        return text.split(_ANSWER)[1]
+
+
+def render_chat_template(template: str, messages: list[dict], variables: dict, where: str) -> str:
+    """Render ``template`` for ``messages`` with the generation prompt, in the sandboxed Jinja environment
+    transformers uses (trim_blocks, lstrip_blocks, loop controls, ``raise_exception``, ``tojson``)."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = _tojson
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=True, **variables)
+    except jinja2.TemplateError as e:
+        raise BundleError(f"{where}: field prompt.chat_template does not render ({e})") from None
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    import json
+
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)

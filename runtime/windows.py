@@ -30,11 +30,31 @@ class Window:
     samples: np.ndarray
     n_valid: int
 
-    def valid_tokens(self, tokens_per_window: int) -> int:
-        """How many of the window's LLM tokens cover real audio: ceil(n_valid / window length *
-        tokens_per_window), at least 1 (so one-sample audio still gives the model something)."""
-        covered = math.ceil(self.n_valid * tokens_per_window / len(self.samples))
-        return max(1, min(tokens_per_window, covered))
+    def valid_frames(self, hop_length: int) -> int:
+        """Mel frames that hold real audio: ceil(n_valid / hop_length), as WhisperFeatureExtractor's mask."""
+        return min(len(self.samples) // hop_length, math.ceil(self.n_valid / hop_length))
+
+    def valid_tokens(self, tokens_per_window: int, rule: str = "proportional", hop_length: int = 160) -> int:
+        """How many of the window's LLM tokens cover real audio, by the manifest's ``audio.token_count``."""
+        return TOKEN_COUNTS[rule](self, tokens_per_window, hop_length)
+
+
+def _proportional(window: Window, tokens_per_window: int, hop_length: int) -> int:
+    """ceil(n_valid / window length * tokens_per_window), at least 1 (so one-sample audio still gives the
+    model something)."""
+    covered = math.ceil(window.n_valid * tokens_per_window / len(window.samples))
+    return max(1, min(tokens_per_window, covered))
+
+
+def _conv_pool(window: Window, tokens_per_window: int, hop_length: int) -> int:
+    """Whisper's two convolutions (stride 1 then 2) and a stride-2 average pool over the real frames, as
+    AF-Whisper's processor counts them: conv = (frames - 1) // 2 + 1, tokens = (conv - 2) // 2 + 1."""
+    conv = (window.valid_frames(hop_length) - 1) // 2 + 1
+    return max(0, min(tokens_per_window, (conv - 2) // 2 + 1))
+
+
+# manifest audio.token_count -> rule
+TOKEN_COUNTS = {"proportional": _proportional, "conv_pool": _conv_pool}
 
 
 def windows(blocks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE,

@@ -27,7 +27,7 @@ PROMPT = {
 
 def test_runtime_imports_neither_torch_nor_transformers():
     modules = sorted(m.name for m in pkgutil.iter_modules(gamma_rt.runtime.__path__))
-    assert {"pipeline", "backends", "embed", "prompt", "commands", "chat"} <= set(modules)
+    assert {"pipeline", "backends", "ort_backend", "embed", "prompt", "options", "commands"} <= set(modules)
     script = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module('gamma_rt.runtime.' + m)\n"

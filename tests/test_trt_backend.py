@@ -1,4 +1,4 @@
-"""Engine mismatch detection and backend choice (runtime/engine_record.py, runtime/backend_choice.py),
+"""Engine mismatch detection and backend choice (runtime/engine_record.py, runtime/backends.py),
 decided from manifest records and a description of the machine; TrtChain itself where TensorRT and a GPU exist."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from gamma_rt.errors import EngineMismatch, GammaError
 from gamma_rt.manifest import Manifest
-from gamma_rt.runtime.backend_choice import Machine, choose_backend, ort_providers, probe
+from gamma_rt.runtime.backends import Machine, choose_backend, ort_providers, probe
 from gamma_rt.runtime.engine_record import GpuIdentity, find_engines, mismatches
 
 H100 = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "10.13.0")
@@ -116,7 +116,7 @@ def test_ort_trt_provider_caches_engines_inside_the_bundle(tmp_path):
 def test_runtime_gpu_modules_import_without_torch_export_or_tensorrt():
     code = (
         "import sys\n"
-        "import gamma_rt.runtime.trt_backend, gamma_rt.runtime.backend_choice, gamma_rt.runtime.engine_record\n"
+        "import gamma_rt.runtime.trt_backend, gamma_rt.runtime.backends, gamma_rt.runtime.engine_record\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'tensorrt') or m.startswith('gamma_rt.export')]\n"
         "print(bad)\n"
     )
