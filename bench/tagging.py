@@ -24,9 +24,10 @@ def songs_per_hour(bundle: str | Path, tracks: list[str | Path], prompt_set_path
     """Both rates over ``tracks`` (audio files), ``repeats`` passes each; see the module docstring."""
     import llama_cpp
 
-    from gamma_rt.runtime.library import Track
-    from gamma_rt.runtime.prompts import PromptSet
-    from gamma_rt.runtime.tag_worker import TrackTagger, decode
+    from gamma_rt.runtime.options import RuntimeOptions
+    from gamma_rt.runtime.tagging.library import Track
+    from gamma_rt.runtime.tagging.prompt_sets import PromptSet
+    from gamma_rt.runtime.tagging.worker import TrackTagger, decode
 
     prompt_set = PromptSet.load(prompt_set_path) if prompt_set_path else PromptSet.default()
     items = [decode(Track.stat(t)) for t in tracks]
@@ -35,7 +36,8 @@ def songs_per_hour(bundle: str | Path, tracks: list[str | Path], prompt_set_path
         raise ValueError(f"bench tracks must decode: {bad}")
     audio_hours = sum(i.duration_s for i in items) / 3600
 
-    reuse = TrackTagger(bundle, prompt_set, cache_dir=None, backend=backend)
+    options = RuntimeOptions(backend=backend)  # no embedding cache: both rates pay for their encodes
+    reuse = TrackTagger(bundle, prompt_set, options)
     t0 = time.perf_counter()
     for _ in range(repeats):
         for item in items:
@@ -44,7 +46,7 @@ def songs_per_hour(bundle: str | Path, tracks: list[str | Path], prompt_set_path
                 raise RuntimeError(f"bench track failed: {record['error']}")
     with_reuse_s = (time.perf_counter() - t0) / repeats
 
-    single = TrackTagger(bundle, prompt_set, cache_dir=None, backend=backend)
+    single = TrackTagger(bundle, prompt_set, options)
     t0 = time.perf_counter()
     for _ in range(repeats):
         for item in items:

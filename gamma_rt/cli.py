@@ -15,7 +15,7 @@ COMMAND_MODULES = [
     "gamma_rt.export.commands",
     "gamma_rt.quant.commands",
     "gamma_rt.runtime.commands",
-    "gamma_rt.runtime.tag_commands",
+    "gamma_rt.runtime.tagging.commands",
     "gamma_rt.bench.commands",
     "gamma_rt.export.engines",
     "gamma_rt.bench.plan",

@@ -9,9 +9,9 @@ import pytest
 from tag_fixtures import BAD, GOOD, make_library
 
 from gamma_rt.errors import GammaError
-from gamma_rt.runtime.journal import Journal
-from gamma_rt.runtime.library import Track, walk
-from gamma_rt.runtime.outputs import FORMATS, RecordFile, read_records, results_path
+from gamma_rt.runtime.tagging.journal import Journal
+from gamma_rt.runtime.tagging.library import Track, walk
+from gamma_rt.runtime.tagging.records import FORMATS, RecordFile, read_records, results_path
 
 
 def _record(track: Track, status="ok", bundle="b1", prompts="p1") -> dict:

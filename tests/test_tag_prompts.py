@@ -8,8 +8,8 @@ import pytest
 from llama_cpp import LlamaGrammar
 
 from gamma_rt.errors import AnswerError, PromptSetError
-from gamma_rt.runtime.grammar import max_answer_bytes, normalize_schema, parse_answer, schema_violation
-from gamma_rt.runtime.prompts import PromptSet
+from gamma_rt.runtime.tagging.prompt_sets import PromptSet
+from gamma_rt.runtime.tagging.schema_grammar import max_answer_bytes, normalize_schema, parse_answer, schema_violation
 
 
 def test_default_prompt_set_covers_the_issue_and_its_grammars_compile_in_llama_cpp():

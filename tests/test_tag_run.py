@@ -16,9 +16,9 @@ import pytest
 from tag_fixtures import BAD, GOOD, make_library
 
 from gamma_rt.cli import main
-from gamma_rt.runtime.grammar import schema_violation
-from gamma_rt.runtime.outputs import read_records
-from gamma_rt.runtime.prompts import PromptSet
+from gamma_rt.runtime.tagging.prompt_sets import PromptSet
+from gamma_rt.runtime.tagging.records import read_records
+from gamma_rt.runtime.tagging.schema_grammar import schema_violation
 
 # Short answers keep the tests fast; the default set is exercised once below.
 SMALL_PROMPTS = """\
@@ -156,7 +156,7 @@ def test_sigint_finishes_the_current_track_and_exits_cleanly(job):
 
 
 def test_write_tags_dry_run_changes_nothing_then_write_tags_round_trips(job, capsys):
-    from gamma_rt.runtime.tagwrite import read_tags
+    from gamma_rt.runtime.tagging.file_tags import read_tags
 
     good = [job["lib"] / rel for rel in GOOD]
     before = {p: p.read_bytes() for p in good}

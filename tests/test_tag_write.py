@@ -12,8 +12,8 @@ import soundfile as sf
 from tag_fixtures import GOOD, write_good
 
 from gamma_rt.errors import TagWriteError
-from gamma_rt.runtime import tagwrite
-from gamma_rt.runtime.tagwrite import audio_payload, plan, read_tags, write_tags
+from gamma_rt.runtime.tagging import file_tags
+from gamma_rt.runtime.tagging.file_tags import audio_payload, plan, read_tags, write_tags
 
 VALUES = {"genre": "Jazz fusion", "mood": "calm; dark", "caption": "A quiet tune with ünïcode — and a dash"}
 
@@ -83,8 +83,8 @@ def test_a_write_that_fails_verification_leaves_the_original_file_byte_identical
         copy.write_bytes(bytes(data))
         return real_verify(original, copy, changes)
 
-    real_verify = tagwrite._verify
-    monkeypatch.setattr(tagwrite, "_verify", corrupting_save)
+    real_verify = file_tags._verify
+    monkeypatch.setattr(file_tags, "_verify", corrupting_save)
     with pytest.raises(TagWriteError, match="changed the audio"):
         write_tags(path, VALUES)
     assert _digest(path) == digest

@@ -1,4 +1,7 @@
-"""``gamma-rt tag``: batch tagging of a music library (registered from gamma_rt/cli.py)."""
+"""``gamma-rt tag``: batch tagging of a music library (registered from gamma_rt/cli.py).
+
+The runtime flags are the same group as ``ask`` and ``chat`` (runtime/options.py); they become one
+RuntimeOptions that every pipeline of the run is opened with."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import add_gpu_layers_option, check_gpu_layers
+from ..options import add_runtime_options
+from .records import FORMATS
 
 DESCRIPTION = """\
 Ask a prompt set (genre, mood, instruments, tempo, key, vocals, structure, caption by default) about every
@@ -33,45 +37,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="RESULTS",
                    help="results folder: journal.sqlite, records.*, embedding-cache/ (created if missing)")
     p.add_argument("--prompts", type=Path, metavar="FILE",
-                   help="prompt set, TOML or YAML (default: the built-in set; see default_prompts.toml)")
-    p.add_argument("--format", choices=["jsonl", "csv", "sqlite"], default="jsonl", help="result file format")
+                   help="prompt set, TOML or YAML (default: the built-in set, runtime/tagging/default_prompts.toml)")
+    p.add_argument("--format", choices=FORMATS, default="jsonl", help="result file format")
     p.add_argument("--workers", type=int, default=1,
                    help="model instances: threads (local) or Ray actors, one per GPU if there are GPUs")
     p.add_argument("--prefetch", type=int, default=2, help="tracks decoded ahead on CPU threads (local engine)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: actors on a Ray cluster (set RAY_ADDRESS to join one)")
-    p.add_argument("--backend", default="auto", help="audio-side backend passed to the pipeline (default auto)")
-    add_gpu_layers_option(p)
-    p.add_argument("--cache", type=Path, metavar="DIR",
-                   help="audio-embedding cache folder (default RESULTS/embedding-cache)")
     p.add_argument("--retry-failed", action="store_true", help="ask again about tracks whose record failed")
     p.add_argument("--write-tags", action="store_true",
                    help="write genre, mood and caption into the files' own tags (verified copy, atomic swap)")
     p.add_argument("--dry-run", action="store_true", help="with --write-tags: print the tag diff, change nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_options(p, cache_help="audio-embedding cache folder (default RESULTS/embedding-cache); "
+                        "a new prompt set reuses it, so songs are encoded once")
     p.set_defaults(func=cmd_tag)
 
 
 def cmd_tag(args) -> int:
     from gamma_rt.errors import GammaError
 
-    from .prompts import PromptSet
-    from .tag_progress import TagProgress
-    from .tagging import TagOptions, run, write_file_tags
+    from ..options import RuntimeOptions
+    from .progress import TagProgress
+    from .prompt_sets import PromptSet
+    from .run import TagJob, run, write_file_tags
 
     if args.dry_run and not args.write_tags:
         raise GammaError("--dry-run only applies to --write-tags")
     if args.workers < 1 or args.prefetch < 0:
         raise GammaError("--workers must be at least 1 and --prefetch at least 0")
-    check_gpu_layers(args.gpu_layers)
+    runtime = RuntimeOptions.from_args(args)
     prompt_set = PromptSet.load(args.prompts) if args.prompts else PromptSet.default()
-    opts = TagOptions(library=args.library, bundle=args.bundle, out=args.out, prompt_set=prompt_set,
-                      fmt=args.format, workers=args.workers, prefetch=args.prefetch, engine=args.engine,
-                      retry_failed=args.retry_failed, backend=args.backend, cache_dir=args.cache,
-                      gpu_layers=args.gpu_layers)
+    job = TagJob(library=args.library, bundle=args.bundle, out=args.out, prompt_set=prompt_set, fmt=args.format,
+                 workers=args.workers, prefetch=args.prefetch, engine=args.engine, retry_failed=args.retry_failed,
+                 runtime=runtime)
     progress = TagProgress(enabled=False if args.quiet else None)
     try:
-        summary = run(opts, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)))
+        summary = run(job, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)))
     finally:
         progress.close()
     counts = summary.library_counts
@@ -84,5 +86,5 @@ def cmd_tag(args) -> int:
         return 130
     tag_failures = 0
     if args.write_tags:
-        tag_failures = write_file_tags(opts, args.dry_run, lambda line: print(line))
+        tag_failures = write_file_tags(job, args.dry_run, lambda line: print(line))
     return 1 if counts["failed"] or tag_failures else 0

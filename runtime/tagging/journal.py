@@ -3,7 +3,7 @@
 A row is keyed by (path, bundle hash, prompt-set hash) and remembers the file's size, mtime and content
 hash, so a changed file is asked again and an unchanged one never is. The output record is stored *in the
 same row, in the same transaction* that marks the track done; output files are derived from the journal
-(see outputs.py). So a SIGKILL at any point leaves either the whole record or none of it, and a re-run
+(see records.py). So a SIGKILL at any point leaves either the whole record or none of it, and a re-run
 neither loses nor duplicates a track.
 """
 

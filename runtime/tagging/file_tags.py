@@ -20,8 +20,12 @@ import numpy as np
 
 from gamma_rt.errors import TagWriteError
 
-FIELDS = ("genre", "mood", "caption")
+# The file tags a prompt may fill (its ``tag`` field in the prompt set), and their key in each container.
+TAG_FIELDS = ("genre", "mood", "caption")
 _MP4_MOOD = "----:com.apple.iTunes:MOOD"
+_VORBIS_KEYS = {"genre": "GENRE", "mood": "MOOD", "caption": "COMMENT"}
+_ID3_FRAMES = {"genre": "TCON", "mood": "TMOO", "caption": "COMM"}
+_MP4_KEYS = {"genre": "\xa9gen", "mood": _MP4_MOOD, "caption": "\xa9cmt"}
 
 
 def _container(audio) -> str:
@@ -52,15 +56,14 @@ def _open(path: Path):
 def _get(audio, kind: str, field: str) -> str | None:
     tags = audio.tags
     if kind == "vorbis":
-        values = tags.get({"genre": "GENRE", "mood": "MOOD", "caption": "COMMENT"}[field], [])
+        values = tags.get(_VORBIS_KEYS[field], [])
         return values[0] if values else None
     if kind == "id3":
-        frames = tags.getall({"genre": "TCON", "mood": "TMOO", "caption": "COMM"}[field])
+        frames = tags.getall(_ID3_FRAMES[field])
         if field == "caption":
             frames = [f for f in frames if f.desc == ""]
         return str(frames[0].text[0]) if frames and frames[0].text else None
-    key = {"genre": "\xa9gen", "mood": _MP4_MOOD, "caption": "\xa9cmt"}[field]
-    values = tags.get(key, [])
+    values = tags.get(_MP4_KEYS[field], [])
     if not values:
         return None
     value = values[0]
@@ -70,7 +73,7 @@ def _get(audio, kind: str, field: str) -> str | None:
 def _set(audio, kind: str, field: str, value: str) -> None:
     tags = audio.tags
     if kind == "vorbis":
-        tags[{"genre": "GENRE", "mood": "MOOD", "caption": "COMMENT"}[field]] = [value]
+        tags[_VORBIS_KEYS[field]] = [value]
     elif kind == "id3":
         from mutagen.id3 import COMM, TCON, TMOO
 
@@ -87,20 +90,20 @@ def _set(audio, kind: str, field: str, value: str) -> None:
         if field == "mood":
             tags[_MP4_MOOD] = [MP4FreeForm(value.encode("utf-8"))]
         else:
-            tags[{"genre": "\xa9gen", "caption": "\xa9cmt"}[field]] = [value]
+            tags[_MP4_KEYS[field]] = [value]
 
 
 def read_tags(path: str | Path) -> dict[str, str | None]:
     """The file's current genre, mood and caption (None where absent)."""
     audio = _open(Path(path))
     kind = _container(audio)
-    return {f: _get(audio, kind, f) for f in FIELDS}
+    return {f: _get(audio, kind, f) for f in TAG_FIELDS}
 
 
 def plan(path: str | Path, values: dict[str, str]) -> list[tuple[str, str | None, str]]:
     """The changes writing ``values`` would make: ``[(field, old, new)]``, unchanged fields left out."""
     current = read_tags(path)
-    return [(f, current[f], v) for f, v in values.items() if f in FIELDS and v is not None and current[f] != v]
+    return [(f, current[f], v) for f, v in values.items() if f in TAG_FIELDS and v is not None and current[f] != v]
 
 
 def write_tags(path: str | Path, values: dict[str, str]) -> list[tuple[str, str | None, str]]:

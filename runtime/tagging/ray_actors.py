@@ -4,7 +4,8 @@ The driver keeps the journal semantics of the local engine: actors only turn tra
 record comes back to the driver, which commits it to the journal exactly once (journal.commit ignores a
 second delivery of the same result, e.g. after an actor restart retried a task). Tracks are read by the
 actors from their own file system, so on several nodes the library must be mounted at the same path on
-every node (see docs/tagging.md).
+every node (see docs/tagging.md). The runtime options cross to the actors as plain values
+(``RuntimeOptions.to_dict``), with the cache folder made absolute so every actor resolves the same one.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from ..options import RuntimeOptions
 from .library import Track
-from .prompts import PromptSet
+from .prompt_sets import PromptSet
 
 # Tasks queued per actor beyond the one it is running: the next track is decoded by the actor's Ray
 # scheduler queue while the current one is answered, without piling a library's worth of work on one node.
@@ -28,14 +30,14 @@ def _actor_class():
     class TagActor:
         """One model instance. Holds a TrackTagger for the whole run (the model loads once per actor)."""
 
-        def __init__(self, bundle: str, prompt_set: PromptSet, cache_dir: str, backend: str,
-                     gpu_layers: int | None):
-            from gamma_rt.runtime.tag_worker import TrackTagger
+        def __init__(self, bundle: str, prompt_set: PromptSet, options: dict):
+            from gamma_rt.runtime.options import RuntimeOptions
+            from gamma_rt.runtime.tagging.worker import TrackTagger
 
-            self.tagger = TrackTagger(bundle, prompt_set, cache_dir, backend, gpu_layers)
+            self.tagger = TrackTagger(bundle, prompt_set, RuntimeOptions.from_dict(options))
 
         def tag(self, track: Track) -> dict:
-            from gamma_rt.runtime.tag_worker import decode
+            from gamma_rt.runtime.tagging.worker import decode
 
             record = self.tagger.tag(decode(track))
             record["timings"]["worker"] = f"{os.uname().nodename}:{os.getpid()}"
@@ -44,8 +46,8 @@ def _actor_class():
     return TagActor
 
 
-def run_ray(tracks: list[Track], bundle: Path, prompt_set: PromptSet, cache_dir: Path, workers: int,
-            backend: str, stop, gpu_layers: int | None = None) -> Iterator[dict]:
+def run_ray(tracks: list[Track], bundle: Path, prompt_set: PromptSet, options: RuntimeOptions, workers: int,
+            stop) -> Iterator[dict]:
     """Records of ``tracks`` from ``workers`` Ray actors, as they finish. Joins the cluster named by
     RAY_ADDRESS, or starts a local Ray instance."""
     try:
@@ -60,8 +62,9 @@ def run_ray(tracks: list[Track], bundle: Path, prompt_set: PromptSet, cache_dir:
         return
     gpu = ray.cluster_resources().get("GPU", 0) >= 1
     actor = _actor_class().options(num_gpus=1) if gpu else _actor_class().options(num_cpus=1)
-    actors = [actor.remote(str(Path(bundle).resolve()), prompt_set, str(Path(cache_dir).resolve()), backend,
-                           gpu_layers)
+    if options.cache_dir is not None:
+        options = options.replace(cache_dir=options.cache_dir.resolve())
+    actors = [actor.remote(str(Path(bundle).resolve()), prompt_set, options.to_dict())
               for _ in range(min(workers, len(tracks)))]
     queue = iter(tracks)
     owner: dict = {}  # ObjectRef -> actor index

@@ -1,11 +1,14 @@
-"""A tagging run: the driver that walks a library, hands tracks to an engine and journals the results.
+"""The job loop of a tagging run: walk a library, hand tracks to an engine, journal the results.
 
 The driver is the only writer of the journal (see journal.py): it commits each record as it comes back, then
 appends it to the result file. Engines only turn tracks into records:
 
 - ``local``: decoding and hashing of the next tracks on CPU threads (a small prefetch window) while
   ``workers`` pipelines, one per thread, answer the current ones;
-- ``ray``: the same on Ray actors (tag_ray.py).
+- ``ray``: the same on Ray actors (ray_actors.py).
+
+Every pipeline is opened with the job's one :class:`RuntimeOptions`; only its cache folder is filled in
+here (default ``OUT/embedding-cache``).
 
 SIGINT: no new track is started, the ones being answered finish and are journaled, the run exits 130.
 A second SIGINT interrupts at once (the journal is consistent either way).
@@ -22,30 +25,34 @@ from pathlib import Path
 from queue import Queue
 from typing import Callable, Iterable, Iterator
 
+from gamma_rt.hashing import sha256_file
+
+from ..embed_cache import bundle_identity
+from ..options import RuntimeOptions
 from .journal import Journal
-from .library import Track, file_sha256, walk
-from .outputs import RecordFile, results_path
-from .prompts import PromptSet
-from .tag_worker import TrackTagger, bundle_hash, decode
+from .library import Track, walk
+from .prompt_sets import PromptSet
+from .records import RecordFile, results_path
+from .worker import TrackTagger, decode
 
 JOURNAL_NAME = "journal.sqlite"
 CACHE_NAME = "embedding-cache"
 
 
 @dataclass
-class TagOptions:
-    library: Path
+class TagJob:
+    """What to tag, where the results go, and how the model runs."""
+
+    library: Path  # folder searched recursively for audio files
     bundle: Path
-    out: Path
+    out: Path  # journal, result file and (by default) the embedding cache
     prompt_set: PromptSet
-    fmt: str = "jsonl"
-    workers: int = 1
-    prefetch: int = 2
-    engine: str = "local"
+    fmt: str = "jsonl"  # result file: jsonl | csv | sqlite
+    workers: int = 1  # model instances: threads (local) or Ray actors
+    prefetch: int = 2  # tracks decoded ahead on CPU threads (local engine)
+    engine: str = "local"  # local | ray
     retry_failed: bool = False
-    backend: str = "auto"
-    gpu_layers: int | None = None  # decoder layers on the GPU; None = all where llama.cpp can offload
-    cache_dir: Path | None = None  # default: OUT/embedding-cache
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # cache_dir None: OUT/embedding-cache
 
 
 @dataclass
@@ -137,36 +144,35 @@ def run_local(tracks: list[Track], make_tagger: Callable[[], TrackTagger], worke
                 f.cancel()
 
 
-def run(opts: TagOptions, on_record: Callable[[dict], None] | None = None,
+def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
         on_start: Callable[[list[Track]], None] | None = None) -> TagSummary:
     """One tagging run to the end (or to SIGINT). Returns the summary; the journal and the result file in
-    ``opts.out`` hold the records."""
+    ``job.out`` hold the records."""
     from gamma_rt.errors import GammaError
     from gamma_rt.manifest import Manifest
 
-    Manifest.read(opts.bundle)  # a missing or foreign bundle fails here, in one line, before any work
-    if not Path(opts.library).is_dir():
-        raise GammaError(f"{opts.library}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
-    out = Path(opts.out)
+    Manifest.read(job.bundle)  # a missing or foreign bundle fails here, in one line, before any work
+    if not Path(job.library).is_dir():
+        raise GammaError(f"{job.library}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
+    out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    b_hash, ps = bundle_hash(opts.bundle), opts.prompt_set
-    cache_dir = opts.cache_dir or out / CACHE_NAME
-    summary = TagSummary(records_file=results_path(out, opts.fmt))
+    b_hash, ps = bundle_identity(job.bundle), job.prompt_set
+    options = job.runtime if job.runtime.cache_dir else job.runtime.replace(cache_dir=out / CACHE_NAME)
+    summary = TagSummary(records_file=results_path(out, job.fmt))
     stop = Stop()
     with Journal(out / JOURNAL_NAME) as journal:
-        records = RecordFile(summary.records_file, opts.fmt, [p.name for p in ps.prompts])
+        records = RecordFile(summary.records_file, job.fmt, [p.name for p in ps.prompts])
         records.rebuild(journal.records(b_hash, ps.hash))  # repairs a file torn by a killed run
-        todo, summary.done_before = pending_tracks(journal, walk(opts.library), b_hash, ps.hash, opts.retry_failed)
+        todo, summary.done_before = pending_tracks(journal, walk(job.library), b_hash, ps.hash, job.retry_failed)
         summary.todo = len(todo)
         if on_start:
             on_start(todo)
-        if opts.engine == "ray":
-            from .tag_ray import run_ray
+        if job.engine == "ray":
+            from .ray_actors import run_ray
 
-            results = run_ray(todo, opts.bundle, ps, cache_dir, opts.workers, opts.backend, stop, opts.gpu_layers)
+            results = run_ray(todo, job.bundle, ps, options, job.workers, stop)
         else:
-            results = run_local(todo, lambda: TrackTagger(opts.bundle, ps, cache_dir, opts.backend, opts.gpu_layers),
-                                opts.workers, opts.prefetch, stop)
+            results = run_local(todo, lambda: TrackTagger(job.bundle, ps, options), job.workers, job.prefetch, stop)
         restore = stop.install()
         try:
             for record in results:
@@ -184,17 +190,17 @@ def run(opts: TagOptions, on_record: Callable[[dict], None] | None = None,
     return summary
 
 
-def write_file_tags(opts: TagOptions, dry_run: bool, report: Callable[[str], None]) -> int:
+def write_file_tags(job: TagJob, dry_run: bool, report: Callable[[str], None]) -> int:
     """Write genre/mood/caption of every ok record not yet written (or, dry run, report the diff).
     Returns how many files failed."""
     from gamma_rt.errors import TagWriteError
 
-    from .tagwrite import plan, write_tags
+    from .file_tags import plan, write_tags
 
-    b_hash, ps = bundle_hash(opts.bundle), opts.prompt_set
+    b_hash, ps = bundle_identity(job.bundle), job.prompt_set
     tagged = [p for p in ps.prompts if p.tag]
     failures = 0
-    with Journal(Path(opts.out) / JOURNAL_NAME) as journal:
+    with Journal(Path(job.out) / JOURNAL_NAME) as journal:
         for record in journal.untagged(b_hash, ps.hash):
             values = {p.tag: p.tag_value(record["answers"].get(p.name)) for p in tagged}
             values = {k: v for k, v in values.items() if v is not None}
@@ -208,5 +214,5 @@ def write_file_tags(opts: TagOptions, dry_run: bool, report: Callable[[str], Non
                 report(f"{record['path']}: {name}: {old!r} -> {new!r}" + (" (dry run)" if dry_run else ""))
             if not dry_run:
                 path = record["path"]
-                journal.mark_tags_written(record, Track.stat(path), file_sha256(path))
+                journal.mark_tags_written(record, Track.stat(path), sha256_file(path))
     return failures

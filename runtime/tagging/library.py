@@ -8,13 +8,13 @@ and anything that is not a regular file are skipped.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from gamma_rt.errors import GammaError
+from gamma_rt.hashing import sha256_file
 
 # libsndfile major format -> the file extensions it is stored under.
 _FORMAT_EXTENSIONS = {
@@ -46,15 +46,7 @@ class Track:
         return cls(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
     def content_sha256(self) -> str:
-        return file_sha256(self.path)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_file(self.path)
 
 
 def walk(root: str | os.PathLike) -> Iterator[Track]:

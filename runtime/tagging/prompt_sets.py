@@ -1,4 +1,4 @@
-"""Tagging prompt sets: the questions asked about every track, each with a JSON schema for its answer.
+"""Tag prompt sets: the questions asked about every track, each with a JSON schema for its answer.
 
 A prompt set is a TOML file (or YAML, if PyYAML is installed) like ``default_prompts.toml`` beside this
 module. Its hash covers everything that changes the answers (questions, schemas, token budgets, sampling),
@@ -16,10 +16,10 @@ from pathlib import Path
 
 from gamma_rt.errors import PromptSetError
 
-from .grammar import max_answer_bytes, normalize_schema, to_gbnf
+from .file_tags import TAG_FIELDS
+from .schema_grammar import max_answer_bytes, normalize_schema, to_gbnf
 
 DEFAULT_PROMPTS = Path(__file__).with_name("default_prompts.toml")
-TAG_FIELDS = ("genre", "mood", "caption")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SAMPLING_FIELDS = {"temperature": float, "top_k": int, "top_p": float, "seed": int}
 

@@ -8,7 +8,6 @@ A user-level problem with one track (undecodable audio, an answer that does not 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from gamma_rt.errors import GammaError
-from gamma_rt.manifest import MANIFEST_NAME
+from gamma_rt.hashing import sha256_file
 
-from .grammar import parse_answer
-from .library import Track, file_sha256
-from .prompts import PromptSet
+from ..embed_cache import bundle_identity
+from ..options import RuntimeOptions
+from .library import Track
+from .prompt_sets import PromptSet
+from .schema_grammar import parse_answer
 
 # Tracks longer than this are not decoded ahead of time: the pipeline streams them from disk instead,
 # so a 3-hour file never sits whole in the prefetch queue. 20 min at 16 kHz float32 is 77 MB.
@@ -40,17 +41,12 @@ class Decoded:
     decode_s: float
 
 
-def bundle_hash(bundle: str | Path) -> str:
-    """Identity of a bundle: sha256 of its manifest, which records the sha256 of every component."""
-    return hashlib.sha256((Path(bundle) / MANIFEST_NAME).read_bytes()).hexdigest()
-
-
 def decode(track: Track) -> Decoded:
     """Hash and decode one track (16 kHz mono float32); a bad file gives ``error``, not an exception."""
-    from .audio import open_audio
+    from ..audio import open_audio
 
     t0 = time.perf_counter()
-    digest = file_sha256(track.path)
+    digest = sha256_file(track.path)
     try:
         stream = open_audio(track.path)
         duration = float(stream.info.duration_s)
@@ -64,21 +60,27 @@ def decode(track: Track) -> Decoded:
 
 
 class TrackTagger:
-    """One pipeline (one model instance) answering a prompt set about decoded tracks."""
+    """One pipeline (one model instance) answering a prompt set about decoded tracks. ``options`` says how
+    the pipeline runs (backend, precision, threads, GPU layers, embedding cache); the default runs on all
+    cores with no cache."""
 
-    def __init__(self, bundle: str | Path, prompt_set: PromptSet, cache_dir: str | Path | None = None,
-                 backend: str = "auto", gpu_layers: int | None = None):
-        from .decoder import Sampling
-        from .pipeline import Pipeline
+    def __init__(self, bundle: str | Path, prompt_set: PromptSet, options: RuntimeOptions | None = None):
+        from ..pipeline import Pipeline
+        from ..sampling import Sampling
 
         self.prompt_set = prompt_set
-        self.bundle_hash = bundle_hash(bundle)
-        self.pipeline = Pipeline.open(bundle, backend=backend, cache_dir=cache_dir, gpu_layers=gpu_layers)
+        self.options = options or RuntimeOptions()
+        self.bundle_hash = bundle_identity(bundle)
+        o = self.options
+        # keywords, not the options object: the same call works before and after Pipeline.open takes one
+        self.pipeline = Pipeline.open(bundle, backend=o.backend, precision=o.precision, decoder=o.decoder,
+                                      cache_dir=o.cache_dir, threads=o.threads, overlap=o.overlap,
+                                      gpu_layers=o.gpu_layers)
         base = {k: v for k, v in prompt_set.sampling.items()}
         self.samplings = [Sampling(**base, grammar=p.grammar) for p in prompt_set.prompts]
 
     def tag(self, item: Decoded) -> dict:
-        """The record of one track (see outputs.py for its fields)."""
+        """The record of one track (see records.py for its fields)."""
         record = {
             "path": item.track.path, "size": item.track.size, "mtime_ns": item.track.mtime_ns,
             "content_sha256": item.content_sha256, "duration_s": item.duration_s, "status": "failed",
