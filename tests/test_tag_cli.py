@@ -59,8 +59,8 @@ def test_runtime_flags_reach_every_pipeline_as_one_options_object(tmp_path, monk
 
     opened = []
 
-    def fake_open(bundle, options=None, **keywords):  # either Pipeline.open signature
-        opened.append((options or RuntimeOptions()).replace(**keywords))
+    def fake_open(bundle, options=None, *, verify=True, progress=None, **overrides):  # as Pipeline.open
+        opened.append((options or RuntimeOptions()).replace(**overrides))
         return object()
 
     monkeypatch.setattr(Pipeline, "open", fake_open)

@@ -71,11 +71,7 @@ class TrackTagger:
         self.prompt_set = prompt_set
         self.options = options or RuntimeOptions()
         self.bundle_hash = bundle_identity(bundle)
-        o = self.options
-        # keywords, not the options object: the same call works before and after Pipeline.open takes one
-        self.pipeline = Pipeline.open(bundle, backend=o.backend, precision=o.precision, decoder=o.decoder,
-                                      cache_dir=o.cache_dir, threads=o.threads, overlap=o.overlap,
-                                      gpu_layers=o.gpu_layers)
+        self.pipeline = Pipeline.open(bundle, self.options)
         base = {k: v for k, v in prompt_set.sampling.items()}
         self.samplings = [Sampling(**base, grammar=p.grammar) for p in prompt_set.prompts]
 
