@@ -1,15 +1,12 @@
-"""Open or start a bundle's manifest from a checkpoint: the fields every export step shares."""
+"""Open or start a bundle's manifest from a checkpoint's family: the fields every export step shares."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from gamma_rt import __version__
 from gamma_rt.errors import BundleError
 from gamma_rt.manifest import MANIFEST_NAME, Manifest
-
-from .checkpoint import Checkpoint
 
 
 def tool_versions() -> dict[str, str]:
@@ -24,14 +21,20 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def open_bundle(ckpt: Checkpoint, bundle: str | Path) -> Manifest:
-    """The bundle's manifest, created from the checkpoint's config if the bundle is new.
+def open_bundle(source, bundle: str | Path) -> Manifest:
+    """The bundle's manifest, created from the source's family if the bundle is new.
 
-    Exporting into an existing bundle made from another checkpoint is refused: its parts would not fit.
+    ``source`` is an opened family (export/families) or a GaMMA ``Checkpoint``. Exporting into an existing
+    bundle made from another checkpoint is refused: its parts would not fit.
     """
+    from .checkpoint import Checkpoint
+    from .families import detect
+
+    if isinstance(source, Checkpoint):
+        source = detect(source.folder)
     bundle = Path(bundle)
     bundle.mkdir(parents=True, exist_ok=True)
-    source_hash = ckpt.hash()
+    source_hash = source.hash()
     if (bundle / MANIFEST_NAME).exists():
         m = Manifest.read(bundle)
         if m.source.get("checkpoint_sha256") != source_hash:
@@ -41,20 +44,12 @@ def open_bundle(ckpt: Checkpoint, bundle: str | Path) -> Manifest:
             )
         m.tools.update(tool_versions())
         return m
-    cfg = ckpt.config
-    audio = dataclasses.asdict(cfg.audio)
-    audio.update(
-        window_samples=cfg.audio.window_samples,
-        window_frames=cfg.audio.window_frames,
-        encoder_tokens_per_window=cfg.encoder_tokens_per_window,
-        tokens_per_window=cfg.tokens_per_window,
-        pool_stride=cfg.projector.pool_stride,
-    )
+    sections = source.manifest_sections()
     return Manifest(
-        audio=audio,
-        prompt=dataclasses.asdict(cfg.prompt),
-        llm={"n_embd": cfg.llm.hidden_size, "n_vocab": cfg.llm.vocab_size, "n_layer": cfg.llm.num_hidden_layers},
-        source={"checkpoint_sha256": source_hash, "preset": cfg.preset, "family": cfg.family},
+        audio=sections["audio"],
+        prompt=sections["prompt"],
+        llm=sections["llm"],
+        source={"checkpoint_sha256": source_hash, **sections["source"]},
         tools=tool_versions(),
         created_by=f"gamma-rt {__version__}",
     )

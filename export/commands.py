@@ -1,45 +1,72 @@
-"""Subcommands of the export stage: ``init``, ``export onnx``, ``export gguf``. torch is imported lazily."""
+"""Subcommands of the export stage: ``init``, ``export onnx``, ``export gguf`` (and ``export engines`` where
+export/engines.py offers it). torch is imported lazily; a module that fails to import fails loudly."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from . import gguf_export, onnx_export
+
+FAMILIES = ("gamma", "musicflamingo", "audioflamingo3")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "init",
-        help="write a GaMMA checkpoint folder (random or stock weights)",
-        description="Write an HF-style checkpoint folder: config.json, safetensors shards and a tokenizer. "
-        "Weights are random (seeded), or the experts and LLM are taken from stock whisper-large-v3 / Qwen3 "
-        "folders. Tensors are written one at a time, so the full preset fits in bounded memory.",
+        help="write a checkpoint folder of a model family (random or stock weights)",
+        description="Write a checkpoint folder with random (seeded) weights. --family gamma (default) writes "
+        "gamma-rt's own format: config.json, safetensors shards and a tokenizer; the experts and LLM can "
+        "come from stock whisper-large-v3 / Qwen3 folders. --family musicflamingo|audioflamingo3 writes the "
+        "published Hugging Face layout with transformers' own classes (config.json, model.safetensors, "
+        "tokenizer, processor_config.json, chat_template.jinja). Tensors are written one at a time, so the "
+        "full preset fits in bounded memory.\n\nexample: gamma-rt init --family musicflamingo --preset tiny --out mf",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", choices=["tiny", "small", "full"], default="tiny", help="model size (default tiny)")
+    p.add_argument("--family", choices=FAMILIES, default="gamma", help="model family (default gamma)")
+    p.add_argument("--preset", choices=["tiny", "small", "full"], default="tiny",
+                   help="model size (default tiny; small is GaMMA only)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
-    p.add_argument("--whisper-init", type=Path, help="stock Whisper HF folder; its encoder feeds both experts")
-    p.add_argument("--qwen3-init", type=Path, help="stock Qwen3 HF folder for the LLM (weights and tokenizer)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weight dtype (tiny: float32, else bfloat16)")
+    p.add_argument("--whisper-init", type=Path, help="GaMMA: stock Whisper HF folder; its encoder feeds both experts")
+    p.add_argument("--qwen3-init", type=Path, help="GaMMA: stock Qwen3 HF folder for the LLM (weights and tokenizer)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="GaMMA weight dtype (tiny: float32, else bfloat16)")
     p.set_defaults(func=cmd_init)
 
     export = sub.add_parser("export", help="export a checkpoint into a bundle (ONNX graphs, GGUF)")
     export_sub = export.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
-    for module in ("onnx_export", "gguf_export"):
-        try:
-            mod = __import__(f"gamma_rt.export.{module}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != f"gamma_rt.export.{module}":
-                raise
-            continue
-        mod.register(export_sub)
+    onnx_export.register(export_sub)
+    gguf_export.register(export_sub)
+    from . import engines
+
+    if hasattr(engines, "register_export_format"):  # `export engines`, where export/engines.py offers it
+        engines.register_export_format(export_sub)
 
 
 def cmd_init(args) -> int:
+    from gamma_rt.errors import CheckpointError
+    from gamma_rt.progress import track
+
+    from .families import family_named
+
+    if args.family != "gamma":
+        if args.whisper_init or args.qwen3_init or args.dtype:
+            raise CheckpointError("--whisper-init, --qwen3-init and --dtype are for --family gamma only")
+        family = family_named(args.family)
+        if args.preset not in family.presets:
+            raise CheckpointError(f"--preset {args.preset}: {args.family} has {', '.join(family.presets)}")
+        family.init(args.preset, args.out, seed=args.seed, progress=track)
+        print(f"wrote {args.family} {args.preset} checkpoint to {args.out}")
+        return 0
+    return _init_gamma(args, track)
+
+
+def _init_gamma(args, track) -> int:
     import torch
 
     from .checkpoint import qwen3_source, whisper_source, write_random_checkpoint
     from .config import GammaConfig
-    from gamma_rt.progress import track
     from .tokenizer import write_tokenizer
 
     cfg = GammaConfig.preset_named(args.preset)

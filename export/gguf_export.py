@@ -1,7 +1,9 @@
-"""``gamma-rt export gguf``: the Qwen3 decoder of a checkpoint as a GGUF file for llama.cpp.
+"""``gamma-rt export gguf``: the decoder of a checkpoint as a GGUF file for llama.cpp.
 
-The source is a GaMMA checkpoint (its ``llm.*`` weights) or a plain Qwen3 HF folder. Tensor names come from
-gguf-py's table for the ``qwen3`` architecture; the vocabulary, merges, token types, special ids, chat
+The source is any registered family's folder (export/families): GaMMA (its ``llm.*`` Qwen3 weights), a plain
+Qwen3 HF folder, Music Flamingo or Audio Flamingo 3 (their Qwen2). The family says the architecture
+(``qwen3`` / ``qwen2``), the hyperparameters and where each tensor is; tensor names come from gguf-py's
+table for that architecture; the vocabulary, merges, token types, special ids, the folder's own chat
 template, RoPE/norm parameters and context length go in as llama.cpp's own HF converter writes them.
 
 Tensors are streamed: every tensor's shape and type is declared first, then each one is read from its
@@ -12,12 +14,8 @@ float32 plus its converted copy (Qwen3-8B: the 151936 x 4096 embedding, ~2.5 GB 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +24,9 @@ from gamma_rt.errors import CheckpointError
 from gamma_rt.manifest import Component
 from gamma_rt.progress import track
 
-from .config import CONFIG_FORMAT, GammaConfig, LLMConfig
+from .families import DecoderSpec
 from .gguf_vocab import add_vocab
 
-ARCH = "qwen3"
 # --type -> (GGML type of 2-D weights, llama file type). 1-D tensors (norms) stay F32, as in llama.cpp's converter.
 TYPES = {
     "f32": ("F32", "ALL_F32"),
@@ -43,78 +40,6 @@ def component_name(gguf_type: str) -> str:
     """Manifest name of a decoder variant: F32 is ``decoder``, others ``decoder.f16``, ``decoder.q4_k_m``..."""
     gguf_type = gguf_type.lower()
     return "decoder" if gguf_type == "f32" else f"decoder.{gguf_type}"
-
-
-@dataclass
-class DecoderSource:
-    """Where the Qwen3 weights and tokenizer of a conversion come from."""
-
-    folder: Path
-    config: GammaConfig  # a stock Qwen3 folder gets a GammaConfig around its LLM config
-    prefix: str  # "llm." in a GaMMA checkpoint, "" in a Qwen3 folder
-    tokenizer_folder: Path
-    where: dict[str, Path]  # HF key (prefix stripped) -> safetensors file
-    files: list[Path]  # every weight file, the audio side's included
-
-    def hash(self) -> str:
-        """sha256 over config.json and all weight files, as Checkpoint.hash: the bundle's source id."""
-        h = hashlib.sha256()
-        for f in [self.folder / "config.json", *sorted(self.files)]:
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(block)
-        return h.hexdigest()
-
-
-def open_source(folder: str | Path, scratch: Path) -> DecoderSource:
-    """Recognize a GaMMA checkpoint or a Qwen3 HF folder; anything else is refused naming config.json."""
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing; expected a GaMMA checkpoint or a Qwen3 HF folder")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
-    if raw.get("format") == CONFIG_FORMAT:
-        cfg, prefix, tokenizer_folder = GammaConfig.load(folder), "llm.", folder
-        if not (folder / "tokenizer.json").is_file():
-            raise CheckpointError(
-                f"{folder / 'tokenizer.json'}: missing; the GGUF needs the checkpoint's tokenizer (gamma-rt init writes it)"
-            )
-    else:
-        archs = raw.get("architectures") or [raw.get("model_type")]
-        if "Qwen3ForCausalLM" not in archs:
-            raise CheckpointError(
-                f"{config_path}: field 'architectures' is {archs}; export gguf converts Qwen3ForCausalLM decoders only"
-            )
-        names = {f.name for f in dataclasses.fields(LLMConfig)}
-        llm = LLMConfig(**{k: v for k, v in raw.items() if k in names})
-        cfg = dataclasses.replace(GammaConfig(), llm=llm, preset="qwen3-hf")
-        prefix, tokenizer_folder = "", scratch / "tokenizer"
-        from .tokenizer import write_tokenizer
-
-        write_tokenizer(tokenizer_folder, cfg, qwen3_folder=folder)  # adds the audio tokens if missing
-    where: dict[str, Path] = {}
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{folder}: no *.safetensors weight files")
-    for f in files:
-        try:
-            with safe_open(f, "pt") as sf:
-                for key in sf.keys():
-                    if key.startswith(prefix):
-                        where[key[len(prefix):]] = f
-        except Exception as e:  # safetensors has its own error types for corrupt headers
-            raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
-    if cfg.llm.tie_word_embeddings:
-        where.pop("lm_head.weight", None)
-    if "model.embed_tokens.weight" not in where:
-        raise CheckpointError(f"{folder}: no {prefix}model.embed_tokens.weight; not a Qwen3 decoder checkpoint")
-    return DecoderSource(folder, cfg, prefix, tokenizer_folder, where, files)
 
 
 def add_qwen3_hparams(writer, llm) -> None:
@@ -132,37 +57,57 @@ def add_qwen3_hparams(writer, llm) -> None:
     writer.add_layer_norm_rms_eps(llm.rms_norm_eps)
 
 
-def write_gguf(source: DecoderSource, out: str | Path, gguf_type: str = "f32", progress=track) -> Path:
+def add_qwen2_hparams(writer, llm) -> None:
+    """Qwen2's: as Qwen3's, but the head size follows from the width (llama.cpp's converter writes none)."""
+    writer.add_context_length(llm.max_position_embeddings)
+    writer.add_embedding_length(llm.hidden_size)
+    writer.add_block_count(llm.num_hidden_layers)
+    writer.add_feed_forward_length(llm.intermediate_size)
+    writer.add_head_count(llm.num_attention_heads)
+    writer.add_head_count_kv(llm.num_key_value_heads)
+    writer.add_rope_freq_base(llm.rope_theta)
+    writer.add_layer_norm_rms_eps(llm.rms_norm_eps)
+
+
+# gguf-py architecture name -> (its MODEL_ARCH, hyperparameter writer)
+ARCHS = {"qwen3": ("QWEN3", add_qwen3_hparams), "qwen2": ("QWEN2", add_qwen2_hparams)}
+
+
+def write_gguf(source: DecoderSpec, out: str | Path, gguf_type: str = "f32", progress=track) -> Path:
     """Write ``out`` (via a temporary file, so a failed run leaves nothing half-written)."""
     import gguf
     from safetensors import safe_open
 
     weight_type, file_type = TYPES[gguf_type]
     weight_qtype = gguf.GGMLQuantizationType[weight_type]
-    llm = source.config.llm
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, llm.num_hidden_layers)
+    llm = source.shape
+    model_arch, add_hparams = ARCHS[source.arch]
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[model_arch], llm.num_hidden_layers)
+    if "model.embed_tokens.weight" not in source.tensors:
+        raise CheckpointError(f"{source.tokenizer_folder}: no model.embed_tokens.weight; not a {source.arch} decoder")
 
     plan: list[tuple[str, str, gguf.GGMLQuantizationType]] = []  # (hf key, gguf name, type)
     shapes: dict[str, tuple[int, ...]] = {}
-    for key in sorted(source.where):
+    for key in sorted(source.tensors):
+        file, stored = source.tensors[key]
         name = name_map.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise CheckpointError(
-                f"{source.folder}: tensor {source.prefix}{key} has no name in gguf's {ARCH} table; "
-                "not a Qwen3 checkpoint?"
+                f"{file.parent}: tensor {stored} has no name in gguf's {source.arch} table; "
+                f"not a {source.arch} decoder?"
             )
-        with safe_open(source.where[key], "pt") as sf:
-            shapes[key] = tuple(sf.get_slice(source.prefix + key).get_shape())
+        with safe_open(file, "pt") as sf:
+            shapes[key] = tuple(sf.get_slice(stored).get_shape())
         plan.append((key, name, _tensor_type(shapes[key], weight_qtype)))
 
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(tmp, ARCH)
-    writer.add_name(f"{source.config.family}-{source.config.preset}-decoder")
-    add_qwen3_hparams(writer, llm)
+    writer = gguf.GGUFWriter(tmp, source.arch)
+    writer.add_name(source.name)
+    add_hparams(writer, llm)
     writer.add_file_type(gguf.LlamaFileType[file_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_vocab(writer, source.tokenizer_folder, llm.vocab_size)
+    add_vocab(writer, source.tokenizer_folder, llm.vocab_size, source.chat_template)
 
     for key, name, qtype in plan:
         shape = shapes[key]
@@ -178,8 +123,9 @@ def write_gguf(source: DecoderSource, out: str | Path, gguf_type: str = "f32", p
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for key, name, qtype in progress(plan, description=f"GGUF {gguf_type}"):
-            with safe_open(source.where[key], "pt") as sf:
-                weights = sf.get_tensor(source.prefix + key).float().numpy()
+            file, stored = source.tensors[key]
+            with safe_open(file, "pt") as sf:
+                weights = sf.get_tensor(stored).float().numpy()
             writer.write_tensor_data(gguf.quants.quantize(weights, qtype))
             del weights
         writer.close()
@@ -204,12 +150,14 @@ def _tensor_type(shape: tuple[int, ...], weight_qtype):
 def export_gguf(checkpoint: str | Path, bundle: str | Path, gguf_type: str = "f32", progress=track) -> Component:
     """Convert and record the GGUF in the bundle's manifest as ``decoder`` / ``decoder.<type>``."""
     from .bundle import open_bundle
+    from .families import detect
 
     bundle = Path(bundle)
+    family = detect(checkpoint)
     with tempfile.TemporaryDirectory() as scratch:
-        source = open_source(checkpoint, Path(scratch))
-        manifest = open_bundle(source, bundle)
-        llm = source.config.llm
+        source = family.decoder(Path(scratch))
+        manifest = open_bundle(family, bundle)
+        llm = source.shape
         file = f"decoder-{gguf_type}.gguf"
         write_gguf(source, bundle / file, gguf_type, progress)
     component = Component(
@@ -219,7 +167,7 @@ def export_gguf(checkpoint: str | Path, bundle: str | Path, gguf_type: str = "f3
         bytes=0,
         precision=gguf_type,
         extra={
-            "arch": ARCH,
+            "arch": source.arch,
             "n_embd": llm.hidden_size,
             "n_vocab": llm.vocab_size,
             "n_layer": llm.num_hidden_layers,
@@ -236,14 +184,14 @@ def export_gguf(checkpoint: str | Path, bundle: str | Path, gguf_type: str = "f3
 def register(export_sub: argparse._SubParsersAction) -> None:
     p = export_sub.add_parser(
         "gguf",
-        help="convert the Qwen3 decoder to GGUF for llama.cpp",
-        description="Convert the LLM of a GaMMA checkpoint (its llm.* weights), or a plain Qwen3 HF folder, "
-        "into a GGUF file that llama.cpp loads, and record it in the bundle's manifest (F32 as component "
-        "'decoder', other types as 'decoder.<type>'). The tokenizer, chat template and audio tokens go "
-        "into the GGUF. Tensors are converted one at a time, so an 8B model converts in bounded memory. "
-        "For k-quants (Q4_K_M, ...) use 'gamma-rt quantize gguf' on the result.",
+        help="convert the decoder (Qwen3 / Qwen2) to GGUF for llama.cpp",
+        description="Convert the LLM of a checkpoint folder (GaMMA, Music Flamingo, Audio Flamingo 3, or a "
+        "plain Qwen3 HF folder) into a GGUF file that llama.cpp loads, and record it in the bundle's manifest "
+        "(F32 as component 'decoder', other types as 'decoder.<type>'). The tokenizer, the folder's own chat "
+        "template and the audio tokens go into the GGUF. Tensors are converted one at a time, so an 8B model "
+        "converts in bounded memory. For k-quants (Q4_K_M, ...) use 'gamma-rt quantize gguf' on the result.",
     )
-    p.add_argument("checkpoint", type=Path, help="GaMMA checkpoint folder or Qwen3 HF folder")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (GaMMA, Music Flamingo, Audio Flamingo 3, Qwen3)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder (created if new)")
     p.add_argument(
         "--type", choices=list(TYPES), default="f32", help="weight type of 2-D tensors (default f32; norms stay f32)"

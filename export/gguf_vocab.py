@@ -4,12 +4,12 @@
 - one token per id up to the model's vocab size; ids the tokenizer does not use become ``[PAD<id>]``
   tokens of type UNUSED (Qwen3's embedding has 151936 rows for 151669 tokens);
 - special added tokens are CONTROL tokens, other added tokens USER_DEFINED;
-- merges, eos/pad/bos ids and the chat template come through gguf-py's ``SpecialVocab``.
+- merges and eos/pad/bos ids come through gguf-py's ``SpecialVocab``; the chat template is the one the
+  checkpoint folder holds (chat_template.jinja or a config), passed in by the family.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from gamma_rt.errors import CheckpointError
@@ -44,8 +44,8 @@ def vocab_tokens(tokenizer_folder: Path, vocab_size: int) -> tuple[list[str], li
     return tokens, types
 
 
-def add_vocab(writer, tokenizer_folder: Path, vocab_size: int) -> None:
-    """Add the full tokenizer to a ``gguf.GGUFWriter``."""
+def add_vocab(writer, tokenizer_folder: Path, vocab_size: int, chat_template: str | None = None) -> None:
+    """Add the full tokenizer to a ``gguf.GGUFWriter``; ``chat_template`` is the checkpoint folder's own."""
     import gguf
 
     tokens, types = vocab_tokens(tokenizer_folder, vocab_size)
@@ -62,7 +62,5 @@ def add_vocab(writer, tokenizer_folder: Path, vocab_size: int) -> None:
     # Qwen has no BOS; llama.cpp's default BOS for gpt2 vocabularies (id 11) would name an arbitrary token.
     special.special_token_ids.setdefault("bos", tokens.index(ENDOFTEXT) if ENDOFTEXT in tokens else 0)
     special.add_special_token["bos"] = False
-    if special.chat_template is None:
-        config = json.loads((tokenizer_folder / "tokenizer_config.json").read_text())
-        special.chat_template = config.get("chat_template")
+    special.chat_template = chat_template
     special.add_to_gguf(writer, quiet=True)

@@ -10,8 +10,10 @@ the head split and merge around it. Both trace to the same chain, which this pas
         -> Transpose 0,2,1,3 -> Reshape (B, T, D)
 
 becomes ``MultiHeadAttention(q, k, v, num_heads=H, scale=c1*c2)`` -> (B, T, D). Self-attention is the
-case q, k, v from one input. ``c1`` and ``c2`` must be constants; a chain that differs in any other
-way is left alone (the parity tests then still hold, only unfused).
+case q, k, v from one input. A mask added to the scores before the Softmax (``MatMul [* c2] + bias``, the
+Audio Flamingo encoder's padding mask, (B, 1, T, S)) becomes the fused node's ``attention_bias`` input.
+``c1`` and ``c2`` must be constants; a chain that differs in any other way is left alone (the parity
+tests then still hold, only unfused).
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ def fuse_attention(model: onnx.ModelProto, n_heads: int) -> int:
         rs = only(tr.input[0], "Reshape")
         return (rs.input[0], [tr, rs]) if rs is not None else None
 
+    def scores_and_bias(name: str) -> tuple[tuple | None, tuple[str, list[onnx.NodeProto]] | None]:
+        """``name`` = scaled scores [+ bias] -> (scaled(...), (bias, [Add]) or None)."""
+        add = only(name, "Add")
+        if add is not None:
+            for i in (0, 1):
+                s = scaled(add.input[i])
+                if s is not None and only(s[0], "MatMul") is not None:
+                    return s, (add.input[1 - i], [add])
+        return scaled(name), None
+
     fused, dropped, added = 0, set(), []
     for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
         axis = next((helper.get_attribute_value(a) for a in softmax.attribute if a.name == "axis"), -1)
@@ -81,7 +93,7 @@ def fuse_attention(model: onnx.ModelProto, n_heads: int) -> int:
         if axis != -1 or len(out_mm) != 1 or out_mm[0].op_type != "MatMul" or out_mm[0].input[0] != softmax.output[0]:
             continue
         out_mm = out_mm[0]
-        scores = scaled(softmax.input[0])
+        scores, bias = scores_and_bias(softmax.input[0])
         if scores is None or only(scores[0], "MatMul") is None:
             continue
         qk = producer[scores[0]]
@@ -98,11 +110,13 @@ def fuse_attention(model: onnx.ModelProto, n_heads: int) -> int:
         if q_in is None:
             continue
         nodes = [softmax, out_mm, qk, merge_tr[0], merge_rs[0], *scores[2], *q_in[2],
-                 *q_side[1], *k_side[1], *v_side[1]]
+                 *q_side[1], *k_side[1], *v_side[1], *(bias[1] if bias else [])]
         dropped.update(id(n) for n in nodes)
+        # MultiHeadAttention inputs: query, key, value, bias, key_padding_mask, attention_bias
+        inputs = [q_in[0], k_side[0], v_side[0]] + (["", "", bias[0]] if bias else [])
         added.append((merge_rs[0], helper.make_node(
             FUSED_OP,
-            [q_in[0], k_side[0], v_side[0]],
+            inputs,
             [merge_rs[0].output[0]],
             name=f"{FUSED_OP}_{fused}",
             domain="com.microsoft",

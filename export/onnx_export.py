@@ -23,7 +23,9 @@ import tempfile
 from pathlib import Path
 
 from gamma_rt.errors import GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, Component, Manifest, TensorSpec, sha256_file
+from gamma_rt.manifest import Component, Manifest, TensorSpec, sha256_file
+
+from .families.gamma import graph_io  # noqa: F401  (GaMMA's graph I/O, used by engine_sources.py)
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 17
@@ -67,9 +69,9 @@ def _cmd_export_onnx(args) -> int:
     from gamma_rt.progress import track
 
     manifest = export_onnx(args.checkpoint, args.out, precision=args.precision, opset=args.opset, progress=track)
-    for name in AUDIO_COMPONENTS:
-        key = component_name(name, args.precision)
-        c = manifest.components[key]
+    for key, c in manifest.components.items():
+        if c.kind != "onnx" or c.precision != args.precision or c.extra.get("for") == "tensorrt":
+            continue
         print(f"{key}: {c.file} ({c.bytes / 1e6:.1f} MB{' + external data' if c.external_data else ''})")
     print(f"wrote {args.out / 'manifest.json'}")
     return 0
@@ -80,23 +82,6 @@ def component_name(name: str, precision: str) -> str:
     return name if precision == "fp32" else f"{name}.{precision}"
 
 
-def graph_io(cfg, name: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The fixed inputs and outputs of component ``name`` for config ``cfg`` (a GammaConfig)."""
-    frames, tokens = cfg.audio.window_frames, cfg.encoder_tokens_per_window
-    d = cfg.temporal.d_model
-
-    def spec(n, *dims):
-        return TensorSpec(n, [BATCH, *dims], "float32")
-
-    table = {
-        "temporal_encoder": ([spec("mel", cfg.temporal.num_mel_bins, frames)], [spec("hidden", tokens, d)]),
-        "global_encoder": ([spec("mel", cfg.global_.num_mel_bins, frames)], [spec("hidden", tokens, d)]),
-        "fusion": ([spec("temporal", tokens, d), spec("global", tokens, d)], [spec("fused", tokens, d)]),
-        "projector": ([spec("fused", tokens, d)], [spec("embeddings", cfg.tokens_per_window, cfg.llm.hidden_size)]),
-    }
-    return table[name]
-
-
 def export_onnx(
     checkpoint_dir: str | Path,
     bundle_dir: str | Path,
@@ -104,46 +89,40 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     progress=None,
 ) -> Manifest:
-    """Export the four audio-side graphs of ``checkpoint_dir`` into ``bundle_dir``; returns the manifest.
+    """Export the audio-side graphs of ``checkpoint_dir`` (any registered family) into ``bundle_dir``.
 
     An existing bundle is merged into if it was made from the same checkpoint, refused otherwise.
     """
     from .bundle import open_bundle
-    from .checkpoint import Checkpoint
+    from .families import detect
 
     if precision not in PRECISIONS:
         raise GammaError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if opset not in OPSETS:
         raise GammaError(f"opset {opset}: choose {OPSETS.start}-{OPSETS.stop - 1} (LayerNormalization needs 17)")
     bundle = Path(bundle_dir)
-    ckpt = Checkpoint(checkpoint_dir)
-    ckpt.verify()
-    manifest = open_bundle(ckpt, bundle)
-    steps = progress(list(AUDIO_COMPONENTS), description=f"onnx {precision}") if progress else AUDIO_COMPONENTS
-    for name in steps:
-        key = component_name(name, precision)
-        component = _export_component(ckpt, name, bundle / f"{key}.onnx", precision, opset)
+    family = detect(checkpoint_dir)
+    graphs = family.graphs()
+    family.check()
+    manifest = open_bundle(family, bundle)
+    for graph in progress(graphs, description=f"onnx {precision}") if progress else graphs:
+        key = component_name(graph.name, precision)
+        component = _export_component(graph, bundle / f"{key}.onnx", precision, opset)
         manifest.add_file(bundle, key, component)
         manifest.write(bundle)  # after each graph, so an interrupted export leaves a truthful manifest
     return manifest
 
 
-def _export_component(ckpt, name: str, out: Path, precision: str, opset: int) -> Component:
+def _export_component(graph, out: Path, precision: str, opset: int) -> Component:
     """Trace one component to a temporary fp32 graph, optimize and convert it into ``out``, check it."""
     from .onnx_optimize import check_graph, optimize_graph
 
-    cfg = ckpt.config
-    inputs, outputs = graph_io(cfg, name)
     # Large graphs are written as one file per tensor by the tracer; keep them out of the bundle.
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{graph.name}-", dir=out.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        _trace(ckpt, name, inputs, outputs, raw, opset)
+        trace_graph(graph.build(), graph.inputs, graph.outputs, raw, opset)
         gc.collect()  # the component's weights are gone before the optimizer loads the graph
-        n_heads = {
-            "temporal_encoder": cfg.temporal.encoder_attention_heads,
-            "global_encoder": cfg.global_.encoder_attention_heads,
-        }.get(name, cfg.fusion.n_heads)
-        external, fusions = optimize_graph(raw, out, n_heads, cfg.temporal.d_model, precision)
+        external, fusions = optimize_graph(raw, out, graph.n_heads, graph.d_model, precision, graph.fp32_scopes)
     check_graph(out)
     return Component(
         kind="onnx",
@@ -151,8 +130,8 @@ def _export_component(ckpt, name: str, out: Path, precision: str, opset: int) ->
         sha256="",
         bytes=0,
         precision=precision,
-        inputs=inputs,
-        outputs=outputs,
+        inputs=graph.inputs,
+        outputs=graph.outputs,
         opset=opset,
         external_data=external,
         extra={
@@ -167,14 +146,25 @@ def _export_component(ckpt, name: str, out: Path, precision: str, opset: int) ->
 
 
 def _trace(ckpt, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], raw: Path, opset: int) -> None:
-    """Run ``torch.onnx.export`` on the component with float32 weights and one example window."""
+    """Trace GaMMA component ``name`` of a Checkpoint (engine_sources.py's plain graphs)."""
+    import torch
+
+    module = _with_tensor_output(ckpt.component(name, dtype=torch.float32), name)
+    trace_graph(module, inputs, outputs, raw, opset)
+
+
+def trace_graph(module, inputs: list[TensorSpec], outputs: list[TensorSpec], raw: Path, opset: int) -> None:
+    """Run ``torch.onnx.export`` on a float32 module with one example window (int64 inputs: ones)."""
     import warnings
 
     import torch
 
-    module = _with_tensor_output(ckpt.component(name, dtype=torch.float32), name)
     gen = torch.Generator().manual_seed(0)
-    example = tuple(torch.randn(1, *spec.shape[1:], generator=gen) for spec in inputs)
+    example = tuple(
+        torch.ones(1, *spec.shape[1:], dtype=torch.int64) if spec.dtype == "int64"
+        else torch.randn(1, *spec.shape[1:], generator=gen)
+        for spec in inputs
+    )
     axes = {spec.name: {0: BATCH} for spec in [*inputs, *outputs]}
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated and that WhisperEncoder's frame-count check

@@ -28,9 +28,12 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 def optimize_graph(
-    raw: Path, out: Path, n_heads: int, d_model: int, precision: str
+    raw: Path, out: Path, n_heads: int, d_model: int, precision: str, fp32_scopes: tuple[str, ...] = ()
 ) -> tuple[list[str], dict[str, int]]:
     """Optimize ``raw`` (fp32 ONNX), convert to ``precision``, save as ``out``.
+
+    In fp16 graphs, nodes whose name starts with one of ``fp32_scopes`` (torch module scopes such as
+    ``/rote/``) keep computing in float32.
 
     Returns the external data files written beside ``out`` (names relative to its folder) and the
     fused operator counts (only the fusions that happened).
@@ -65,7 +68,7 @@ def optimize_graph(
         fusions[FUSED_OP] = attention
     load_external_data_for_model(model.model, str(raw.parent))
     if precision == "fp16":
-        _to_fp16(model)
+        _to_fp16(model, [n.name for n in model.model.graph.node if n.name.startswith(tuple(fp32_scopes))])
     weight_bytes = sum(_tensor_bytes(t) for t in model.model.graph.initializer)
     external = weight_bytes > EXTERNAL_DATA_BYTES
     # With external data the optimizer writes every tensor into one file named ``<out>.data``.
@@ -83,14 +86,17 @@ def _move_weights_out(raw: Path) -> None:
     onnx.save_model(model, str(raw), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024)
 
 
-def _to_fp16(model) -> None:
+def _to_fp16(model, fp32_nodes: list[str] = ()) -> None:
     """``OnnxModel.convert_float_to_float16`` without its shape inference, which copies the weights.
 
-    Types were recorded by :func:`_record_types` before the weights were loaded.
+    Types were recorded by :func:`_record_types` before the weights were loaded. ``fp32_nodes`` stay float32.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model.initialize(convert_float_to_float16(model.model, keep_io_types=True, disable_shape_infer=True))
+    converted = convert_float_to_float16(
+        model.model, keep_io_types=True, disable_shape_infer=True, node_block_list=list(fp32_nodes) or None
+    )
+    model.initialize(converted)
     model.remove_cascaded_cast_nodes()
     model.remove_useless_cast_nodes()
 
