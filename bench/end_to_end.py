@@ -1,7 +1,7 @@
 """End to end on whole files through the runtime's own ``Pipeline``: real-time factor, time to first token
 after the end of the audio, orchestration overhead.
 
-A file of synthesized music (44.1 kHz stereo FLAC, so reading, resampling and mixing down are part of
+A file of synthesized music (gamma_rt/synth.py; 44.1 kHz stereo FLAC, so reading, resampling and mixing down are part of
 the cost) goes through ``Pipeline.stream`` with one question, as ``gamma-rt ask`` runs it. The stage times
 are the Pipeline's own (``pipe.times``: read, front end, the four audio graphs, prefill, question, decode).
 
@@ -24,28 +24,16 @@ the song's length. The Pipeline's own figure, from the end of the last prefill, 
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 
 import numpy as np
 
+from gamma_rt.synth import Music, write
+
 from .timing import summarize
 
 QUESTION = "Describe this piece: genre, mood, instruments and tempo."
-
-
-class PipelineAbsent(Exception):
-    """The runtime part a measurement needs is not in this tree yet; the reason goes into ``skipped``."""
-
-
-def _pipeline_module():
-    try:
-        return importlib.import_module("gamma_rt.runtime.pipeline")
-    except ModuleNotFoundError as e:
-        if e.name != "gamma_rt.runtime.pipeline":
-            raise
-        raise PipelineAbsent("runtime/pipeline.py (Pipeline) is not in this tree yet") from None
 
 
 def live_file(path: str | Path, pipe, wait: bool):
@@ -111,11 +99,11 @@ def open_pipeline(opts, max_seconds: float, decoder: str, answer_tokens: int | N
     """The bundle's Pipeline on ORT fp32 with ``opts.threads`` and ``opts.gpu_layers`` decoder layers on the GPU,
     its context sized for ``max_seconds`` and ``answer_tokens`` at once (so no timed run pays for re-creating
     it, and the 30 s and 10 min runs attend over the same cache size)."""
-    pipeline = _pipeline_module()
+    from gamma_rt.runtime import pipeline
+
     pipe = pipeline.Pipeline.open(opts.bundle, backend="ort-cpu", decoder=decoder, precision="fp32",
                                   threads=opts.threads, gpu_layers=opts.gpu_layers)
-    answer_tokens = answer_tokens or opts.n_decode
-    pipe._open_decoder(pipe._context_for(max_seconds, pipeline.PROMPT_SLACK_TOKENS + answer_tokens))
+    pipe.reserve(max_seconds, pipeline.PROMPT_SLACK_TOKENS + (answer_tokens or opts.n_decode))
     return pipe
 
 
@@ -130,10 +118,8 @@ def decoder_component(bundle) -> str:
 def measure_lengths(opts, scratch: Path, result: dict) -> None:
     """Fill ``result["end_to_end"]`` with ``runtime`` rows per length in ``opts.lengths()`` and
     ``runtime-sequential`` rows for the shortest. The shortest gets ``opts.warmup`` untimed runs first."""
-    from .music import write_music
-
     lengths = opts.lengths()
-    files = {length: write_music(scratch / f"music-{int(length)}s.flac", length) for length in lengths}
+    files = {length: write(scratch / f"music-{int(length)}s.flac", Music(length, channels=2)) for length in lengths}
     result.setdefault("_audio_files", {}).update({str(k): str(v) for k, v in files.items()})
     decoder = decoder_component(opts.bundle)
     pipe = open_pipeline(opts, max(lengths), decoder)
@@ -186,10 +172,9 @@ def _row(seconds: float, runs: list[dict], overhead: bool) -> dict:
 def tagging_throughput(opts, scratch: Path) -> dict:
     """Songs/hour at ``opts.questions`` questions per song, with and without prefix reuse (bench/throughput.py),
     on two 30 s songs through the same Pipeline setup as the end-to-end rows."""
-    from .music import write_music
     from .throughput import songs_per_hour
 
-    tracks = [write_music(scratch / f"song-{i}.flac", 30.0, seed=i) for i in range(2)]
+    tracks = [write(scratch / f"song-{i}.flac", Music(30.0, channels=2, seed=i)) for i in range(2)]
     pipe = open_pipeline(opts, 30.0, decoder_component(opts.bundle), opts.questions * (opts.n_decode + 64))
     try:
         for _ in range(opts.warmup):

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gamma_rt.progress import track
-
-BLOCK_SECONDS = 60  # written per call, so writing is bounded too
+from gamma_rt.synth import Music, write
 
 # Runs in the child: stream the file, keep nothing but counters, print one JSON line.
 _CHILD = r"""
@@ -56,20 +55,9 @@ print(json.dumps({"baseline_rss_mib": baseline, "peak_rss_mib": status_mib("VmHW
 
 
 def write_long_flac(path: Path, seconds: int, rate: int, channels: int) -> float:
-    """A synthetic piece (drifting chords plus a little noise) of ``seconds``; returns the write time."""
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
+    """``seconds`` of synthesized music (gamma_rt/synth.py) as 16-bit FLAC; returns the write time."""
     t0 = time.perf_counter()
-    with sf.SoundFile(path, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
-        blocks = range(0, seconds, BLOCK_SECONDS)
-        for start in track(blocks, f"writing {seconds / 3600:.2f} h FLAC", total=len(blocks)):
-            n = min(BLOCK_SECONDS, seconds - start) * rate
-            t = (start * rate + np.arange(n)) / rate
-            root = 110 * 2 ** ((start // 30) % 12 / 12)  # a new chord every 30 s
-            tone = sum(0.15 * np.sin(2 * np.pi * root * k * t) for k in (1, 1.25, 1.5, 2))
-            block = tone[:, None] + 0.01 * rng.standard_normal((n, channels))
-            f.write(block.astype(np.float32))
+    write(path, Music(seconds, rate, channels), subtype="PCM_16", format="FLAC", progress=track)
     return time.perf_counter() - t0
 
 

@@ -13,13 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
+from gamma_rt.synth import G_MAJOR_I_VI_IV_V, Music
 
-DEMO_SECONDS = 20.0
 DEMO_QUESTION = "What genre is this song, and which instruments can you hear?"
-BPM = 110
-# I-vi-IV-V in G major: the three notes of each chord (Hz)
-CHORDS = ((196.00, 246.94, 293.66), (164.81, 196.00, 246.94), (130.81, 164.81, 196.00), (146.83, 185.00, 220.00))
+DEMO_MUSIC = Music(seconds=20.0, rate=44100, channels=2, bpm=110, chords=G_MAJOR_I_VI_IV_V)
 
 DESCRIPTION = """\
 Run everything once on a tiny random-weight model, in --workdir (default ./gamma-rt-demo):
@@ -27,6 +24,10 @@ make the checkpoint, export it (ONNX audio graphs + GGUF decoder), synthesize 20
 ask a question about it and print the answer with a per-stage timing table.
 The weights are random, so the answer is nonsense: the demo shows the machinery, not the model.
 Run it again and it reuses what it built (--fresh rebuilds).
+
+Examples:
+  gamma-rt demo
+  gamma-rt demo --workdir /tmp/gamma-demo --threads 2 --fresh
 """
 
 
@@ -38,20 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="rebuild the checkpoint and bundle even if present")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default all cores)")
     p.set_defaults(func=cmd_demo)
-
-
-def synthesize_music(seconds: float = DEMO_SECONDS, rate: int = 44100, seed: int = 0) -> np.ndarray:
-    """(samples, 2) float32 stereo: decaying harmonic chords, a kick on every beat, a hi-hat on eighths."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * rate)) / rate
-    beat = 60.0 / BPM
-    chord = np.asarray(CHORDS)[(t // (4 * beat)).astype(int) % len(CHORDS)]
-    since_beat = t % beat
-    tones = sum(np.sin(2 * np.pi * h * chord).sum(axis=1) / h for h in (1, 2, 3)) * np.exp(-2.5 * since_beat) / 6
-    kick = np.sin(2 * np.pi * 50 * since_beat) * np.exp(-20 * since_beat)
-    hat = rng.standard_normal(len(t)) * np.exp(-70 * (t % (beat / 2))) * 0.04
-    mono = (0.35 * tones + 0.4 * kick + hat).astype(np.float32)
-    return np.stack([mono * 0.95, mono], axis=1)
 
 
 def _say(text: str) -> None:
@@ -89,19 +76,19 @@ def build_bundle(workdir: Path, fresh: bool) -> Path:
 
 
 def cmd_demo(args) -> int:
-    import soundfile as sf
     from rich.console import Console
 
     from gamma_rt.runtime.decoder import Sampling
     from gamma_rt.runtime.pipeline import Pipeline
     from gamma_rt.runtime.timings import timing_table
+    from gamma_rt.synth import write
 
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(workdir, args.fresh)
     song = workdir / "demo-music.flac"
-    _say(f"[3/5] synthesizing {DEMO_SECONDS:.0f} s of music (chords over a beat, 44.1 kHz stereo) into {song}")
-    sf.write(song, synthesize_music(), 44100)
+    _say(f"[3/5] synthesizing {DEMO_MUSIC.seconds:.0f} s of music (chords over a beat, 44.1 kHz stereo) into {song}")
+    write(song, DEMO_MUSIC)
     _say(f"[4/5] asking: {DEMO_QUESTION}")
     with Pipeline.open(bundle, threads=args.threads) as pipe:
         # Greedy decoding of random weights tends to repeat one unprintable token; a seeded temperature

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
+from gamma_rt.synth import Music, write
 
 # relative path -> (sample rate, channels, seconds, soundfile format, subtype)
 GOOD = {
@@ -27,23 +26,11 @@ IGNORED = {"rock/cover.jpg": b"\xff\xd8\xff\xe0 not really a jpeg", "readme.txt"
            "jazz/.hidden.wav": b"RIFF"}
 
 
-def music(sr: int, channels: int, seconds: float, seed: int = 0) -> np.ndarray:
-    """A few decaying partials per channel: (samples, channels) float32 in [-0.5, 0.5]."""
-    t = np.arange(int(sr * seconds)) / sr
-    rng = np.random.default_rng(seed)
-    cols = []
-    for c in range(channels):
-        f0 = rng.uniform(110, min(880, sr / 8))
-        cols.append(sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2, 3)) * np.exp(-t) * 0.25)
-    return np.stack(cols, axis=1).astype(np.float32)
-
-
 def write_good(root: Path, rel: str, seed: int = 0) -> Path:
     sr, ch, secs, fmt, subtype = GOOD[rel]
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, music(sr, ch, secs, seed), sr, format=fmt, subtype=subtype)
-    return path
+    return write(path, Music(secs, sr, ch, seed), format=fmt, subtype=subtype)
 
 
 def make_library(root: Path, bad: bool = True) -> Path:

@@ -13,16 +13,15 @@ import soxr
 
 from gamma_rt.errors import AudioError
 from gamma_rt.runtime.audio import AudioStream, RawFormat, load_audio, open_audio
+from gamma_rt.synth import Music, synthesize
 
 RATE = 16000
 LIBSNDFILE_WRITES_MP3 = "MP3" in sf.available_formats()
 
 
 def _music(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
-    """(frames, channels) float32: a different chord per channel, so a mixdown is visible."""
-    t = np.arange(int(seconds * rate)) / rate
-    cols = [0.2 * np.sin(2 * np.pi * (220 * (c + 1)) * t) + 0.1 * np.sin(2 * np.pi * 330 * t) for c in range(channels)]
-    return np.stack(cols, axis=1).astype(np.float32)
+    """(frames, channels) float32; the channels differ, so a mixdown is visible."""
+    return synthesize(Music(seconds, rate, channels))
 
 
 def _write(path, audio, rate, **kw):

@@ -111,10 +111,16 @@ def test_tiny_run_writes_json_with_every_field_and_sane_numbers(tiny_result):
 
 
 def test_plots_are_written_beside_the_json(tiny_result):
+    import matplotlib.image
+
     path, _, _ = tiny_result
     for kind in ("stages", "length"):
         png = path.with_name(f"{path.stem}-{kind}.png")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        pixels = matplotlib.image.imread(png)  # decodes the whole file: a truncated PNG raises
+        height, width = pixels.shape[:2]
+        assert 300 <= width <= 5000 and 200 <= height <= 5000, (kind, pixels.shape)
+        assert pixels[..., :3].std() > 0.01, f"{png.name} is blank"
 
 
 def test_report_table_is_generated_from_the_json(tiny_result, tmp_path):
@@ -234,7 +240,7 @@ def test_bench_options_default_lengths_are_30s_4min_10min(tmp_path):
 
 
 def test_process_gpu_memory_is_read_from_nvidia_smi_compute_apps_output():
-    from gamma_rt.bench.machine import DeviceMemoryWatch, process_gpu_mib
+    from gamma_rt.machine import DeviceMemoryWatch, process_gpu_mib
 
     listing = "4242, 1536\n777, 80\n4242, 512\n"  # one process on two GPUs, and another process
     assert process_gpu_mib(listing, 4242) == 2048.0

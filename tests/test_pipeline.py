@@ -17,24 +17,16 @@ import soundfile as sf
 
 from gamma_rt.runtime.decoder import Sampling
 from gamma_rt.runtime.pipeline import Pipeline
+from gamma_rt.synth import Music, write
 
 SONG_SECONDS = 65.0  # three windows, the last one padded
 QUESTIONS = ["What genre is this?", "Which instruments play?", "What is the tempo?"]
 VARIED = Sampling(temperature=0.9, seed=7)
 
 
-def music(seconds: float, rate: int = 16000) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    chord = np.where((t // 2) % 2 == 0, 220.0, 330.0)
-    beat = np.exp(-30 * (t % 0.5)) * np.sin(2 * np.pi * 60 * t)
-    return (0.3 * np.sin(2 * np.pi * chord * t) + 0.3 * beat).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def song(tmp_path_factory):
-    path = tmp_path_factory.mktemp("song") / "song.wav"
-    sf.write(path, music(SONG_SECONDS), 16000, subtype="FLOAT")
-    return path
+    return write(tmp_path_factory.mktemp("song") / "song.wav", Music(SONG_SECONDS, rate=16000), subtype="FLOAT")
 
 
 @pytest.fixture(scope="module")
