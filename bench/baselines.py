@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gamma_rt.errors import GammaError
-
-from .machine import peak_device_mib, peak_rss_mib
+from gamma_rt.machine import peak_device_mib, peak_rss_mib
 
 
 def run_baselines(request: dict) -> dict:

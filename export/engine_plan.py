@@ -1,4 +1,4 @@
-"""What ``gamma-rt build-engines`` builds: one TensorRT engine per ONNX audio component, decided from the
+"""What ``gamma-rt export engines`` builds: one TensorRT engine per ONNX audio component, decided from the
 manifest alone (no TensorRT import), so that every decision here is tested on any machine.
 
 Decided here: which ONNX graph feeds each engine, the optimization profile (min/opt/max batch of 30 s
@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gamma_rt.errors import BundleError, GammaError
+from gamma_rt.hashing import sha256_file
 from gamma_rt.manifest import AUDIO_COMPONENTS, MANIFEST_NAME, Manifest
 from gamma_rt.runtime.engine_record import GpuIdentity
 
@@ -117,7 +118,7 @@ def source_graph(manifest: Manifest, name: str, where: str):
         ops = ", ".join(sorted(source.extra.get("fusions", {}))) or "contrib operators"
         raise BundleError(
             f"{where}: components.{name} is optimized for ONNX Runtime ({ops}), which TensorRT cannot parse; "
-            "add plain graphs with `gamma-rt build-engines BUNDLE --checkpoint CKPT`"
+            "add plain graphs with `gamma-rt export engines BUNDLE --checkpoint CKPT`"
         )
     return name, source
 
@@ -172,8 +173,6 @@ def plan_engines(
 
 
 def _intact(bundle: Path, record: dict) -> bool:
-    from gamma_rt.manifest import sha256_file
-
     path = bundle / record["file"]
     return path.is_file() and path.stat().st_size == record.get("bytes") and sha256_file(path) == record.get("sha256")
 

@@ -1,4 +1,5 @@
-"""``gamma-rt build-engines``: build the TensorRT engines that export/engine_plan.py decides on.
+"""``gamma-rt export engines`` (alias ``build-engines``): build the TensorRT engines that export/engine_plan.py
+decides on.
 
 Only this file calls TensorRT's builder (the documented Python API: Builder, OnnxParser, BuilderConfig,
 optimization profiles, a persistent timing cache). tensorrt is imported inside the functions, so the
@@ -11,7 +12,8 @@ import argparse
 from pathlib import Path
 
 from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest, sha256_file
+from gamma_rt.hashing import sha256_file, sha256_files
+from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
 from gamma_rt.progress import track
 
 from .engine_plan import EngineBuild, EnginePlan, plan_engines, record_engines
@@ -30,12 +32,26 @@ and every build prints the embedding cosine against fp32 per component
 (fp8 only applies where the graph carries Q/DQ nodes; otherwise it runs as fp16).
 
 Needs the tensorrt and cuda-python packages and an NVIDIA GPU (on Jetson: JetPack 6, see docs/jetson.md).
+
+Examples:
+  gamma-rt {command} bundle --checkpoint ckpt --precision fp16
+  gamma-rt {command} bundle --precision int8 --calibration-audio ~/Music/calibration
 """
 
 
+def register_export_format(export_sub: argparse._SubParsersAction) -> None:
+    """``gamma-rt export engines``, beside ``export onnx`` and ``export gguf`` (export/commands.py calls this)."""
+    _add_parser(export_sub, "engines", "export engines")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build-engines", help="compile the audio graphs into TensorRT engines for this GPU",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``gamma-rt build-engines``: the same command at the top level, as the README and older scripts name it."""
+    _add_parser(sub, "build-engines", "build-engines")
+
+
+def _add_parser(sub: argparse._SubParsersAction, name: str, command: str) -> None:
+    p = sub.add_parser(name, help="compile the audio graphs into TensorRT engines for this GPU",
+                       description=HELP.format(command=command), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="bundle folder with fp32 ONNX audio graphs (gamma-rt export onnx)")
     p.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp8", "int8"],
                    help="math precision TensorRT may use (default fp16; bf16 needs sm80+, fp8 sm89+)")
@@ -61,11 +77,11 @@ def _cmd_build_engines(args) -> int:
     identity = detect_gpu()
     calibration_sha, feeds, mel_batches = "", None, []
     if args.precision in ("int8", "fp8") or args.calibration_audio:
-        from gamma_rt.quant.calibrate import (OrtChain, calibration_batches, calibration_files, component_feeds,
-                                              files_sha256)
+        from .calibration import calibration_batches, calibration_files
+        from .cosine_report import OrtChain, component_feeds
 
         files = calibration_files(bundle, args.calibration_audio)
-        calibration_sha = files_sha256(files)
+        calibration_sha = sha256_files(files)
         mel_batches = list(calibration_batches(files, batch=args.opt_batch))
         per_batch = [component_feeds(OrtChain(bundle, manifest), mel) for mel in mel_batches]
         feeds = {name: [pb[name] for pb in per_batch] for name in AUDIO_COMPONENTS}
@@ -76,8 +92,9 @@ def _cmd_build_engines(args) -> int:
     record_engines(manifest, plan, built)
     manifest.write(bundle)
     if mel_batches:
-        from gamma_rt.quant.calibrate import OrtChain, cosine_report, format_report
         from gamma_rt.runtime.trt_backend import TrtChain
+
+        from .cosine_report import OrtChain, cosine_report, format_report
 
         with TrtChain(bundle, manifest, args.precision) as engines:
             print(format_report(cosine_report(OrtChain(bundle, manifest), engines, mel_batches), f"TensorRT {args.precision}"))
@@ -135,7 +152,7 @@ def build_engine(trt, logger, bundle: Path, build: EngineBuild, cache_bytes: byt
     if build.needs_calibration:
         if not calibration_feeds:
             raise GammaError(f"{build.component}: {build.precision} needs calibration audio")
-        from gamma_rt.quant.calibrate import make_calibrator
+        from .calibration import make_calibrator
 
         config.int8_calibrator = make_calibrator(trt, build, calibration_feeds, bundle / f"{build.engine_file}.calib")
         config.set_calibration_profile(profile)

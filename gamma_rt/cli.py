@@ -18,9 +18,16 @@ COMMAND_MODULES = [
     "gamma_rt.runtime.tagging.commands",
     "gamma_rt.bench.commands",
     "gamma_rt.export.engines",
-    "gamma_rt.bench.plan",
+    "gamma_rt.plan",
     "gamma_rt.demo",
 ]
+# The extra that installs each optional import (pyproject.toml's [project.optional-dependencies]), so that a
+# command whose handler needs one says what to install instead of printing a traceback.
+EXTRA_OF_MODULE = {
+    "torch": "export", "transformers": "export", "safetensors": "export", "tokenizers": "export", "onnx": "export",
+    "onnxscript": "export", "gguf": "export", "matplotlib": "bench", "mutagen": "tag", "yaml": "tag", "ray": "ray",
+    "tensorrt": "gpu", "cuda": "gpu",
+}
 
 DESCRIPTION = """\
 gamma-rt compiles a GaMMA-class music LMM (two Whisper audio experts, a fusion network, a projector
@@ -53,6 +60,19 @@ def load_native_libraries_first(argv: list[str]) -> None:
             pass
 
 
+class CommandModuleError(Exception):
+    """A command module that does not import: a bug or a broken install, never skipped silently."""
+
+
+def load_command_module(name: str):
+    """Import one of COMMAND_MODULES. They import nothing optional at module level (handlers do, lazily), so
+    a failure here names the module and the ImportError rather than dropping its commands from the CLI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise CommandModuleError(f"command module {name} does not import: {type(e).__name__}: {e}") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gamma-rt", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,13 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gamma-rt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        load_command_module(name).register(sub)
     return parser
+
+
+def missing_extra(e: ModuleNotFoundError, command: str) -> str | None:
+    """The one-line message for an optional dependency a handler imported and did not find; None otherwise
+    (a missing gamma_rt module is a bug and keeps its traceback)."""
+    top = (e.name or "").split(".")[0]
+    if top not in EXTRA_OF_MODULE:
+        return None
+    extra = EXTRA_OF_MODULE[top]
+    return f"`gamma-rt {command}` needs {top}, which is not installed: pip install 'gamma-rt[{extra}]'"
 
 
 def main(argv: list[str] | None = None) -> int:
     load_native_libraries_first(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except CommandModuleError as e:
+        print(f"gamma-rt: error: {e}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -76,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except GammaError as e:
         print(f"gamma-rt: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        message = missing_extra(e, args.command)
+        if message is None:
+            raise
+        print(f"gamma-rt: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("gamma-rt: interrupted", file=sys.stderr)
         return 130

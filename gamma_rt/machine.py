@@ -1,6 +1,6 @@
 """What a result was measured on: CPU, threads, load, GPU, library versions, peak memory.
 
-Every result JSON carries ``describe()`` so a figure can be read against its machine. The machines
+Every result JSON (bench/, quant's fidelity report) carries ``describe()`` so a figure can be read against its machine. The machines
 here are shared (2 cores, several users), so the 1-minute load average is recorded before and after
 a run: a ratio taken in one run holds under load, an absolute figure does not.
 """

@@ -14,6 +14,10 @@ Memory of one running pipeline, in bytes, summed from four parts:
 
 Jetson boards share their memory with the OS, so a named board's budget is its memory less what the OS
 and desktop keep. Every number is an estimate with 10 % headroom; the table shows the parts.
+
+Examples:
+  gamma-rt plan bundle --device "AGX Orin 64GB"
+  gamma-rt plan --preset full --device "Orin NX 16GB" --seconds 300
 """
 
 from __future__ import annotations
@@ -111,10 +115,10 @@ def sizes_from_bundle(bundle: str | Path) -> ModelSizes:
     audio = m.audio
     return ModelSizes(
         audio_params=audio_bytes / 4, enc_tokens=int(hidden[1]), d_audio=int(hidden[2]),
-        tokens_per_second=audio["tokens_per_window"] / audio["window_seconds"],
+        tokens_per_second=audio.tokens_per_window / audio.window_seconds,
         n_layer=int(meta[f"{arch}.block_count"]), n_kv_heads=int(meta[f"{arch}.attention.head_count_kv"]),
-        head_dim=int(meta.get(f"{arch}.attention.key_length", m.llm["n_embd"] // meta[f"{arch}.attention.head_count"])),
-        n_vocab=int(m.llm["n_vocab"]), gguf_bytes=gguf,
+        head_dim=int(meta.get(f"{arch}.attention.key_length", m.llm.n_embd // meta[f"{arch}.attention.head_count"])),
+        n_vocab=int(m.llm.n_vocab), gguf_bytes=gguf,
     )
 
 

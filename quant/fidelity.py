@@ -132,7 +132,7 @@ def write_json(results: list[Fidelity], bundle: Path, out_dir: Path, n_threads: 
     """bench/results/gguf_fidelity-<preset>.json with the inputs, the machine and the figures."""
     import dataclasses
 
-    from gamma_rt.bench.machine import describe
+    from gamma_rt.machine import describe
 
     manifest = Manifest.read(bundle)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def find_engines(engines: dict, running: GpuIdentity, precision: str, manifest_p
     Raises EngineMismatch naming what differs when the bundle holds engines but none fit, and
     when it holds none at all (the caller falls back to ONNX Runtime or rebuilds)."""
     if not engines:
-        raise EngineMismatch(f"{manifest_path}: no TensorRT engines recorded; run `gamma-rt build-engines BUNDLE`")
+        raise EngineMismatch(f"{manifest_path}: no TensorRT engines recorded; run `gamma-rt export engines BUNDLE`")
     reasons = []
     for dir_name, record in engines.items():
         where = f"{manifest_path}: engines.{dir_name}"
@@ -87,6 +87,6 @@ def find_engines(engines: dict, running: GpuIdentity, precision: str, manifest_p
         return {"dir": dir_name, **record}
     raise EngineMismatch(
         f"{manifest_path}: no engine fits {running.name} {running.sm} TensorRT {running.trt_version} "
-        f"at {precision}: {', '.join(reasons)}; rebuild with `gamma-rt build-engines BUNDLE --rebuild` "
+        f"at {precision}: {', '.join(reasons)}; rebuild with `gamma-rt export engines BUNDLE --rebuild` "
         "or run with --backend ort"
     )

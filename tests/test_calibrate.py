@@ -1,5 +1,7 @@
-"""Calibration data from real audio files and the per-component embedding-cosine report (quant/calibrate.py),
-run for real with ONNX Runtime: fp16 graphs against fp32 on the tiny bundle."""
+"""Calibration data from real audio files (export/calibration.py) and the per-component embedding-cosine report
+(export/cosine_report.py), run for real with ONNX Runtime: fp16 graphs against fp32 on the tiny bundle.
+
+Calibration music is written at 44.1 kHz stereo (synth's default rate), so the front end resamples and mixes it."""
 
 from __future__ import annotations
 
@@ -7,21 +9,13 @@ import shutil
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from gamma_rt.errors import GammaError
+from gamma_rt.export.calibration import calibration_batches, calibration_files
+from gamma_rt.export.cosine_report import OrtChain, cosine_report, format_report, token_cosines
+from gamma_rt.hashing import sha256_files
 from gamma_rt.manifest import Manifest
-from gamma_rt.quant.calibrate import (OrtChain, calibration_batches, calibration_files, cosine_report,
-                                      files_sha256, format_report, token_cosines)
-
-
-def write_tone(path, seconds: float, rate: int = 44100, seed: int = 0):
-    """A stereo chord with noise: music-like, and at a rate the front end must resample."""
-    t = np.arange(int(seconds * rate)) / rate
-    rng = np.random.default_rng(seed)
-    mono = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3 + 0.05 * rng.standard_normal(t.size)
-    sf.write(path, np.stack([mono, 0.5 * mono], axis=1).astype(np.float32), rate)
-    return path
+from gamma_rt.synth import Music, write
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +26,12 @@ def fp16_bundle(tiny_bundle_onnx, tiny_checkpoint, tmp_path_factory):
     shutil.copytree(tiny_bundle_onnx, folder)
     export_onnx(tiny_checkpoint, folder, precision="fp16")
     (folder / "demo").mkdir()
-    write_tone(folder / "demo" / "song.flac", 40.0)
+    write(folder / "demo" / "song.flac", Music(40.0, channels=2))
     return folder
 
 
 def test_calibration_audio_is_the_demo_music_plus_the_user_folder(fp16_bundle, tmp_path):
-    write_tone(tmp_path / "b.wav", 5.0, seed=1)
+    write(tmp_path / "b.wav", Music(5.0, channels=2, seed=1))
     (tmp_path / "notes.txt").write_text("not audio")
     files = calibration_files(fp16_bundle, tmp_path)
     assert [f.name for f in files] == ["song.flac", "b.wav"]
@@ -51,7 +45,7 @@ def test_no_calibration_audio_says_where_to_put_some(tmp_path):
 
 
 def test_batches_are_log_mel_windows_of_every_30_s_of_audio(fp16_bundle, tmp_path):
-    write_tone(tmp_path / "b.wav", 5.0, seed=1)
+    write(tmp_path / "b.wav", Music(5.0, channels=2, seed=1))
     files = calibration_files(fp16_bundle, tmp_path)  # 40 s -> 2 windows, 5 s -> 1 window
     singles = list(calibration_batches(files, batch=1))
     assert [b.shape for b in singles] == [(1, 128, 3000)] * 3
@@ -63,9 +57,9 @@ def test_batches_are_log_mel_windows_of_every_30_s_of_audio(fp16_bundle, tmp_pat
 
 
 def test_calibration_hash_changes_when_the_music_changes(fp16_bundle, tmp_path):
-    before = files_sha256(calibration_files(fp16_bundle))
-    write_tone(tmp_path / "c.wav", 3.0)
-    assert files_sha256(calibration_files(fp16_bundle, tmp_path)) != before
+    before = sha256_files(calibration_files(fp16_bundle))
+    write(tmp_path / "c.wav", Music(3.0, channels=2))
+    assert sha256_files(calibration_files(fp16_bundle, tmp_path)) != before
 
 
 def test_token_cosines_are_per_vector():
@@ -77,7 +71,7 @@ def test_token_cosines_are_per_vector():
 def test_fp16_graphs_keep_embeddings_close_to_fp32_per_component(fp16_bundle):
     m = Manifest.load(fp16_bundle)
     mel = list(calibration_batches(calibration_files(fp16_bundle), batch=2))
-    report = cosine_report(OrtChain(fp16_bundle, m), OrtChain(fp16_bundle, m, suffix=".fp16"), mel)
+    report = cosine_report(OrtChain(fp16_bundle, m), OrtChain(fp16_bundle, m, "fp16"), mel)
     assert set(report) == {"temporal_encoder", "global_encoder", "fusion", "projector", "chained"}
     for name, r in report.items():
         assert 0.99 < r["min"] <= r["mean"] < 1.0, (name, r)  # fp16 is close, and not bit-identical

@@ -101,20 +101,53 @@ def test_chat_answers_each_stdin_line(capsys, monkeypatch, tiny_bundle, song):
     assert any(expected)
 
 
-@pytest.mark.parametrize("command", ["ask", "chat", "demo"])
+def _commands(parser=None, prefix="") -> list[str]:
+    """Every command and subcommand the CLI has, as typed: "ask", "export onnx", ..."""
+    import argparse
+
+    from gamma_rt.cli import build_parser
+
+    parser = parser or build_parser()
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [prefix + name, *_commands(sub, prefix + name + " ")]
+    return found
+
+
+# Commands whose --help has no description or no example yet; their owners add them (export/commands.py: init,
+# export; export/onnx_export.py, export/gguf_export.py: export onnx, export gguf). Reported as xfail until then.
+EXAMPLES_OWED = {"init", "export", "export onnx", "export gguf"}
+
+
+@pytest.mark.parametrize("command", _commands())
 def test_every_subcommand_explains_itself(capsys, command):
     with pytest.raises(SystemExit) as e:
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: gamma-rt " + command in out and len(out) > 400
+    assert out.startswith(f"usage: gamma-rt {command} ")
+    # a description between the usage and the arguments, and at least one example of the command in use
+    described = len(out) > 400 and not out.split("\n\n")[1].startswith(("positional arguments", "options"))
+    examples = [line.strip() for line in out.splitlines() if f"gamma-rt {command} " in line]
+    if command in EXAMPLES_OWED and not (described and examples):
+        pytest.xfail(f"`gamma-rt {command} --help` has no description or no example yet")
+    assert described, f"`gamma-rt {command} --help` has no description"
+    assert examples, f"`gamma-rt {command} --help` shows no example line"
 
 
 def test_one_sample_audio_works(capsys, tiny_bundle, tmp_path):
     path = tmp_path / "one.wav"
     sf.write(path, np.array([0.1], np.float32), 16000)
-    code, out, err = run_cli(capsys, "ask", tiny_bundle, path, "-q", "Genre?", *ASK)
+    code, out, err = run_cli(capsys, "ask", tiny_bundle, path, "-q", "Genre?", *ASK, "--json",
+                             "--temperature", "0.9", "--seed", "3")
     assert code == 0, err
+    data = json.loads(out)
+    assert data["duration_s"] == pytest.approx(1 / 16000)
+    assert data["answers"][0]["answer"].strip()
+    # one window, padded: each audio graph ran once
+    assert {data["timings_ms"][stage]["calls"] for stage in ("temporal_encoder", "global_encoder", "projector")} == {1}
 
 
 def test_eight_channel_96khz_audio_works(capsys, tiny_bundle, tmp_path):

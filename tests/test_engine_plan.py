@@ -148,23 +148,34 @@ def test_recorded_engine_is_skipped_until_its_file_or_inputs_change(bundle, tmp_
     assert [b.component for b in plan_engines(folder, m, H100, "fp16").to_build()] == ["fusion.fp16"]
 
 
-def test_build_engines_without_tensorrt_fails_in_one_line(bundle, capsys):
+@pytest.mark.parametrize("command", [["export", "engines"], ["build-engines"]])
+def test_build_engines_without_tensorrt_fails_in_one_line(bundle, capsys, command):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here; this checks the message on machines without it")
     from gamma_rt.cli import main
 
-    assert main(["build-engines", str(bundle)]) == 2
+    assert main([*command, str(bundle)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gamma-rt: error:") and "tensorrt" in err and "\n" not in err
 
 
-def test_build_engines_help_explains_the_command(capsys):
+def _help(capsys, *argv) -> str:
     from gamma_rt.cli import main
 
     with pytest.raises(SystemExit):
-        main(["build-engines", "--help"])
-    out = capsys.readouterr().out
+        main([*argv, "--help"])
+    return capsys.readouterr().out
+
+
+def test_export_engines_help_explains_the_command_and_build_engines_is_its_alias(capsys):
+    out = _help(capsys, "export", "engines")
+    assert out.startswith("usage: gamma-rt export engines")
     assert "--precision" in out and "engines/<gpu>-sm<cc>-trt<version>" in out and "--rebuild" in out
+    assert "gamma-rt export engines bundle" in out
+    alias = _help(capsys, "build-engines")
+    assert alias.startswith("usage: gamma-rt build-engines")
+    # the same command: after the usage line, the same text but for its name in the examples
+    assert alias.split("\n\n", 1)[1].replace("build-engines", "export engines") == out.split("\n\n", 1)[1]
 
 
 def test_tensorrt_fp16_engines_encode_like_onnx_runtime_fp32(bundle, tmp_path):
@@ -188,7 +199,7 @@ def test_tensorrt_fp16_engines_encode_like_onnx_runtime_fp32(bundle, tmp_path):
 
     import numpy as np
 
-    from gamma_rt.quant.calibrate import OrtChain, component_feeds, token_cosines
+    from gamma_rt.export.cosine_report import OrtChain, component_feeds, token_cosines
     from gamma_rt.runtime.trt_backend import TrtChain
 
     mel = np.random.default_rng(0).standard_normal((2, 128, 3000)).astype(np.float32)

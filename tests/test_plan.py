@@ -1,4 +1,4 @@
-"""``gamma-rt plan`` arithmetic (bench/plan.py) against numbers worked out by hand for the tiny bundle and
+"""``gamma-rt plan`` arithmetic (gamma_rt/plan.py) against numbers worked out by hand for the tiny bundle and
 the full preset."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from gamma_rt.bench.plan import (GB, budget, context_tokens, device_named, kv_cache_bytes, plan, sizes_from_bundle,
-                                 sizes_from_preset)
 from gamma_rt.cli import main
 from gamma_rt.errors import GammaError
 from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+from gamma_rt.plan import (GB, budget, context_tokens, device_named, kv_cache_bytes, plan, sizes_from_bundle,
+                           sizes_from_preset)
 
 
 @pytest.fixture(scope="module")
