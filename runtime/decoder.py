@@ -26,7 +26,7 @@ from gamma_rt.errors import BundleError, GammaError
 from .gguf_check import check_gguf
 from .sampling import Sampling, StopFilter, sampler_chain
 
-__all__ = ["DecoderSession", "Sampling", "context_size_for"]
+__all__ = ["AnswerText", "DecoderSession", "Sampling", "context_size_for"]
 
 _backend_ready = False
 _ALL_F32 = 0  # general.file_type of a GGUF whose weights are all F32
@@ -59,6 +59,40 @@ def quiet_llama_logs() -> None:
     log = logging.getLogger("llama-cpp-python")
     if log.level == logging.NOTSET:
         log.setLevel(logging.ERROR)
+
+
+class AnswerText:
+    """One answer's text as its tokens arrive: token bytes in, complete UTF-8 text out, cut before the first
+    stop string (which is never emitted).
+
+    A token may end inside a UTF-8 sequence, and text may be the start of a stop string; both are held back
+    until a later token (or :meth:`finish`) decides them. ``text`` is everything emitted so far.
+    """
+
+    def __init__(self, stop: list[str] | tuple[str, ...] = ()):
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = StopFilter(stop)
+        self.text = ""
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string has appeared: the answer is complete."""
+        return self._stops.stopped
+
+    def feed(self, token_bytes: bytes) -> str:
+        """The text that one more token makes safe to emit (often "", never part of a stop string)."""
+        return self._emit(self._stops.feed(self._utf8.decode(token_bytes)))
+
+    def finish(self) -> str:
+        """At the end of generation: whatever was held back (a cut UTF-8 sequence becomes U+FFFD)."""
+        if self.stopped:
+            return ""
+        piece = self._stops.feed(self._utf8.decode(b"", final=True))
+        return self._emit(piece if self.stopped else piece + self._stops.flush())
+
+    def _emit(self, piece: str) -> str:
+        self.text += piece
+        return piece
 
 
 class DecoderSession:
@@ -287,20 +321,19 @@ class DecoderSession:
         """
         self.logits()  # raises if nothing was evaluated: llama.cpp would sample from a null pointer
         chain = self._chain(sampling)
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopFilter(stop)
+        answer = AnswerText(stop)
         try:
             for _ in range(max_tokens):
                 token = self._sample(chain, -1)
                 if self.is_end(token):
                     break
                 self.eval_tokens([token], seq_id)
-                text = stops.feed(utf8.decode(self.token_bytes(token)))
-                if text:
-                    yield text
-                if stops.stopped:
+                piece = answer.feed(self.token_bytes(token))
+                if piece:
+                    yield piece
+                if answer.stopped:
                     return
-            tail = stops.feed(utf8.decode(b"", final=True)) + ("" if stops.stopped else stops.flush())
+            tail = answer.finish()
             if tail:
                 yield tail
         finally:
@@ -323,9 +356,7 @@ class DecoderSession:
             if len(tokens) > 1:
                 self.eval_tokens(tokens[:-1], seq)
         chains = {seq: self._chain(sampling) for seq in prompts}
-        utf8 = {seq: codecs.getincrementaldecoder("utf-8")(errors="replace") for seq in prompts}
-        stops = {seq: StopFilter(stop) for seq in prompts}
-        texts = {seq: "" for seq in prompts}
+        answers = {seq: AnswerText(stop) for seq in prompts}
         step = [(seq, tokens[-1]) for seq, tokens in prompts.items()]
         try:
             for _ in range(max_tokens + 1):
@@ -337,8 +368,8 @@ class DecoderSession:
                     token = self._sample(chains[seq], i)
                     if self.is_end(token):
                         continue
-                    texts[seq] += stops[seq].feed(utf8[seq].decode(self.token_bytes(token)))
-                    if not stops[seq].stopped:
+                    answers[seq].feed(self.token_bytes(token))
+                    if not answers[seq].stopped:
                         next_step.append((seq, token))
                 if not next_step:
                     break
@@ -346,7 +377,6 @@ class DecoderSession:
         finally:
             for chain in chains.values():
                 self._free(chain)
-        for seq in prompts:
-            if not stops[seq].stopped:
-                texts[seq] += stops[seq].feed(utf8[seq].decode(b"", final=True)) + stops[seq].flush()
-        return texts
+        for answer in answers.values():
+            answer.finish()
+        return {seq: answer.text for seq, answer in answers.items()}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.runtime.decoder import DecoderSession, Sampling, context_size_for
+from gamma_rt.runtime.decoder import AnswerText, DecoderSession, Sampling, context_size_for
 from gamma_rt.runtime.gguf_check import GGML_BLOCKS, check_gguf
 from gamma_rt.runtime.sampling import StopFilter
 
@@ -95,6 +95,11 @@ def test_generation_streams_piece_by_piece(session):
     first = next(stream)
     rest = list(stream)
     assert first and len(rest) >= 1
+    # the pieces are the whole answer, nothing lost or repeated: the same text as one sequence of a parallel run
+    session.clear()
+    audio_prefix(session)
+    whole = session.generate_parallel({0: question(session, QUESTIONS[2])}, Sampling(), max_tokens=16)[0]
+    assert first + "".join(rest) == whole
 
 
 def test_grammar_constrains_the_answer(session):
@@ -200,6 +205,20 @@ def test_stop_filter_holds_back_a_possible_stop_prefix():
     assert f.feed("nd|> tail") == "" and f.stopped
     g = StopFilter(["END"])
     assert g.feed("EN") == "" and g.feed("ough") == "ENough" and not g.stopped
+
+
+def test_answer_text_emits_whole_utf8_characters_and_stops_before_a_stop_string():
+    a = AnswerText(["<|im_end|>"])
+    e_acute = "é".encode()
+    assert a.feed(b"caf") == "caf"
+    assert a.feed(e_acute[:1]) == ""  # half a character is held back
+    assert a.feed(e_acute[1:] + b" <|im") == "é "  # and so is a possible stop string's start
+    assert a.feed(b"_end|> never") == "" and a.stopped
+    assert a.finish() == "" and a.text == "café "
+    b = AnswerText()
+    assert b.feed("ü".encode()[:1]) == "" and b.finish() == "\ufffd" and b.text == "\ufffd"  # cut at the end
+    c = AnswerText(["END"])
+    assert c.feed(b"the EN") == "the " and c.finish() == "EN" and not c.stopped and c.text == "the EN"
 
 
 def test_runtime_decoder_imports_neither_torch_nor_transformers():
