@@ -68,7 +68,7 @@ def optimize_graph(
         fusions[FUSED_OP] = attention
     load_external_data_for_model(model.model, str(raw.parent))
     if precision == "fp16":
-        _to_fp16(model, [n.name for n in model.model.graph.node if n.name.startswith(tuple(fp32_scopes))])
+        _to_fp16(model, _fp32_nodes(model.model, tuple(fp32_scopes)))
     weight_bytes = sum(_tensor_bytes(t) for t in model.model.graph.initializer)
     external = weight_bytes > EXTERNAL_DATA_BYTES
     # With external data the optimizer writes every tensor into one file named ``<out>.data``.
@@ -96,9 +96,52 @@ def _to_fp16(model, fp32_nodes: list[str] = ()) -> None:
     converted = convert_float_to_float16(
         model.model, keep_io_types=True, disable_shape_infer=True, node_block_list=list(fp32_nodes) or None
     )
+    if fp32_nodes:
+        _bypass_fp16_round_trips(converted)
     model.initialize(converted)
+    model.prune_graph()
     model.remove_cascaded_cast_nodes()
     model.remove_useless_cast_nodes()
+
+
+def _fp32_nodes(model: onnx.ModelProto, scopes: tuple[str, ...]) -> list[str]:
+    """Names of the nodes in ``scopes``, plus the constants only they read (the tracer names some
+    folded constants outside any scope). Unnamed nodes get a name, since the converter blocks by name."""
+    if not scopes:
+        return []
+    for i, n in enumerate(model.graph.node):
+        n.name = n.name or f"{n.op_type}_unnamed_{i}"
+    inside = {n.name for n in model.graph.node if n.name.startswith(scopes)}
+    readers: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers.setdefault(name, set()).add(n.name)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and all(readers.get(out, {""}) <= inside for out in n.output):
+            inside.add(n.name)
+    return sorted(inside)
+
+
+def _bypass_fp16_round_trips(model: onnx.ModelProto) -> None:
+    """Where a float32 value is cast to float16 only to be cast back up (to float32 or float64), feed the
+    second Cast the float32 value itself.
+
+    The converter joins two float32 (blocked) nodes through a float16 tensor; ORT's cascaded-cast removal
+    does not always undo it (float32 -> float16 -> float64 stays), which rounds RoTE's angles to float16.
+    """
+    T = onnx.TensorProto
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.value_info]}
+    producer = {out: n for n in model.graph.node for out in n.output}
+
+    def to(n):
+        return next(a.i for a in n.attribute if a.name == "to")
+
+    for n in model.graph.node:
+        if n.op_type != "Cast" or to(n) not in (T.FLOAT, T.DOUBLE):
+            continue
+        down = producer.get(n.input[0])
+        if down is not None and down.op_type == "Cast" and to(down) == T.FLOAT16 and types.get(down.input[0]) == T.FLOAT:
+            n.input[0] = down.input[0]
 
 
 def _record_types(model: onnx.ModelProto) -> None:
