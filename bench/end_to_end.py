@@ -75,7 +75,7 @@ def live_file(path: str | Path, pipe, wait: bool):
 
 def ask_once(pipe, path: str | Path, n_decode: int, overlap: bool) -> dict:
     """One question about one file through ``pipe.stream``; the Pipeline's stage times and the key times."""
-    pipe.overlap = overlap
+    pipe.options = pipe.options.replace(overlap=overlap)
     t_start = time.perf_counter()
     stream = live_file(path, pipe, wait=overlap)
     first = None

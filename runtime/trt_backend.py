@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from gamma_rt.errors import BundleError, EngineMismatch, GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, MANIFEST_NAME, Manifest, sha256_file
+from gamma_rt.hashing import sha256_file
+from gamma_rt.manifest import AUDIO_COMPONENTS, MANIFEST_NAME, Manifest
 from gamma_rt.runtime.engine_record import GpuIdentity, find_engines
 
 # stream 0 runs the temporal expert, fusion and projector; stream 1 the global expert

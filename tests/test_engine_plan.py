@@ -12,6 +12,7 @@ import pytest
 
 from gamma_rt.errors import BundleError, GammaError
 from gamma_rt.export.engine_plan import batch_profile, plan_engines, record_engines, source_graph
+from gamma_rt.hashing import sha256_file
 from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest, TensorSpec
 from gamma_rt.runtime.engine_record import GpuIdentity
 
@@ -131,8 +132,6 @@ def test_recorded_engine_is_skipped_until_its_file_or_inputs_change(bundle, tmp_
     for b in plan.builds:  # stand-in bytes: the decision only looks at the recorded hash and size
         path = folder / b.engine_file
         path.write_bytes(b.component.encode())
-        from gamma_rt.manifest import sha256_file
-
         built[b.component] = (sha256_file(path), path.stat().st_size)
     record_engines(m, plan, built)
     m.write(folder)
