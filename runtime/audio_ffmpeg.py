@@ -1,0 +1,190 @@
+"""Audio that libsndfile cannot read, decoded by FFmpeg through PyAV: AAC and ALAC in MP4/M4A, Opus and
+Vorbis in Ogg/WebM/Matroska, WMA, WavPack, APE, the audio track of a video, and whatever else the wheel's
+FFmpeg knows.
+
+The first audio stream is demuxed and decoded packet by packet; decoded frames are gathered into blocks of
+``block_seconds``, so memory is bounded by the block, never by the file. Samples come out as libsndfile
+gives them: float32 in [-1, 1], integer PCM divided by 2**(bits-1). What the container declares (rate,
+channels, duration) goes into AudioInfo. A bad file raises AudioError with one line naming it: no audio
+stream (video only), DRM-protected, corrupt packets, fewer samples than the container promises, or a
+cut the file's structure shows (truncation.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from gamma_rt.errors import AudioError
+
+from .audio import AudioInfo
+from .truncation import end_problem
+
+# Samples a lossy codec may legitimately add or drop at the ends (encoder priming and padding to whole
+# frames) plus container rounding: a decode this much shorter than the declared length is not truncated.
+LENGTH_SLACK_FRAMES = 4096
+LENGTH_SLACK_FRACTION = 0.01
+# Sample entries of encrypted MP4 audio: FairPlay (iTunes .m4p) and Common Encryption.
+_DRM_TAGS = {"drms", "drmi", "enca"}
+# FFmpeg sample format -> divisor that maps its integers onto [-1, 1] as libsndfile does
+_INT_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
+# Containers whose duration FFmpeg estimates from the bitrate when no header declares it (CBR/VBR MP3,
+# raw AAC): their length cannot show truncation.
+_ESTIMATED_LENGTH = {"mp3", "aac", "adts"}
+# FFmpeg demuxer -> the name users know the container by
+_CONTAINER_NAMES = {"mov": "MP4", "matroska": "Matroska/WebM", "asf": "ASF (WMA)", "wv": "WavPack", "ogg": "Ogg"}
+
+
+def _reason(err: Exception) -> str:
+    """FFmpeg's own words for an error, without the call it came from."""
+    text = getattr(err, "strerror", None) or str(err)
+    return str(text).rstrip(".")
+
+
+class FFmpegSource:
+    """One audio file (a path, or a seekable binary file object) decoded by FFmpeg.
+
+    ``blocks(start_frame)`` yields (frames, channels) float32 at the source rate, starting at
+    ``start_frame`` (seeking there first), each about ``block_seconds`` long."""
+
+    def __init__(self, file: str | Path | BinaryIO, name: str, block_seconds: float):
+        import av
+
+        av.logging.set_level(None)  # FFmpeg's own log lines would bypass the one-line error contract
+        self._name = str(name)
+        try:
+            self._container = av.open(file if not isinstance(file, Path) else str(file), "r",
+                                      metadata_errors="ignore")
+        except av.error.FFmpegError as err:
+            raise AudioError(f"{self._name}: not a decodable audio file ({_reason(err)})") from None
+        try:
+            self._stream = self._audio_stream()
+            self.info = self._info()
+            problem = end_problem(file, self._format_name())
+            if problem:
+                raise AudioError(f"{self._name}: truncated {self.info.format}: {problem}")
+        except BaseException:
+            self._container.close()
+            raise
+        self._block_frames = max(1, int(block_seconds * self.info.sample_rate))
+
+    def _audio_stream(self):
+        c = self._container
+        if not c.streams.audio:
+            kind = "a video with no audio track" if c.streams.video else "no audio stream"
+            raise AudioError(f"{self._name}: holds {kind} (container {c.format.name})")
+        stream = c.streams.audio[0]
+        tag = (stream.codec_context.codec_tag or "").strip().lower()
+        if tag in _DRM_TAGS:
+            raise AudioError(f"{self._name}: DRM-protected audio ({tag} sample entry); it cannot be decoded")
+        if stream.codec_context.codec is None or not stream.codec_context.sample_rate:
+            raise AudioError(f"{self._name}: no decoder for its audio codec ({stream.codec_context.name or tag})")
+        return stream
+
+    def _info(self) -> AudioInfo:
+        s, c = self._stream, self._container
+        ctx = s.codec_context
+        rate, channels = ctx.sample_rate, ctx.channels
+        if s.duration is not None and s.time_base is not None:
+            duration = float(s.duration * s.time_base)
+        elif c.duration is not None:
+            duration = c.duration / 1_000_000  # AV_TIME_BASE
+        else:
+            duration = None
+        frames = None if duration is None else round(duration * rate)
+        if frames == 0:
+            raise AudioError(f"{self._name}: holds no decodable audio (0 s of {ctx.name} declared)")
+        container = self._format_name()
+        fmt = f"{ctx.name.upper()} in {_CONTAINER_NAMES.get(container, container.upper())}"
+        return AudioInfo(self._name, rate, channels, frames, duration, fmt, codec=ctx.name)
+
+    def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
+        """(frames, channels) float32 blocks from ``start_frame`` to the end."""
+        pending: list[np.ndarray] = []
+        held = 0
+        decoded = start_frame
+        for frame in self._frames(start_frame):
+            pending.append(frame)
+            held += len(frame)
+            decoded += len(frame)
+            if held >= self._block_frames:
+                yield np.concatenate(pending)
+                pending, held = [], 0
+        if pending:
+            yield np.concatenate(pending)
+        if start_frame == 0 or decoded > start_frame:
+            self._check_length(decoded)
+
+    def _frames(self, start_frame: int) -> Iterator[np.ndarray]:
+        import av
+
+        rate = self.info.sample_rate
+        skip = self._seek(start_frame)
+        decoded_s = start_frame / rate
+        packet_checks = self._format_name() == "mov"
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet_checks and packet.size and packet.has_sidedata("encryption_info"):
+                    raise AudioError(f"{self._name}: DRM-protected (encrypted) audio; it cannot be decoded")
+                for frame in packet.decode():
+                    block = self._samples(frame)
+                    if skip is not None and frame.time is not None:
+                        drop = int(round((skip - frame.time) * rate))
+                        block = block[max(0, drop):]
+                    if len(block):
+                        decoded_s += len(block) / rate
+                        yield block
+        except av.error.FFmpegError as err:
+            raise AudioError(f"{self._name}: corrupt {self.info.format} data after {decoded_s:.1f} s of audio "
+                             f"({_reason(err)})") from None
+
+    def _seek(self, start_frame: int) -> float | None:
+        """Go to the start (every pass begins there) or near ``start_frame``; returns the time in s before
+        which decoded samples are to be dropped (None: keep all)."""
+        import av
+
+        target = start_frame / self.info.sample_rate
+        try:
+            self._container.seek(0)
+            if start_frame:
+                self._container.seek(int(target * av.time_base), backward=True)
+        except av.error.FFmpegError as err:
+            raise AudioError(f"{self._name}: cannot seek in its {self.info.format} data ({_reason(err)})") from None
+        self._stream.codec_context.flush_buffers()
+        return target if start_frame else None
+
+    def _samples(self, frame) -> np.ndarray:
+        """One decoded frame as (frames, channels) float32, integers scaled as libsndfile scales them."""
+        array = frame.to_ndarray()
+        fmt = frame.format
+        channels = len(frame.layout.channels)
+        if channels != self.info.channels:
+            raise AudioError(f"{self._name}: the channel count changes mid-stream "
+                             f"({self.info.channels} -> {channels})")
+        array = array.T if fmt.is_planar else array.reshape(-1, channels)
+        base = fmt.name.rstrip("p")
+        if base in _INT_SCALE:
+            scaled = array.astype(np.float32)
+            if base == "u8":
+                scaled -= 128.0
+            return scaled / np.float32(_INT_SCALE[base])
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def _format_name(self) -> str:
+        return self._container.format.name.split(",")[0]
+
+    def _check_length(self, decoded: int) -> None:
+        declared = self.info.frames
+        if declared is None or self._format_name() in _ESTIMATED_LENGTH:
+            return
+        slack = max(LENGTH_SLACK_FRAMES, int(declared * LENGTH_SLACK_FRACTION))
+        if decoded < declared - slack:
+            rate = self.info.sample_rate
+            raise AudioError(f"{self._name}: truncated or corrupt {self.info.format}: the container promises "
+                             f"{declared / rate:.2f} s, only {decoded / rate:.2f} s could be decoded")
+
+    def close(self) -> None:
+        self._container.close()
+
