@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from gamma_rt.machine import describe
 
 TIME = "/usr/bin/time"
 
@@ -68,19 +69,6 @@ def expert_parity(ckpt: Path, bundle: Path) -> dict:
     return {"input": "one window of N(0,1) log-mel, batch 1", "rel_err_vs_pytorch_fp32": out}
 
 
-def machine() -> dict:
-    mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-    return {
-        "cpu": cpu.group(1) if cpu else platform.processor(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, required=True, help="folder for full-ckpt/ and full-bundle/ (tens of GB)")
@@ -94,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from gamma_rt.export.bundle import tool_versions
 
     ckpt, bundle = args.work / "full-ckpt", args.work / "full-bundle"
-    result = {"machine": machine(), "tools": tool_versions(), "preset": "full", "steps": []}
+    result = {"machine": describe(threads=os.cpu_count() or 1), "tools": tool_versions(), "preset": "full", "steps": []}
     if args.skip_export and args.out.is_file():
         result["steps"] = [s for s in json.loads(args.out.read_text())["steps"] if " export " in s["command"]]
     if not (args.reuse_checkpoint and (ckpt / "config.json").is_file()):

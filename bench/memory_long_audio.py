@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gamma_rt.machine import describe
 from gamma_rt.progress import track
 from gamma_rt.synth import Music, write
 
@@ -85,7 +85,7 @@ def measure(hours: float, short_minutes: float, rate: int, channels: int, workdi
         "peak_rss_ratio_long_over_short": round(long["peak_rss_mib"] / short["peak_rss_mib"], 3),
         "long_audio_x_realtime": round(long["audio_seconds"] / long["wall_s"], 1),
         "write_long_s": round(write_long_s, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+        "machine": describe(threads=1),  # the child streams on one thread
         "versions": {"numpy": np.__version__, "soundfile": soundfile.__version__,
                      "libsndfile": soundfile.__libsndfile_version__, "soxr": soxr.__version__},
     }

@@ -14,9 +14,10 @@ the versions. The bench engineer calls it from bench/'s runner; it imports no to
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
+
+from gamma_rt.machine import describe
 
 
 def songs_per_hour(bundle: str | Path, tracks: list[str | Path], prompt_set_path: str | Path | None = None,
@@ -66,7 +67,6 @@ def songs_per_hour(bundle: str | Path, tracks: list[str | Path], prompt_set_path
                               "audio_hours_per_hour": 3600 * audio_hours / with_reuse_s},
         "without_prefix_reuse": {"seconds": without_reuse_s, "songs_per_hour": 3600 * n / without_reuse_s},
         "speedup": without_reuse_s / with_reuse_s,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version()},
+        "machine": describe(threads=0),  # the pipeline's default: all cores
         "versions": {"llama_cpp_python": llama_cpp.__version__},
     }
