@@ -1,0 +1,131 @@
+"""Every common format of a real music library decodes (FFmpeg through PyAV where libsndfile cannot), and
+every damaged copy fails with one line naming the file. Files are written by the wheel's own encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from format_fixtures import FORMATS, MissingCodec, damage, music, write_format, write_video_only
+
+from gamma_rt.errors import AudioError
+from gamma_rt.runtime.audio import load_audio, open_audio
+from gamma_rt.runtime.audio_ffmpeg import FFmpegSource
+
+SECONDS = 2.0
+# PCM has no redundancy: noise written over it is valid (louder) audio, so only a cut can be told.
+UNDETECTABLE = {("pcm.aiff", "corrupt")}
+
+
+def _write(tmp_path, key, seconds=SECONDS, seed=0):
+    fmt = FORMATS[key]
+    try:
+        return write_format(tmp_path / f"song{fmt.ext}", fmt, seconds, seed)
+    except MissingCodec as missing:
+        pytest.skip(f"the av wheel's FFmpeg has no {missing}")
+
+
+@pytest.mark.parametrize("key", list(FORMATS))
+def test_each_format_decodes_its_declared_length_within_the_codec_priming_and_padding(tmp_path, key):
+    fmt = FORMATS[key]
+    path = _write(tmp_path, key)
+    with open_audio(path) as stream:
+        info = stream.info
+        frames = sum(len(b) for b in stream.source_blocks())
+        mono = np.concatenate(list(stream))
+    assert (info.sample_rate, info.channels) == (fmt.rate, fmt.channels)
+    assert info.duration_s == pytest.approx(SECONDS, abs=0.05)
+    assert abs(frames - SECONDS * fmt.rate) <= fmt.slack, f"{frames} frames decoded"
+    assert abs(len(mono) - SECONDS * 16000) <= fmt.slack * 16000 / fmt.rate + 1
+    assert np.sqrt(np.mean(mono ** 2)) > 0.01, "decoded to silence"
+
+
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "FLOAT"),
+                                          ("FLAC", "PCM_16"), ("FLAC", "PCM_24")])
+def test_ffmpeg_and_libsndfile_decode_the_same_flac_and_wav_to_the_same_samples(tmp_path, fmt, subtype):
+    path = tmp_path / f"song.{fmt.lower()}"
+    sf.write(path, music(FORMATS["flac.flac"], 1.5), 44100, format=fmt, subtype=subtype)
+    expected, _ = sf.read(path, dtype="float32", always_2d=True)
+    source = FFmpegSource(str(path), str(path), block_seconds=0.25)
+    got = np.concatenate(list(source.blocks()))
+    source.close()
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-6
+
+
+@pytest.mark.parametrize("key", list(FORMATS))
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+def test_a_damaged_copy_of_each_format_fails_with_one_line_naming_the_file(tmp_path, key, how):
+    if (key, how) in UNDETECTABLE:
+        pytest.skip("noise over PCM samples is valid PCM; nothing in the file says it changed")
+    bad = damage(_write(tmp_path, key), how)
+    with pytest.raises(AudioError) as err:
+        load_audio(bad)
+    message = str(err.value)
+    assert message.startswith(str(bad)) and "\n" not in message
+
+
+def test_five_point_one_is_averaged_to_mono_like_every_other_layout(tmp_path):
+    fmt = FORMATS["wavpack.wv"].__class__(".wv", "wv", "wavpack", channels=6)
+    path = write_format(tmp_path / "surround.wv", fmt, 1.0)  # lossless, float samples kept as they are
+    expected = music(fmt, 1.0).mean(axis=1)
+    with open_audio(path, target_rate=fmt.rate) as stream:  # the source rate: no resampling
+        assert stream.info.channels == 6 and "WAVPACK" in stream.info.format
+        got = np.concatenate(list(stream))
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-6
+
+
+@pytest.mark.parametrize("key", ["alac.m4a", "flac.flac"])
+def test_a_clip_is_the_same_samples_as_that_span_of_the_whole_decode(tmp_path, key):
+    path = _write(tmp_path, key, seconds=3.0)
+    rate = FORMATS[key].rate
+    with open_audio(path, target_rate=rate, block_seconds=0.5) as stream:
+        whole = np.concatenate(list(stream))
+        clip = stream.clip(1.25, 1.0)
+        assert clip.info.duration_s == 1.0 and clip.source_info.duration_s == pytest.approx(3.0)
+        part = np.concatenate(list(clip))
+    start = round(1.25 * rate)
+    np.testing.assert_array_equal(part, whole[start:start + rate])
+
+
+def test_a_video_without_audio_says_so(tmp_path):
+    path = write_video_only(tmp_path / "clip.mp4")
+    with pytest.raises(AudioError, match="holds a video with no audio track"):
+        open_audio(path)
+
+
+def test_drm_protected_mp4_audio_is_refused_as_such(tmp_path):
+    fmt = FORMATS["aac.m4a"].__class__(".m4a", "mp4", "aac", options={
+        "encryption_scheme": "cenc-aes-ctr", "encryption_key": "00112233445566778899aabbccddeeff",
+        "encryption_kid": "ffeeddccbbaa99887766554433221100"})
+    path = write_format(tmp_path / "protected.m4a", fmt, 1.0)
+    with pytest.raises(AudioError, match="DRM-protected") as err:
+        load_audio(path)
+    assert str(err.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("name", ["empty.m4a", "empty.opus", "empty.wma"])
+def test_zero_length_files_of_the_ffmpeg_formats_fail_in_one_line(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    with pytest.raises(AudioError, match="empty file"):
+        open_audio(path)
+
+
+def test_an_m4a_on_stdin_like_stream_is_spooled_and_decoded(tmp_path):
+    path = _write(tmp_path, "aac.m4a")
+    with open(path, "rb") as f:
+        piped = load_audio(_Unseekable(f))
+    assert abs(len(piped) - len(load_audio(path))) == 0
+
+
+class _Unseekable:
+    """A file object that cannot seek, as a pipe."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def read(self, n=-1):
+        return self._f.read(n)
+
+    def seekable(self):
+        return False
