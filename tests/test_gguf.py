@@ -197,7 +197,7 @@ def test_non_qwen3_checkpoint_is_refused_naming_the_field(tmp_path, capsys):
     folder = tmp_path / "llama"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
-    with pytest.raises(CheckpointError, match="architectures.*LlamaForCausalLM.*Qwen3ForCausalLM decoders only"):
+    with pytest.raises(CheckpointError, match=r"architectures.*LlamaForCausalLM.*gamma-rt knows.*musicflamingo"):
         export_gguf(folder, tmp_path / "bundle", **QUIET)
     assert main(["export", "gguf", str(folder), "--out", str(tmp_path / "bundle")]) == 2
     err = capsys.readouterr().err.strip()
@@ -238,10 +238,10 @@ def test_tokenizer_that_cannot_fit_vocab_size_is_refused(tmp_path):
 def test_source_id_equals_the_checkpoint_hash_so_onnx_and_gguf_share_a_bundle(tiny_checkpoint, tmp_path):
     from safetensors.torch import save_file
 
-    from gamma_rt.export.gguf_export import open_source
+    from gamma_rt.export.families import detect
 
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)
     # a second shard holding only audio-side weights still identifies the checkpoint
     save_file({"fusion.extra_scale": torch.ones(3)}, str(folder / "model-extra.safetensors"))
-    assert open_source(folder, tmp_path).hash() == Checkpoint(folder).hash()
+    assert detect(folder).hash() == Checkpoint(folder).hash()

@@ -112,6 +112,9 @@ def write_flamingo(family: str, preset: str, out: Path, seed: int = 0, progress=
     from transformers import (AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Processor, GenerationConfig,
                               MusicFlamingoForConditionalGeneration, MusicFlamingoProcessor, WhisperFeatureExtractor)
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # save_pretrained's own bar; gamma-rt's progress is ``progress``
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(1024 if preset == "tiny" else 151936)
@@ -171,6 +174,7 @@ def _write_streamed(model_class, config, out: Path, seed: int, progress=None) ->
     with torch.device("meta"):
         model = model_class(config)
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    out.mkdir(parents=True, exist_ok=True)
     writer = _ShardWriter(out)
     for name, shape in (progress or (lambda it, **_: it))(shapes, description="weights"):
         if name.endswith("embed_positions.weight"):
