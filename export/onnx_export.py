@@ -1,6 +1,8 @@
-"""``gamma-rt export onnx``: the audio side of a checkpoint as four ONNX graphs in a bundle.
+"""``gamma-rt export onnx``: the audio side of a checkpoint as ONNX graphs in a bundle.
 
-One graph per component, names and I/O fixed (the runtime and the TensorRT builder code against them):
+The checkpoint's family (export/families) declares its graphs and their fixed I/O; the manifest's
+``audio.chain`` says how the runtime chains them. Music Flamingo / Audio Flamingo 3: ``encoder`` (mel,
+mel_mask -> hidden (batch, 750, 1280)) and ``projector`` (hidden [, window_index] -> embeddings). GaMMA:
 
     temporal_encoder  mel (batch, n_mels, 3000) float32, Whisper log10 scale -> hidden (batch, 1500, d)
     global_encoder    mel (batch, n_mels, 3000)                               -> hidden (batch, 1500, d)
@@ -34,10 +36,13 @@ OPSETS = range(17, 21)
 BATCH = "batch"
 
 HELP = """\
-Export the audio side of a checkpoint into BUNDLE as four ONNX graphs:
+Export the audio side of a checkpoint into BUNDLE as ONNX graphs. GaMMA:
   temporal_encoder, global_encoder  log-mel (batch, 128, 3000) -> hidden states (batch, 1500, d)
   fusion                            both experts' hidden states -> fused (batch, 1500, d)
   projector                         fused -> LLM embeddings (batch, 750, n_embd)
+Music Flamingo / Audio Flamingo 3 (their published Hugging Face folders):
+  encoder                           log-mel, mel_mask (frames of real audio) -> hidden (batch, 750, d)
+  projector                         hidden [, window_index for RoTE] -> LLM embeddings (batch, 750, n_embd)
 Graphs take any batch size, are optimized by ONNX Runtime (LayerNorm, GELU and attention fusions) and are
 recorded in BUNDLE/manifest.json. Run it again with the other --precision to hold both in one bundle.
 
@@ -48,11 +53,11 @@ example: gamma-rt export onnx ckpt --out bundle --precision fp16
 def register(export_sub: argparse._SubParsersAction) -> None:
     p = export_sub.add_parser(
         "onnx",
-        help="export the audio side (experts, fusion, projector) to ONNX graphs",
+        help="export the audio side (encoders, fusion, projector) to ONNX graphs",
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint folder written by `gamma-rt init`")
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (GaMMA, Music Flamingo, Audio Flamingo 3)")
     p.add_argument("--out", required=True, type=Path, metavar="BUNDLE", help="bundle folder (created, or merged into)")
     p.add_argument(
         "--precision",
