@@ -29,7 +29,7 @@ from gamma_rt.errors import AudioError
 
 from .mel import SAMPLE_RATE
 from .pcm_stream import RawFormat, read_exactly, read_pcm_stream, read_wav_header
-from .truncation import end_problem
+from .truncation import end_problem, mpeg_declares_length
 
 __all__ = ["AudioInfo", "AudioStream", "AudioTimeout", "RawFormat", "open_audio", "load_audio", "SAMPLE_RATE"]
 
@@ -287,6 +287,8 @@ class _FileSource(_Source):
         problem = end_problem(file, f.format.lower()) if raw is None else None
         if problem:
             raise AudioError(f"{self._name}: truncated {f.format}: {problem}")
+        # libsndfile's MP3 length is an estimate unless a Xing/Info header states it (truncation.py)
+        self._length_declared = f.format != "MP3" or raw is not None or mpeg_declares_length(file)
         self.info = AudioInfo(self._name, f.samplerate, f.channels, f.frames, f.frames / f.samplerate, f.format)
         self._block_frames = max(1, int(block_seconds * f.samplerate))
 
@@ -327,6 +329,8 @@ class _FileSource(_Source):
             self._check_length(decoded)
 
     def _check_length(self, decoded: int) -> None:
+        if not self._length_declared:
+            return
         declared = self.info.frames or 0
         slack = max(MP3_LENGTH_SLACK_FRAMES, declared // 100) if self.info.format == "MP3" else 0
         if 0 < decoded < declared - slack:

@@ -74,13 +74,16 @@ class FFmpegSource:
         c = self._container
         if not c.streams.audio:
             kind = "a video with no audio track" if c.streams.video else "no audio stream"
-            raise AudioError(f"{self._name}: holds {kind} (container {c.format.name})")
+            raise AudioError(f"{self._name}: holds {kind} ({self._container_name()} container)")
         stream = c.streams.audio[0]
-        tag = (stream.codec_context.codec_tag or "").strip().lower()
+        ctx = stream.codec_context
+        tag = ((ctx.codec_tag if ctx is not None else None) or "").strip().lower()
         if tag in _DRM_TAGS:
             raise AudioError(f"{self._name}: DRM-protected audio ({tag} sample entry); it cannot be decoded")
-        if stream.codec_context.codec is None or not stream.codec_context.sample_rate:
-            raise AudioError(f"{self._name}: no decoder for its audio codec ({stream.codec_context.name or tag})")
+        if ctx is None or ctx.codec is None or not ctx.sample_rate or not ctx.channels:
+            what = ctx.name if ctx is not None else "unknown codec"
+            raise AudioError(f"{self._name}: its {self._container_name()} audio stream cannot be decoded "
+                             f"({what}: no decoder, or no rate/channels declared)")
         return stream
 
     def _info(self) -> AudioInfo:
@@ -96,8 +99,7 @@ class FFmpegSource:
         frames = None if duration is None else round(duration * rate)
         if frames == 0:
             raise AudioError(f"{self._name}: holds no decodable audio (0 s of {ctx.name} declared)")
-        container = self._format_name()
-        fmt = f"{ctx.name.upper()} in {_CONTAINER_NAMES.get(container, container.upper())}"
+        fmt = f"{ctx.name.upper()} in {self._container_name()}"
         return AudioInfo(self._name, rate, channels, frames, duration, fmt, codec=ctx.name)
 
     def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
@@ -174,6 +176,10 @@ class FFmpegSource:
 
     def _format_name(self) -> str:
         return self._container.format.name.split(",")[0]
+
+    def _container_name(self) -> str:
+        name = self._format_name()
+        return _CONTAINER_NAMES.get(name, name.upper())
 
     def _check_length(self, decoded: int) -> None:
         declared = self.info.frames

@@ -134,6 +134,27 @@ def mpeg_end_problem(f: BinaryIO) -> str | None:
     return None
 
 
+def mpeg_declares_length(file: str | Path | BinaryIO) -> bool:
+    """Whether an MP3's first frame is a Xing/Info/VBRI header, which states the frame count. Without one,
+    decoders estimate the length from the file size and bitrate, tags included (cover art makes a whole
+    CBR file look truncated), so that estimate proves nothing."""
+    if isinstance(file, (str, Path)):
+        with open(file, "rb") as f:
+            return mpeg_declares_length(f)
+    position = file.tell()
+    try:
+        pos = _skip_id3v2(file)
+        file.seek(pos)
+        window = file.read(_MPEG_SYNC_SEARCH)
+    finally:
+        file.seek(position)
+    first = _first_frame(window)
+    if first is None:
+        return False
+    frame = window[first:first + (_mpeg_frame_length(window[first:first + 4]) or 0)]
+    return any(marker in frame for marker in (b"Xing", b"Info", b"VBRI"))
+
+
 def _chunks(f: BinaryIO, start: int, endian: str):
     """(id, declared size, offset of its body) of each chunk from ``start`` to the end of the file."""
     size = _size(f)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import struct
 
 import mutagen
 import numpy as np
@@ -42,26 +41,6 @@ def test_flac_and_mp3_audio_frames_are_byte_identical_after_tagging(tmp_path, re
     frames = audio_payload(path)
     write_tags(path, VALUES)
     assert len(frames) > 1000 and audio_payload(path) == frames
-
-
-def _tiny_m4a(path):
-    """A minimal MP4 (ftyp, moov with mvhd and a sound track header, mdat) that mutagen can tag."""
-    def atom(name, payload):
-        return struct.pack(">I4s", 8 + len(payload), name) + payload
-
-    mvhd = atom(b"mvhd", bytes(4) + struct.pack(">IIII", 0, 0, 1000, 2000) + bytes(80))
-    mdia = atom(b"mdia", atom(b"mdhd", bytes(4) + struct.pack(">IIII", 0, 0, 16000, 32000) + bytes(4))
-                + atom(b"hdlr", bytes(8) + b"soun" + bytes(13)))
-    path.write_bytes(atom(b"ftyp", b"M4A \0\0\0\0M4A mp42isom") + atom(b"moov", mvhd + atom(b"trak", mdia))
-                     + atom(b"mdat", bytes(range(256)) * 8))
-    return path
-
-
-def test_mp4_atoms_round_trip_and_mdat_is_unchanged(tmp_path):
-    path = _tiny_m4a(tmp_path / "song.m4a")
-    mdat = audio_payload(path)
-    write_tags(path, VALUES)
-    assert read_tags(path) == VALUES and audio_payload(path) == mdat
 
 
 def test_dry_run_plan_shows_the_diff_and_changes_nothing(tmp_path):

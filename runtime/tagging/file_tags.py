@@ -1,42 +1,64 @@
 """Writing genre, mood and caption into an audio file's own tags (mutagen), safely.
 
 Tags are written to a hidden temporary copy beside the file; the copy is verified (its tags re-read equal
-what was asked, and its audio is unchanged: decoded samples compared block by block, and for FLAC/MP3/MP4
-the raw audio bytes too), then swapped in with ``os.replace``. An interrupted write leaves the original
-file as it was.
+what was asked, and its audio is unchanged: the compressed audio packets FFmpeg demuxes hashed the same,
+the decoded samples compared block by block, and for FLAC/MP3/MP4 the raw audio bytes too), then swapped
+in with ``os.replace``. An interrupted write leaves the original file as it was.
 
-Tag containers: ID3v2.4 for MP3, WAV and AIFF (TCON genre, TMOO mood, COMM comment), Vorbis comments for
-FLAC and Ogg (GENRE, MOOD, COMMENT), MP4 atoms (©gen, ©cmt, and a freeform iTunes MOOD atom).
+Tag containers (one row of _CONTAINERS per mutagen file type):
+
+| files | container | genre / mood / caption |
+|---|---|---|
+| MP3, WAV, AIFF | ID3v2.4 | TCON / TMOO / COMM |
+| FLAC, Ogg Vorbis, Ogg Opus, Ogg FLAC, Speex | Vorbis comments | GENRE / MOOD / COMMENT |
+| M4A, MP4 (AAC, ALAC, video) | MP4 atoms | ©gen / iTunes MOOD / ©cmt |
+| WMA (ASF) | ASF attributes | WM/Genre / WM/Mood / WM/Comments |
+| WavPack, APE, Musepack | APEv2 | Genre / Mood / Comment |
+
+A file mutagen cannot tag (WebM, Matroska, raw AAC) raises ``TagsUnsupported``: the run reports it for
+that file and goes on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import struct
 from pathlib import Path
-
-import numpy as np
 
 from gamma_rt.errors import TagWriteError
 
 # The file tags a prompt may fill (its ``tag`` field in the prompt set), and their key in each container.
 TAG_FIELDS = ("genre", "mood", "caption")
 _MP4_MOOD = "----:com.apple.iTunes:MOOD"
-_VORBIS_KEYS = {"genre": "GENRE", "mood": "MOOD", "caption": "COMMENT"}
-_ID3_FRAMES = {"genre": "TCON", "mood": "TMOO", "caption": "COMM"}
-_MP4_KEYS = {"genre": "\xa9gen", "mood": _MP4_MOOD, "caption": "\xa9cmt"}
+_KEYS = {
+    "vorbis": {"genre": "GENRE", "mood": "MOOD", "caption": "COMMENT"},
+    "id3": {"genre": "TCON", "mood": "TMOO", "caption": "COMM"},
+    "mp4": {"genre": "\xa9gen", "mood": _MP4_MOOD, "caption": "\xa9cmt"},
+    "asf": {"genre": "WM/Genre", "mood": "WM/Mood", "caption": "WM/Comments"},
+    "ape": {"genre": "Genre", "mood": "Mood", "caption": "Comment"},
+}
+# mutagen file type -> tag container
+_CONTAINERS = {
+    "FLAC": "vorbis", "OggVorbis": "vorbis", "OggOpus": "vorbis", "OggFLAC": "vorbis", "OggSpeex": "vorbis",
+    "MP3": "id3", "EasyMP3": "id3", "WAVE": "id3", "AIFF": "id3",
+    "MP4": "mp4",
+    "ASF": "asf",
+    "WavPack": "ape", "MonkeysAudio": "ape", "Musepack": "ape", "OptimFROG": "ape",
+}
+
+
+class TagsUnsupported(TagWriteError):
+    """The file's format carries no tags mutagen can write; nothing was changed."""
 
 
 def _container(audio) -> str:
     name = type(audio).__name__
-    if name in ("FLAC", "OggVorbis", "OggOpus", "OggFLAC", "OggSpeex"):
-        return "vorbis"
-    if name == "MP4":
-        return "mp4"
-    if name in ("MP3", "WAVE", "AIFF", "EasyMP3"):
-        return "id3"
-    raise TagWriteError(f"{audio.filename}: cannot write tags into {name} files (MP3, WAV, AIFF, FLAC, Ogg, MP4)")
+    if name not in _CONTAINERS:
+        raise TagsUnsupported(f"{audio.filename}: cannot write tags into {name} files (MP3, WAV, AIFF, FLAC, Ogg, "
+                              "Opus, MP4/M4A, WMA, WavPack, APE can be tagged)")
+    return _CONTAINERS[name]
 
 
 def _open(path: Path):
@@ -47,34 +69,34 @@ def _open(path: Path):
     except mutagen.MutagenError as e:
         raise TagWriteError(f"{path}: cannot read its tags ({e})") from None
     if audio is None:
-        raise TagWriteError(f"{path}: not a file type mutagen knows; its tags cannot be written")
+        raise TagsUnsupported(f"{path}: not a file type mutagen can tag ({path.suffix or 'no extension'}); "
+                              "its tags are left alone")
     if audio.tags is None:
         audio.add_tags()
     return audio
 
 
 def _get(audio, kind: str, field: str) -> str | None:
-    tags = audio.tags
-    if kind == "vorbis":
-        values = tags.get(_VORBIS_KEYS[field], [])
-        return values[0] if values else None
+    tags, key = audio.tags, _KEYS[kind][field]
     if kind == "id3":
-        frames = tags.getall(_ID3_FRAMES[field])
+        frames = tags.getall(key)
         if field == "caption":
             frames = [f for f in frames if f.desc == ""]
         return str(frames[0].text[0]) if frames and frames[0].text else None
-    values = tags.get(_MP4_KEYS[field], [])
+    if kind == "ape":
+        return str(tags[key]) if key in tags else None
+    values = tags.get(key, [])
     if not values:
         return None
     value = values[0]
-    return bytes(value).decode("utf-8") if field == "mood" else str(value)
+    if kind == "mp4" and field == "mood":
+        return bytes(value).decode("utf-8")
+    return str(value.value) if kind == "asf" else str(value)
 
 
 def _set(audio, kind: str, field: str, value: str) -> None:
-    tags = audio.tags
-    if kind == "vorbis":
-        tags[_VORBIS_KEYS[field]] = [value]
-    elif kind == "id3":
+    tags, key = audio.tags, _KEYS[kind][field]
+    if kind == "id3":
         from mutagen.id3 import COMM, TCON, TMOO
 
         if field == "caption":
@@ -84,13 +106,14 @@ def _set(audio, kind: str, field: str, value: str) -> None:
             frame = {"genre": TCON, "mood": TMOO}[field]
             tags.delall(frame.__name__)
             tags.add(frame(encoding=3, text=[value]))
-    else:
+    elif kind == "mp4" and field == "mood":
         from mutagen.mp4 import MP4FreeForm
 
-        if field == "mood":
-            tags[_MP4_MOOD] = [MP4FreeForm(value.encode("utf-8"))]
-        else:
-            tags[_MP4_KEYS[field]] = [value]
+        tags[key] = [MP4FreeForm(value.encode("utf-8"))]
+    elif kind == "ape":
+        tags[key] = value
+    else:
+        tags[key] = [value]
 
 
 def read_tags(path: str | Path) -> dict[str, str | None]:
@@ -124,6 +147,8 @@ def write_tags(path: str | Path, values: dict[str, str]) -> list[tuple[str, str 
             audio.save(v2_version=4)
         else:
             audio.save()
+        if kind == "asf":
+            _fix_asf_file_size(tmp)
         _verify(path, tmp, changes)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -140,27 +165,49 @@ def _verify(original: Path, copy: Path, changes) -> None:
         if got[field] != new:
             raise TagWriteError(f"{original}: tag {field} reads back as {got[field]!r}, not {new!r}; file left as it was")
     before, after = audio_payload(original), audio_payload(copy)
-    if before != after:
+    if before != after or packet_digest(original) != packet_digest(copy):
         raise TagWriteError(f"{original}: writing tags changed the audio bytes; file left as it was")
     if not same_samples(original, copy):
         raise TagWriteError(f"{original}: writing tags changed the decoded audio; file left as it was")
 
 
-def same_samples(a: Path, b: Path, block: int = 1 << 16) -> bool:
-    """Whether two files decode (soundfile) to identical samples, compared ``block`` frames at a time."""
-    import soundfile as sf
+def packet_digest(path: Path) -> str | None:
+    """sha256 of the compressed audio packets FFmpeg demuxes from the file's first audio stream (the audio
+    bytes, whatever the container and wherever its tags sit); None when FFmpeg cannot read it."""
+    try:
+        import av
+    except ModuleNotFoundError:
+        return None
+    digest = hashlib.sha256()
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                return None
+            for packet in container.demux(container.streams.audio[0]):
+                digest.update(bytes(packet))
+    except av.error.FFmpegError:
+        return None
+    return digest.hexdigest()
 
-    if a.suffix.lower() in (".m4a", ".mp4", ".aac"):
-        return True  # soundfile has no AAC decoder; audio_payload compared the mdat bytes instead
-    with sf.SoundFile(a) as fa, sf.SoundFile(b) as fb:
-        if (fa.samplerate, fa.channels, fa.frames) != (fb.samplerate, fb.channels, fb.frames):
-            return False
-        while True:
-            xa, xb = fa.read(block, dtype="float32"), fb.read(block, dtype="float32")
-            if not np.array_equal(xa, xb):
-                return False
-            if len(xa) == 0:
-                return True
+
+def same_samples(a: Path, b: Path) -> bool:
+    """Whether two files decode to identical samples (the runtime's decoder, at the source rate), compared
+    as streams of sha256 over the decoded blocks."""
+    from gamma_rt.errors import AudioError
+
+    from ..audio import open_audio
+
+    digests = []
+    for path in (a, b):
+        digest = hashlib.sha256()
+        try:
+            with open_audio(path) as stream:
+                for block in stream.source_blocks():
+                    digest.update(block.tobytes())
+        except AudioError as e:
+            raise TagWriteError(f"{a}: cannot compare the audio before and after tagging ({e})") from None
+        digests.append(digest.hexdigest())
+    return digests[0] == digests[1]
 
 
 def audio_payload(path: Path) -> bytes | None:
@@ -189,6 +236,22 @@ def audio_payload(path: Path) -> bytes | None:
     if suffix in (".m4a", ".mp4"):
         return b"".join(_mp4_atoms(data, b"mdat"))
     return None
+
+
+# ASF File Properties Object GUID; its QWORD file size sits 16 bytes after the object header (24 bytes).
+_ASF_FILE_PROPERTIES = bytes.fromhex("a1dcab8c47a9cf118ee400c00c205365")
+
+
+def _fix_asf_file_size(path: Path) -> None:
+    """mutagen grows an ASF header without updating the file size in its File Properties Object; FFmpeg
+    then takes the stale size for a sign of a different duration. Write the true size there."""
+    with open(path, "rb+") as f:
+        head = f.read(1 << 16)
+        at = head.find(_ASF_FILE_PROPERTIES)
+        if at < 0:
+            raise TagWriteError(f"{path}: no ASF File Properties object in its header")
+        f.seek(at + 24 + 16)
+        f.write(struct.pack("<Q", os.fstat(f.fileno()).st_size))
 
 
 def _skip_id3v2(data: bytes, pos: int) -> int:

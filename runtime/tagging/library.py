@@ -1,6 +1,7 @@
 """A music library on disk: the audio files under a folder, found recursively, in a stable order.
 
-Files are picked by extension, for the container formats this soundfile/libsndfile build reads. A corrupt
+Files are picked by extension: the containers this libsndfile build reads, and those FFmpeg (PyAV, a
+runtime dependency) reads besides: MP4/M4A, WebM/Matroska, WMA, WavPack, APE, Opus, raw AAC. A corrupt
 or mislabelled file is still a track: it fails when decoded and gets an error record, so nothing a user
 expects to be tagged goes missing silently. Hidden files (``.name``, e.g. macOS ``._song.flac`` forks)
 and anything that is not a regular file are skipped.
@@ -23,13 +24,22 @@ _FORMAT_EXTENSIONS = {
     "AIFF": (".aif", ".aiff", ".aifc"), "AU": (".au", ".snd"), "CAF": (".caf",),
 }
 
+# What FFmpeg decodes that libsndfile does not (runtime/audio_ffmpeg.py); an .mp4 video's audio track too.
+FFMPEG_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac", ".opus", ".webm", ".mka", ".wma", ".asf", ".wv", ".ape",
+                     ".mp2", ".ac3")
+
 
 def audio_extensions() -> frozenset[str]:
-    """Lower-case extensions (with the dot) of the formats soundfile can read here."""
+    """Lower-case extensions (with the dot) of the formats that can be read here."""
     import soundfile
 
     have = soundfile.available_formats()
-    return frozenset(ext for fmt, exts in _FORMAT_EXTENSIONS.items() if fmt in have for ext in exts)
+    sndfile = {ext for fmt, exts in _FORMAT_EXTENSIONS.items() if fmt in have for ext in exts}
+    try:
+        import av  # noqa: F401  (a runtime dependency; an install without it reads what libsndfile reads)
+    except ModuleNotFoundError:
+        return frozenset(sndfile)
+    return frozenset(sndfile | set(FFMPEG_EXTENSIONS))
 
 
 @dataclass(frozen=True)

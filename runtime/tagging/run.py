@@ -195,7 +195,7 @@ def write_file_tags(job: TagJob, dry_run: bool, report: Callable[[str], None]) -
     Returns how many files failed."""
     from gamma_rt.errors import TagWriteError
 
-    from .file_tags import plan, write_tags
+    from .file_tags import TagsUnsupported, plan, write_tags
 
     b_hash, ps = bundle_identity(job.bundle), job.prompt_set
     tagged = [p for p in ps.prompts if p.tag]
@@ -206,6 +206,9 @@ def write_file_tags(job: TagJob, dry_run: bool, report: Callable[[str], None]) -
             values = {k: v for k, v in values.items() if v is not None}
             try:
                 changes = (plan if dry_run else write_tags)(record["path"], values)
+            except TagsUnsupported as e:  # a format without writable tags is a fact, not a failure
+                report(f"tags not written: {e}")
+                continue
             except (TagWriteError, OSError) as e:
                 failures += 1
                 report(f"tags not written: {e}")
