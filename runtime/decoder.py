@@ -159,6 +159,7 @@ class DecoderSession:
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
         self.n_seq_max = n_seq_max
+        self.generated: dict[int, list[int]] = {}  # sequence -> token ids of its last generated answer
         self._token_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
 
@@ -322,11 +323,13 @@ class DecoderSession:
         self.logits()  # raises if nothing was evaluated: llama.cpp would sample from a null pointer
         chain = self._chain(sampling)
         answer = AnswerText(stop)
+        self.generated[seq_id] = ids = []
         try:
             for _ in range(max_tokens):
                 token = self._sample(chain, -1)
                 if self.is_end(token):
                     break
+                ids.append(token)
                 self.eval_tokens([token], seq_id)
                 piece = answer.feed(self.token_bytes(token))
                 if piece:
@@ -357,6 +360,8 @@ class DecoderSession:
                 self.eval_tokens(tokens[:-1], seq)
         chains = {seq: self._chain(sampling) for seq in prompts}
         answers = {seq: AnswerText(stop) for seq in prompts}
+        for seq in prompts:
+            self.generated[seq] = []
         step = [(seq, tokens[-1]) for seq, tokens in prompts.items()]
         try:
             for _ in range(max_tokens + 1):
@@ -368,6 +373,7 @@ class DecoderSession:
                     token = self._sample(chains[seq], i)
                     if self.is_end(token):
                         continue
+                    self.generated[seq].append(token)
                     answers[seq].feed(self.token_bytes(token))
                     if not answers[seq].stopped:
                         next_step.append((seq, token))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
@@ -48,8 +48,11 @@ DEFAULT_AUDIO_SECONDS = 300  # context reserved when the audio's length is unkno
 
 @dataclass
 class Answer:
+    """One question's answer. ``tokens``: the decoder's token ids of the answer (no end token)."""
+
     question: str
     text: str
+    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -210,6 +213,7 @@ class Pipeline:
         reserve = sum(len(t) + n for t, n in zip(q_tokens, limits))
         prefix = self.prefill(audio, reserve)
         texts = [""] * len(questions)
+        ids: list[list[int]] = [[] for _ in questions]
         s = self.session
         lanes = s.n_seq_max - 1  # sequence 0 keeps the audio prefix
         groups: dict[tuple, list[int]] = {}
@@ -227,10 +231,10 @@ class Pipeline:
                 with self.times.stage("decode"):
                     out = s.generate_parallel(prompts, samplings[batch[0]], limits[batch[0]], self.prompt.stop)
                 for lane, i in enumerate(batch, start=1):
-                    texts[i] = out[lane]
+                    texts[i], ids[i] = out[lane], s.generated[lane]
                     s.clear(lane)
         self.finish(prefix)
-        return [Answer(q, t) for q, t in zip(questions, texts)]
+        return [Answer(q, t, i) for q, t, i in zip(questions, texts, ids)]
 
     def stream(self, audio: AudioSource, question: str, sampling: Sampling | None = None,
                max_tokens: int = 256) -> Iterator[str]:
