@@ -1,14 +1,27 @@
-"""Subcommands of the export stage: ``init``, ``export onnx``, ``export gguf`` (and ``export engines`` where
-export/engines.py offers it). torch is imported lazily; a module that fails to import fails loudly."""
+"""Subcommands of the export stage: ``init``, ``export onnx``, ``export gguf``, ``export engines``.
+torch is imported lazily; a module that fails to import fails loudly."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from . import gguf_export, onnx_export
+from . import engines, gguf_export, onnx_export
 
 FAMILIES = ("gamma", "musicflamingo", "audioflamingo3")
+EXPORT_HELP = """\
+Export a checkpoint folder into a bundle, one part at a time; every part is recorded in BUNDLE/manifest.json.
+The folder is gamma-rt's own (gamma-rt init) or a published Hugging Face folder of Music Flamingo or
+Audio Flamingo 3; its family is read from config.json.
+
+  onnx     the audio side (encoders, fusion or pooling, projector) as ONNX graphs
+  gguf     the decoder (Qwen3 or Qwen2) as a GGUF for llama.cpp, with the folder's tokenizer and chat template
+  engines  TensorRT engines built from the ONNX graphs, for this GPU
+
+example:
+  gamma-rt export onnx ~/models/music-flamingo-2601-hf --out mf
+  gamma-rt export gguf ~/models/music-flamingo-2601-hf --out mf --type f16
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,14 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GaMMA weight dtype (tiny: float32, else bfloat16)")
     p.set_defaults(func=cmd_init)
 
-    export = sub.add_parser("export", help="export a checkpoint into a bundle (ONNX graphs, GGUF)")
+    export = sub.add_parser("export", help="export a checkpoint into a bundle (ONNX graphs, GGUF, engines)",
+                            description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     export_sub = export.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
     onnx_export.register(export_sub)
     gguf_export.register(export_sub)
-    from . import engines
-
-    if hasattr(engines, "register_export_format"):  # `export engines`, where export/engines.py offers it
-        engines.register_export_format(export_sub)
+    engines.register_export_format(export_sub)
 
 
 def cmd_init(args) -> int:

@@ -25,7 +25,9 @@ import tempfile
 from pathlib import Path
 
 from gamma_rt.errors import GammaError
-from gamma_rt.manifest import Component, Manifest, TensorSpec, sha256_file
+from gamma_rt.components import component_key
+from gamma_rt.hashing import sha256_file
+from gamma_rt.manifest import Component, Manifest, TensorSpec
 
 from .families.gamma import graph_io  # noqa: F401  (GaMMA's graph I/O, used by engine_sources.py)
 
@@ -82,11 +84,6 @@ def _cmd_export_onnx(args) -> int:
     return 0
 
 
-def component_name(name: str, precision: str) -> str:
-    """Manifest key of a component at a precision: ``fusion`` (fp32) or ``fusion.fp16``."""
-    return name if precision == "fp32" else f"{name}.{precision}"
-
-
 def export_onnx(
     checkpoint_dir: str | Path,
     bundle_dir: str | Path,
@@ -111,7 +108,7 @@ def export_onnx(
     family.check()
     manifest = open_bundle(family, bundle)
     for graph in progress(graphs, description=f"onnx {precision}") if progress else graphs:
-        key = component_name(graph.name, precision)
+        key = component_key(graph.name, precision)
         component = _export_component(graph, bundle / f"{key}.onnx", precision, opset)
         manifest.add_file(bundle, key, component)
         manifest.write(bundle)  # after each graph, so an interrupted export leaves a truthful manifest

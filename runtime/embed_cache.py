@@ -16,12 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gamma_rt.manifest import MANIFEST_NAME
-
-
-def bundle_identity(bundle: str | Path) -> str:
-    """sha256 of the bundle's manifest.json: changes whenever any component file changes."""
-    return hashlib.sha256((Path(bundle) / MANIFEST_NAME).read_bytes()).hexdigest()
+from gamma_rt.bundle_id import bundle_identity
 
 
 class EmbeddingCache:

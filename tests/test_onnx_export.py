@@ -14,8 +14,10 @@ from gamma_rt.cli import main
 from gamma_rt.errors import BundleError
 from gamma_rt.export.checkpoint import Checkpoint, write_random_checkpoint
 from gamma_rt.export.config import GammaConfig
-from gamma_rt.export.onnx_export import component_name, export_onnx, graph_io
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest, sha256_file
+from gamma_rt.components import component_key as component_name
+from gamma_rt.export.onnx_export import export_onnx, graph_io
+from gamma_rt.hashing import sha256_file
+from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
 
 # ||out - ref|| / ||ref|| limits from the issue.
 REL_TOL = {"fp32": 1e-4, "fp16": 1e-2}
@@ -145,7 +147,7 @@ def test_manifest_records_hashes_shapes_and_precisions(both_precisions):
             assert (c.inputs, c.outputs) == graph_io(cfg, name)
     projector = manifest.component("projector")
     assert projector.outputs[0].shape == ["batch", cfg.tokens_per_window, cfg.llm.hidden_size]
-    assert manifest.audio["tokens_per_window"] == cfg.tokens_per_window
+    assert manifest.audio.tokens_per_window == cfg.tokens_per_window
 
 
 def test_second_precision_merges_without_touching_the_first(tiny_bundle_onnx, both_precisions):

@@ -15,7 +15,7 @@ from tag_fixtures import write_good
 import gamma_rt.runtime
 import gamma_rt.runtime.tagging
 from gamma_rt.cli import main
-from gamma_rt.runtime.embed_cache import bundle_identity
+from gamma_rt.bundle_id import bundle_identity
 from gamma_rt.runtime.options import RuntimeOptions
 from gamma_rt.runtime.tagging.file_tags import read_tags
 from gamma_rt.runtime.tagging.journal import Journal
@@ -105,7 +105,7 @@ def test_tag_modules_import_neither_torch_nor_transformers():
     ("bad_prompts", "mine.toml: prompt 'g'.schema.maxLength"),
     ("no_bundle", "bundle folder not found"),
     ("no_library", "library folder not found"),
-    ("dry_run_alone", "--dry-run only applies to --write-tags"),
+    ("bad_segment", "--segment 'middle:x': expected start:S, middle:S, end:S or OFFSET:S"),
 ])
 def test_user_mistakes_give_one_line_on_stderr_and_exit_2(tmp_path, capsys, case, message):
     bundle = _fake_bundle(tmp_path / "bundle")
@@ -119,7 +119,7 @@ def test_user_mistakes_give_one_line_on_stderr_and_exit_2(tmp_path, capsys, case
     elif case == "no_library":
         argv[1] = str(tmp_path / "nolib")
     else:
-        argv.append("--dry-run")
+        argv.append("--segment=middle:x")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err

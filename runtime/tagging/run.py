@@ -12,6 +12,9 @@ here (default ``OUT/embedding-cache``).
 
 SIGINT: no new track is started, the ones being answered finish and are journaled, the run exits 130.
 A second SIGINT interrupts at once (the journal is consistent either way).
+
+One run per results folder (run_lock.py). A dry run (``plan``) says what would be asked and why, and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from typing import Callable, Iterable, Iterator
 
 from gamma_rt.hashing import sha256_file
 
-from ..embed_cache import bundle_identity
+from gamma_rt.bundle_id import bundle_identity
 from ..options import RuntimeOptions
 from .journal import Journal
 from .library import Track, walk
 from .prompt_sets import PromptSet
 from .records import RecordFile, results_path
+from .run_lock import RunLock
+from .segment import Segment
 from .worker import TrackTagger, decode
 
 JOURNAL_NAME = "journal.sqlite"
@@ -53,6 +58,18 @@ class TagJob:
     engine: str = "local"  # local | ray
     retry_failed: bool = False
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # cache_dir None: OUT/embedding-cache
+    segment: Segment | None = None  # analyse only this span of each track (None: the whole track)
+    timeout_per_minute: float | None = None  # seconds per minute of audio analysed (None: no timeout)
+    wait: bool = False  # another run holds OUT: wait for it instead of exiting
+
+    @property
+    def key(self) -> str:
+        """The journal's prompt_set_hash of this job: the prompt set, and the segment when there is one."""
+        return job_key(self.prompt_set, self.segment)
+
+
+def job_key(prompt_set: PromptSet, segment: Segment | None) -> str:
+    return prompt_set.hash if segment is None else f"{prompt_set.hash}@{segment}"
 
 
 @dataclass
@@ -90,19 +107,34 @@ class Stop:
 
 
 def pending_tracks(journal: Journal, tracks: Iterable[Track], b_hash: str, ps_hash: str,
-                   retry_failed: bool) -> tuple[list[Track], int]:
-    """Tracks without a record for this bundle + prompt set; and how many already have one."""
+                   retry_failed: bool, refresh: bool = True) -> tuple[list[tuple[Track, str]], int]:
+    """Tracks without a record for this bundle + prompt set, each with why (journal.why_pending); and how
+    many already have one."""
     todo, done = [], 0
     for t in tracks:
-        if journal.is_done(t, b_hash, ps_hash, retry_failed=retry_failed):
+        reason = journal.why_pending(t, b_hash, ps_hash, retry_failed=retry_failed, refresh=refresh)
+        if reason is None:
             done += 1
         else:
-            todo.append(t)
+            todo.append((t, reason))
     return todo, done
 
 
+def plan(job: TagJob) -> tuple[list[tuple[Track, str]], int]:
+    """What a run of ``job`` would ask, and why; writes nothing. Returns (to do with reasons, done)."""
+    from gamma_rt.manifest import Manifest
+
+    Manifest.read(job.bundle)
+    journal_path = Path(job.out) / JOURNAL_NAME
+    tracks = walk(job.library)
+    if not journal_path.exists():
+        return [(t, "new") for t in tracks], 0
+    with Journal(journal_path) as journal:
+        return pending_tracks(journal, tracks, bundle_identity(job.bundle), job.key, job.retry_failed, refresh=False)
+
+
 def run_local(tracks: list[Track], make_tagger: Callable[[], TrackTagger], workers: int, prefetch: int,
-              stop: Stop) -> Iterator[dict]:
+              stop: Stop, segment: Segment | None = None) -> Iterator[dict]:
     """Records of ``tracks`` as they finish. ``workers`` pipelines, and up to ``workers + prefetch`` tracks
     decoded ahead on CPU threads."""
     taggers: Queue = Queue()
@@ -128,7 +160,7 @@ def run_local(tracks: list[Track], make_tagger: Callable[[], TrackTagger], worke
                     track = next(queue, None)
                     if track is None:
                         break
-                    in_flight.append(models.submit(answer, decoders.submit(decode, track)))
+                    in_flight.append(models.submit(answer, decoders.submit(decode, track, segment)))
                 if not in_flight:
                     return
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED, timeout=0.5)
@@ -145,9 +177,11 @@ def run_local(tracks: list[Track], make_tagger: Callable[[], TrackTagger], worke
 
 
 def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
-        on_start: Callable[[list[Track]], None] | None = None) -> TagSummary:
+        on_start: Callable[[list[Track]], None] | None = None,
+        on_wait: Callable[[str], None] | None = None) -> TagSummary:
     """One tagging run to the end (or to SIGINT). Returns the summary; the journal and the result file in
-    ``job.out`` hold the records."""
+    ``job.out`` hold the records. Raises ResultsBusy when another run holds ``job.out`` (unless
+    ``job.wait``: then ``on_wait`` hears why it waits)."""
     from gamma_rt.errors import GammaError
     from gamma_rt.manifest import Manifest
 
@@ -156,23 +190,26 @@ def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
         raise GammaError(f"{job.library}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    b_hash, ps = bundle_identity(job.bundle), job.prompt_set
+    b_hash, ps, key = bundle_identity(job.bundle), job.prompt_set, job.key
     options = job.runtime if job.runtime.cache_dir else job.runtime.replace(cache_dir=out / CACHE_NAME)
     summary = TagSummary(records_file=results_path(out, job.fmt))
     stop = Stop()
-    with Journal(out / JOURNAL_NAME) as journal:
+    with RunLock(out, job.wait, on_wait), Journal(out / JOURNAL_NAME) as journal:
         records = RecordFile(summary.records_file, job.fmt, [p.name for p in ps.prompts])
-        records.rebuild(journal.records(b_hash, ps.hash))  # repairs a file torn by a killed run
-        todo, summary.done_before = pending_tracks(journal, walk(job.library), b_hash, ps.hash, job.retry_failed)
+        records.rebuild(journal.records(b_hash, key))  # repairs a file torn by a killed run
+        pending, summary.done_before = pending_tracks(journal, walk(job.library), b_hash, key, job.retry_failed)
+        todo = [t for t, _ in pending]
         summary.todo = len(todo)
         if on_start:
             on_start(todo)
         if job.engine == "ray":
             from .ray_actors import run_ray
 
-            results = run_ray(todo, job.bundle, ps, options, job.workers, stop)
+            results = run_ray(todo, job.bundle, ps, options, job.workers, stop, job.segment, job.timeout_per_minute,
+                              key)
         else:
-            results = run_local(todo, lambda: TrackTagger(job.bundle, ps, options), job.workers, job.prefetch, stop)
+            results = run_local(todo, lambda: TrackTagger(job.bundle, ps, options, key, job.timeout_per_minute),
+                                job.workers, job.prefetch, stop, job.segment)
         restore = stop.install()
         try:
             for record in results:
@@ -185,8 +222,8 @@ def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
         finally:
             restore()
         summary.interrupted = bool(stop)
-        records.rebuild(journal.records(b_hash, ps.hash))
-        summary.library_counts = journal.counts(b_hash, ps.hash)
+        records.rebuild(journal.records(b_hash, key))
+        summary.library_counts = journal.counts(b_hash, key)
     return summary
 
 
@@ -200,8 +237,10 @@ def write_file_tags(job: TagJob, dry_run: bool, report: Callable[[str], None]) -
     b_hash, ps = bundle_identity(job.bundle), job.prompt_set
     tagged = [p for p in ps.prompts if p.tag]
     failures = 0
+    if not (Path(job.out) / JOURNAL_NAME).exists():
+        return 0
     with Journal(Path(job.out) / JOURNAL_NAME) as journal:
-        for record in journal.untagged(b_hash, ps.hash):
+        for record in journal.untagged(b_hash, job.key):
             values = {p.tag: p.tag_value(record["answers"].get(p.name)) for p in tagged}
             values = {k: v for k, v in values.items() if v is not None}
             try:

@@ -2,8 +2,12 @@
 
 Both halves run off the driver: :func:`decode` on CPU prefetch threads (local engine) or in a Ray actor,
 :class:`TrackTagger` wherever a pipeline lives. Neither touches the journal; the driver commits records.
-A user-level problem with one track (undecodable audio, an answer that does not parse) becomes a
-``status: failed`` record with its one-line error; anything else is a bug and propagates.
+A user-level problem with one track (undecodable audio, an answer that does not parse, a timeout) becomes
+a ``status: failed`` record with its one-line error; anything else is a bug and propagates.
+
+Two controls shape the work per track: a :class:`Segment` (only that span of the song is decoded and
+asked about) and ``timeout_per_minute`` (seconds allowed per minute of audio analysed, decode included;
+the audio is cut off at the next block once the time is up, and a late answer is not kept).
 """
 
 from __future__ import annotations
@@ -17,15 +21,23 @@ import numpy as np
 from gamma_rt.errors import GammaError
 from gamma_rt.hashing import sha256_file
 
-from ..embed_cache import bundle_identity
+from gamma_rt.bundle_id import bundle_identity
 from ..options import RuntimeOptions
 from .library import Track
 from .prompt_sets import PromptSet
 from .schema_grammar import parse_answer
+from .segment import Segment
 
 # Tracks longer than this are not decoded ahead of time: the pipeline streams them from disk instead,
 # so a 3-hour file never sits whole in the prefetch queue. 20 min at 16 kHz float32 is 77 MB.
 PREFETCH_MAX_SECONDS = 20 * 60
+# A track shorter than this is allowed the timeout of this many minutes (loading and answering cost a
+# fixed time whatever the length).
+TIMEOUT_FLOOR_MINUTES = 1.0
+
+
+class TrackTimeout(GammaError):
+    """A track took longer than its timeout (``--timeout-per-minute``)."""
 
 
 @dataclass
@@ -35,28 +47,44 @@ class Decoded:
 
     track: Track
     content_sha256: str
-    duration_s: float | None
+    duration_s: float | None  # the whole track's
     audio: np.ndarray | None
     error: str | None
     decode_s: float
+    span: tuple[float, float] | None = None  # (start s, seconds) analysed, when a segment was asked for
+
+    @property
+    def analysed_s(self) -> float | None:
+        return self.span[1] if self.span else self.duration_s
 
 
-def decode(track: Track) -> Decoded:
-    """Hash and decode one track (16 kHz mono float32); a bad file gives ``error``, not an exception."""
+def decode(track: Track, segment: Segment | None = None) -> Decoded:
+    """Hash and decode one track (16 kHz mono float32), only ``segment`` of it when given; a bad file
+    gives ``error``, not an exception."""
     from ..audio import open_audio
 
     t0 = time.perf_counter()
     digest = sha256_file(track.path)
+    span = None
     try:
-        stream = open_audio(track.path)
-        duration = float(stream.info.duration_s)
-        audio = np.concatenate([np.asarray(b, np.float32).reshape(-1) for b in stream]) \
-            if duration <= PREFETCH_MAX_SECONDS else None
+        with open_audio(track.path) as stream:
+            duration = float(stream.info.duration_s)
+            if segment is not None:
+                span = segment.span(duration)
+                stream = stream.clip(*span)
+            audio = np.concatenate([np.asarray(b, np.float32).reshape(-1) for b in stream]) \
+                if stream.info.duration_s <= PREFETCH_MAX_SECONDS else None
         if audio is not None and audio.size == 0:
             raise GammaError(f"{track.path}: no audio samples")
     except GammaError as e:
-        return Decoded(track, digest, None, None, f"{type(e).__name__}: {e}", time.perf_counter() - t0)
-    return Decoded(track, digest, duration, audio, None, time.perf_counter() - t0)
+        return Decoded(track, digest, None, None, f"{type(e).__name__}: {e}", time.perf_counter() - t0, span)
+    return Decoded(track, digest, duration, audio, None, time.perf_counter() - t0, span)
+
+
+def timeout_for(analysed_s: float | None, per_minute: float) -> float:
+    """Seconds one track may take: ``per_minute`` per minute of audio analysed, at least one minute's."""
+    minutes = max(TIMEOUT_FLOOR_MINUTES, (analysed_s or 0.0) / 60)
+    return per_minute * minutes
 
 
 class TrackTagger:
@@ -64,11 +92,14 @@ class TrackTagger:
     the pipeline runs (backend, precision, threads, GPU layers, embedding cache); the default runs on all
     cores with no cache."""
 
-    def __init__(self, bundle: str | Path, prompt_set: PromptSet, options: RuntimeOptions | None = None):
+    def __init__(self, bundle: str | Path, prompt_set: PromptSet, options: RuntimeOptions | None = None,
+                 job_key: str | None = None, timeout_per_minute: float | None = None):
         from ..pipeline import Pipeline
         from ..sampling import Sampling
 
         self.prompt_set = prompt_set
+        self.job_key = job_key or prompt_set.hash  # the journal's prompt_set_hash: prompt set (+ segment)
+        self.timeout_per_minute = timeout_per_minute
         self.options = options or RuntimeOptions()
         self.bundle_hash = bundle_identity(bundle)
         self.pipeline = Pipeline.open(bundle, self.options)
@@ -81,13 +112,15 @@ class TrackTagger:
             "path": item.track.path, "size": item.track.size, "mtime_ns": item.track.mtime_ns,
             "content_sha256": item.content_sha256, "duration_s": item.duration_s, "status": "failed",
             "error": item.error, "answers": {}, "timings": {"decode_s": round(item.decode_s, 4)},
-            "bundle_hash": self.bundle_hash, "prompt_set_hash": self.prompt_set.hash,
+            "bundle_hash": self.bundle_hash, "prompt_set_hash": self.job_key,
+            "segment": None if item.span is None else {"start_s": round(item.span[0], 3),
+                                                       "seconds": round(item.span[1], 3)},
         }
         if item.error:
             return record
         t0 = time.perf_counter()
         try:
-            texts, info = self._ask(item)
+            texts, info = self._ask(item, t0)
             record["answers"] = {p.name: parse_answer(t, p.schema, p.name)
                                  for p, t in zip(self.prompt_set.prompts, texts)}
         except GammaError as e:
@@ -97,14 +130,49 @@ class TrackTagger:
         record.update(status="ok", error=None)
         return record
 
-    def _ask(self, item: Decoded) -> tuple[list[str], dict]:
+    def _audio(self, item: Decoded, t0: float):
+        """The audio to ask about, as a stream that stops at the track's deadline when there is one."""
+        from ..audio import AudioStream, open_audio
+
+        if item.audio is not None:
+            stream = AudioStream.from_array(item.audio, name=item.track.path)
+        else:
+            stream = open_audio(item.track.path)
+            if item.span is not None:
+                stream = stream.clip(*item.span)
+        if self.timeout_per_minute is None:
+            return stream
+        limit = timeout_for(item.analysed_s, self.timeout_per_minute)
+        if item.decode_s > limit:
+            raise TrackTimeout(self._late(item, item.decode_s, limit))
+        return stream.until(t0 + limit - item.decode_s, self._late(item, None, limit))
+
+    def _late(self, item: Decoded, took: float | None, limit: float) -> str:
+        took_text = "more than" if took is None else f"{took:.1f} s >"
+        minutes = (item.analysed_s or 0) / 60
+        return (f"{item.track.path}: timed out ({took_text} {limit:.1f} s allowed: {self.timeout_per_minute:g} s "
+                f"per minute of {minutes:.1f} min analysed)")
+
+    def _ask(self, item: Decoded, t0: float) -> tuple[list[str], dict]:
         """All prompts about one track: one encode, one audio prefill, the questions decoded together."""
-        audio = item.audio if item.audio is not None else item.track.path
+        from ..audio import AudioTimeout
+
+        audio = self._audio(item, t0)
         prompts = self.prompt_set.prompts
         cache = self.pipeline.cache
         hits = cache.hits if cache is not None else 0
-        answers = self.pipeline.ask(audio, [p.question for p in prompts], sampling=self.samplings,
-                                    max_tokens=[p.max_tokens for p in prompts])
+        try:
+            answers = self.pipeline.ask(audio, [p.question for p in prompts], sampling=self.samplings,
+                                        max_tokens=[p.max_tokens for p in prompts])
+        except AudioTimeout as e:
+            raise TrackTimeout(str(e)) from None
+        finally:
+            audio.close()
+        if self.timeout_per_minute is not None:  # the answers' decode cannot be cut short: judge it after
+            took = item.decode_s + time.perf_counter() - t0
+            limit = timeout_for(item.analysed_s, self.timeout_per_minute)
+            if took > limit:
+                raise TrackTimeout(self._late(item, took, limit))
         # per-stage ms of this ask (front end, encoders, prefill, question, decode) and the windows whose
         # embeddings came from the cache, so a re-run with a new prompt set shows it skipped the encoders
         info = {f"{stage}_ms": round(ms, 2) for stage, ms, _ in self.pipeline.times.rows()}
