@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..options import add_runtime_options
 from .records import FORMATS
+from .segment import Segment
 
 DESCRIPTION = """\
 Ask a prompt set (genre, mood, instruments, tempo, key, vocals, structure, caption by default) about every
@@ -23,9 +24,17 @@ does only the rest. A new prompt set re-asks every track but reuses the cached a
 (RESULTS/embedding-cache). A file that cannot be decoded gets a 'failed' record and the run goes on; the
 exit code is 1 if any track failed.
 
+Formats: whatever libsndfile reads (WAV, FLAC, Ogg, MP3, AIFF) and, through FFmpeg, M4A/MP4 (AAC, ALAC),
+Opus, WebM, WMA, WavPack, APE and the audio of MP4 videos.
+
   gamma-rt tag ~/Music --bundle bundle --out tags/
   gamma-rt tag ~/Music --bundle bundle --out tags/ --prompts my_prompts.toml --format csv
-  gamma-rt tag ~/Music --bundle bundle --out tags/ --write-tags --dry-run    # show the tag diff only
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --dry-run               # what would be asked, and why
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --count-only            # just the counts
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --segment middle:60     # one minute from each track
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --timeout-per-minute 30 # 30 s per minute of audio
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --workers 2             # two model instances
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --write-tags --dry-run   # the tag diff of the records
 """
 
 
@@ -45,9 +54,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: actors on a Ray cluster (set RAY_ADDRESS to join one)")
     p.add_argument("--retry-failed", action="store_true", help="ask again about tracks whose record failed")
+    p.add_argument("--segment", metavar="WHERE:SECONDS",
+                   help="analyse only this span of each track: start:S, middle:S, end:S or OFFSET:S "
+                   "(e.g. middle:60); a shorter track is analysed whole; records of another segment are not reused")
+    p.add_argument("--timeout-per-minute", type=float, metavar="S",
+                   help="give each track S seconds per minute of audio analysed (at least one minute's worth); "
+                   "a track past it gets a failed record saying so and the run goes on")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run holds RESULTS, wait for it to finish instead of exiting")
     p.add_argument("--write-tags", action="store_true",
                    help="write genre, mood and caption into the files' own tags (verified copy, atomic swap)")
-    p.add_argument("--dry-run", action="store_true", help="with --write-tags: print the tag diff, change nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="ask nothing, change nothing: list each track that would be asked and why (new, changed, "
+                   "failed, other bundle, other prompt set); with --write-tags also the tag diff of the records")
+    p.add_argument("--count-only", action="store_true",
+                   help="print how many tracks are done and how many would be asked (by reason), then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_runtime_options(p, cache_help="audio-embedding cache folder (default RESULTS/embedding-cache); "
                         "a new prompt set reuses it, so songs are encoded once")
@@ -58,22 +79,49 @@ def cmd_tag(args) -> int:
     from gamma_rt.errors import GammaError
 
     from ..options import RuntimeOptions
-    from .progress import TagProgress
     from .prompt_sets import PromptSet
-    from .run import TagJob, run, write_file_tags
+    from .run import TagJob
 
-    if args.dry_run and not args.write_tags:
-        raise GammaError("--dry-run only applies to --write-tags")
     if args.workers < 1 or args.prefetch < 0:
         raise GammaError("--workers must be at least 1 and --prefetch at least 0")
+    if args.timeout_per_minute is not None and args.timeout_per_minute <= 0:
+        raise GammaError(f"--timeout-per-minute must be positive, got {args.timeout_per_minute}")
     runtime = RuntimeOptions.from_args(args)
     prompt_set = PromptSet.load(args.prompts) if args.prompts else PromptSet.default()
     job = TagJob(library=args.library, bundle=args.bundle, out=args.out, prompt_set=prompt_set, fmt=args.format,
                  workers=args.workers, prefetch=args.prefetch, engine=args.engine, retry_failed=args.retry_failed,
-                 runtime=runtime)
+                 runtime=runtime,
+                 segment=Segment.parse(args.segment) if args.segment else None, timeout_per_minute=args.timeout_per_minute, wait=args.wait)
+    if args.dry_run or args.count_only:
+        return _report_plan(job, args)
+    return _run(job, args)
+
+
+def _report_plan(job, args) -> int:
+    """--dry-run / --count-only: what a run would ask and why, on stdout; nothing is asked or written."""
+    from collections import Counter
+
+    from .run import plan, write_file_tags
+
+    todo, done = plan(job)
+    if not args.count_only:
+        for track, reason in todo:
+            print(f"would ask ({reason}): {track.path}")
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(Counter(why for _, why in todo).items()))
+    print(f"{len(todo) + done} tracks: {done} done, {len(todo)} to ask" + (f" ({reasons})" if reasons else ""))
+    if args.write_tags and not args.count_only:
+        write_file_tags(job, True, print)
+    return 0
+
+
+def _run(job, args) -> int:
+    from .progress import TagProgress
+    from .run import run, write_file_tags
+
     progress = TagProgress(enabled=False if args.quiet else None)
     try:
-        summary = run(job, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)))
+        summary = run(job, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)),
+                      on_wait=lambda line: print(f"gamma-rt: {line}", file=sys.stderr))
     finally:
         progress.close()
     counts = summary.library_counts
@@ -86,5 +134,5 @@ def cmd_tag(args) -> int:
         return 130
     tag_failures = 0
     if args.write_tags:
-        tag_failures = write_file_tags(job, args.dry_run, lambda line: print(line))
+        tag_failures = write_file_tags(job, False, lambda line: print(line))
     return 1 if counts["failed"] or tag_failures else 0

@@ -62,22 +62,41 @@ class Journal:
 
         Same size and mtime: done. Otherwise the content hash decides (a touched but unchanged file stays
         done, and its row learns the new size/mtime)."""
+        return self.why_pending(track, bundle_hash, prompt_set_hash, retry_failed, content_sha256) is None
+
+    def why_pending(self, track: Track, bundle_hash: str, prompt_set_hash: str, retry_failed: bool = False,
+                    content_sha256: Callable[[], str] | None = None, refresh: bool = True) -> str | None:
+        """None when ``track`` has its record for this bundle and prompt set, else why it is to be asked:
+        new | changed | failed | other bundle | other prompt set. ``refresh=False`` writes nothing (a touched
+        but unchanged file keeps its old size/mtime in the journal: a dry run)."""
         row = self.db.execute(
             "SELECT size, mtime_ns, content_sha256, status FROM tracks "
             "WHERE path=? AND bundle_hash=? AND prompt_set_hash=?", (track.path, bundle_hash, prompt_set_hash),
         ).fetchone()
-        if row is None or (retry_failed and row[3] == "failed"):
-            return False
+        if row is None:
+            bundles = {b for (b,) in self.db.execute("SELECT bundle_hash FROM tracks WHERE path=?", (track.path,))}
+            if not bundles:
+                return "new"
+            return "other prompt set" if bundle_hash in bundles else "other bundle"
+        if retry_failed and row[3] == "failed":
+            return "failed"
         if (row[0], row[1]) == (track.size, track.mtime_ns):
-            return True
+            return None
         digest = (content_sha256 or track.content_sha256)()
         if digest != row[2]:
-            return False
-        self.db.execute(
-            "UPDATE tracks SET size=?, mtime_ns=? WHERE path=? AND bundle_hash=? AND prompt_set_hash=?",
-            (track.size, track.mtime_ns, track.path, bundle_hash, prompt_set_hash),
-        )
-        return True
+            return "changed"
+        if refresh:
+            self.db.execute(
+                "UPDATE tracks SET size=?, mtime_ns=? WHERE path=? AND bundle_hash=? AND prompt_set_hash=?",
+                (track.size, track.mtime_ns, track.path, bundle_hash, prompt_set_hash),
+            )
+        return None
+
+    def record(self, path: str, bundle_hash: str, prompt_set_hash: str) -> dict | None:
+        """The record of one track for this bundle and prompt set, or None."""
+        row = self.db.execute("SELECT record FROM tracks WHERE path=? AND bundle_hash=? AND prompt_set_hash=?",
+                              (path, bundle_hash, prompt_set_hash)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def commit(self, record: dict) -> bool:
         """Store one finished track's record atomically; replaces an older record of the same key.

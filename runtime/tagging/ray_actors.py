@@ -30,16 +30,17 @@ def _actor_class():
     class TagActor:
         """One model instance. Holds a TrackTagger for the whole run (the model loads once per actor)."""
 
-        def __init__(self, bundle: str, prompt_set: PromptSet, options: dict):
+        def __init__(self, bundle: str, prompt_set: PromptSet, options: dict, segment, timeout_per_minute, key):
             from gamma_rt.runtime.options import RuntimeOptions
             from gamma_rt.runtime.tagging.worker import TrackTagger
 
-            self.tagger = TrackTagger(bundle, prompt_set, RuntimeOptions.from_dict(options))
+            self.segment = segment
+            self.tagger = TrackTagger(bundle, prompt_set, RuntimeOptions.from_dict(options), key, timeout_per_minute)
 
         def tag(self, track: Track) -> dict:
             from gamma_rt.runtime.tagging.worker import decode
 
-            record = self.tagger.tag(decode(track))
+            record = self.tagger.tag(decode(track, self.segment))
             record["timings"]["worker"] = f"{os.uname().nodename}:{os.getpid()}"
             return record
 
@@ -47,9 +48,10 @@ def _actor_class():
 
 
 def run_ray(tracks: list[Track], bundle: Path, prompt_set: PromptSet, options: RuntimeOptions, workers: int,
-            stop) -> Iterator[dict]:
+            stop, segment=None, timeout_per_minute: float | None = None, key: str | None = None) -> Iterator[dict]:
     """Records of ``tracks`` from ``workers`` Ray actors, as they finish. Joins the cluster named by
-    RAY_ADDRESS, or starts a local Ray instance."""
+    RAY_ADDRESS, or starts a local Ray instance. ``segment``, ``timeout_per_minute`` and the journal
+    ``key`` are those of the TagJob."""
     try:
         import ray
     except ModuleNotFoundError:
@@ -64,7 +66,8 @@ def run_ray(tracks: list[Track], bundle: Path, prompt_set: PromptSet, options: R
     actor = _actor_class().options(num_gpus=1) if gpu else _actor_class().options(num_cpus=1)
     if options.cache_dir is not None:
         options = options.replace(cache_dir=options.cache_dir.resolve())
-    actors = [actor.remote(str(Path(bundle).resolve()), prompt_set, options.to_dict())
+    actors = [actor.remote(str(Path(bundle).resolve()), prompt_set, options.to_dict(), segment, timeout_per_minute,
+                           key)
               for _ in range(min(workers, len(tracks)))]
     queue = iter(tracks)
     owner: dict = {}  # ObjectRef -> actor index
