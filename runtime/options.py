@@ -35,8 +35,9 @@ class RuntimeOptions:
     cache_dir: Path | None = None
     # encode window k+1 on a worker thread while window k is prefilled
     overlap: bool = True
-    # the manifest's GGUF component: "decoder" (F32), "decoder.f16", "decoder.q4_k_m", ...
-    decoder: str = "decoder"
+    # the manifest's GGUF component: "decoder" (F32), "decoder.f16", "decoder.q4_k_m", ...; "auto" takes the
+    # most faithful one the bundle has (F32, then F16, BF16, Q8_0, ... down to the smallest k-quant)
+    decoder: str = "auto"
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -78,8 +79,9 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
                    help="audio-side backend (default auto: the best available, and -v says which)")
     g.add_argument("--precision", default="auto", choices=PRECISION_NAMES,
                    help="audio graphs to run (default auto: fp16 on a GPU when the bundle has them, else fp32)")
-    g.add_argument("--decoder", default="decoder", metavar="COMPONENT",
-                   help="GGUF component of the manifest: decoder (F32, default), decoder.f16, decoder.q4_k_m, ...")
+    g.add_argument("--decoder", default="auto", metavar="COMPONENT",
+                   help="GGUF component of the manifest: decoder (F32), decoder.f16, decoder.q4_k_m, ... (default "
+                   "auto: the most faithful one the bundle has; -v says which)")
     g.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for the decoder and ONNX Runtime (default: all cores; 1 on a busy machine)")
     g.add_argument("--gpu-layers", type=int, default=None, metavar="N",

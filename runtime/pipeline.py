@@ -91,6 +91,8 @@ class Pipeline:
         bundle = Path(bundle)
         options = (options or RuntimeOptions()).replace(**overrides) if overrides else (options or RuntimeOptions())
         manifest = Manifest.load(bundle, verify=verify)
+        if options.decoder == "auto":
+            options = options.replace(decoder=best_decoder(manifest, bundle))
         gguf = manifest.component(options.decoder)
         if gguf.kind != "gguf":
             raise BundleError(f"{bundle / MANIFEST_NAME}: components.{options.decoder}.kind is {gguf.kind!r}, "
@@ -288,6 +290,24 @@ class Conversation:
 
     def ask(self, question: str, sampling: Sampling | None = None, max_tokens: int = 256) -> str:
         return "".join(self.say(question, sampling, max_tokens))
+
+
+# GGUF weight types from the most faithful to the smallest: "auto" takes the first one a bundle has
+DECODER_ORDER = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0",
+                 "q3_k_m", "q3_k_s", "q2_k")
+
+
+def best_decoder(manifest: Manifest, bundle: Path) -> str:
+    """The manifest key of the bundle's most faithful GGUF decoder."""
+    ggufs = [name for name, c in manifest.components.items() if c.kind == "gguf"]
+    if not ggufs:
+        raise BundleError(f"{bundle / MANIFEST_NAME}: no GGUF decoder in components; run `gamma-rt export gguf`")
+
+    def rank(name: str) -> int:
+        kind = "f32" if name == "decoder" else name.split(".", 1)[-1]
+        return DECODER_ORDER.index(kind) if kind in DECODER_ORDER else len(DECODER_ORDER)
+
+    return min(ggufs, key=lambda name: (rank(name), name))
 
 
 def _per_question(value, n: int, name: str) -> list:

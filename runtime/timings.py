@@ -59,9 +59,11 @@ class StageTimes:
 
     def rows(self) -> list[tuple[str, float, int]]:
         """(stage, ms, calls) in display order, stages that never ran left out."""
-        known = [s for s in STAGES if s in self.ms]
-        extra = sorted(s for s in self.ms if s not in STAGES)
-        return [(s, self.ms[s], self.calls[s]) for s in known + extra]
+        # stages STAGES does not name are a bundle's own audio graphs (``encoder``...): they go where the
+        # audio side goes, after the front end, in the order they first ran
+        graphs = [s for s in self.ms if s not in STAGES]
+        order = [*STAGES[:2], *graphs, *STAGES[2:]]
+        return [(s, self.ms[s], self.calls[s]) for s in order if s in self.ms]
 
     def to_dict(self) -> dict:
         return {s: {"ms": round(ms, 3), "calls": n} for s, ms, n in self.rows()}
