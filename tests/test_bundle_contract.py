@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gamma_rt.errors import BundleError
-from gamma_rt.manifest import GAMMA_CHAIN, AudioSection, Manifest
+from gamma_rt.manifest import GAMMA_CHAIN, AudioSection, Component, Manifest
 from gamma_rt.runtime.prompt import TemplatePrompt, prompt_from_manifest
 from gamma_rt.runtime.windows import Window
 
@@ -182,3 +182,29 @@ def test_the_public_runtime_api_imports_from_the_package():
     assert set(runtime.__all__) == {"Pipeline", "Answer", "Conversation", "Sampling", "RuntimeOptions", "open_audio"}
     assert Pipeline.open and Conversation.say and Answer and Sampling and open_audio
     assert RuntimeOptions(threads=2).replace(gpu_layers=0) == RuntimeOptions(threads=2, gpu_layers=0)
+
+
+# --- which decoder runs --------------------------------------------------------------------------------
+
+def _gguf(file: str) -> dict:
+    return {"kind": "gguf", "file": file, "sha256": "", "bytes": 0, "precision": ""}
+
+
+@pytest.mark.parametrize("names,expected", [
+    (["decoder.q4_k_m", "decoder.f16"], "decoder.f16"),
+    (["decoder.q4_k_m", "decoder", "decoder.q8_0"], "decoder"),
+    (["decoder.q4_k_m", "decoder.q8_0"], "decoder.q8_0"),
+    (["decoder.q4_k_m"], "decoder.q4_k_m"),
+])
+def test_auto_decoder_is_the_most_faithful_the_bundle_has(names, expected, tmp_path):
+    from gamma_rt.runtime.pipeline import best_decoder
+
+    m = Manifest(audio={}, prompt={}, components={n: Component.from_dict(_gguf(f"{n}.gguf"), n) for n in names})
+    assert best_decoder(m, tmp_path) == expected
+
+
+def test_a_bundle_without_a_decoder_says_to_export_one(tmp_path):
+    from gamma_rt.runtime.pipeline import best_decoder
+
+    with pytest.raises(BundleError, match="no GGUF decoder.*gamma-rt export gguf"):
+        best_decoder(Manifest(audio={}, prompt={}), tmp_path)
