@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "gamma_rt.quant.commands",
     "gamma_rt.runtime.commands",
     "gamma_rt.runtime.tagging.commands",
+    "gamma_rt.runtime.serve.commands",
     "gamma_rt.bench.commands",
     "gamma_rt.export.engines",
     "gamma_rt.plan",
@@ -27,6 +28,8 @@ EXTRA_OF_MODULE = {
     "torch": "export", "transformers": "export", "safetensors": "export", "tokenizers": "export", "onnx": "export",
     "onnxscript": "export", "gguf": "export", "matplotlib": "bench", "mutagen": "tag", "yaml": "tag", "ray": "ray",
     "tensorrt": "gpu", "cuda": "gpu",
+    "fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "prometheus_client": "serve", "openai": "serve",
+    "httpx": "serve",
 }
 
 DESCRIPTION = """\
@@ -48,7 +51,7 @@ Typical flow:
 # numpy 2.5, torch cu130): numpy alone first, loading a model segfaults inside libggml-cuda; llama_cpp first,
 # importing onnxruntime segfaults; onnxruntime first (numpy comes with it), then llama_cpp, `gamma-rt ask`
 # runs. torch shares a process with that CUDA build in neither order, so export commands never load llama.cpp.
-DECODER_COMMANDS = {"ask", "chat", "tag", "bench"}
+DECODER_COMMANDS = {"ask", "chat", "tag", "bench", "serve"}
 
 
 def load_native_libraries_first(argv: list[str]) -> None:

@@ -312,6 +312,31 @@ class DecoderSession:
         if chain is not None:
             llama_cpp.llama_sampler_free(chain)
 
+    def sampler(self, sampling: Sampling):
+        """A sampler for one sequence's answer, to pass to :meth:`step`; None stands for plain greedy.
+        Free it with :meth:`free_sampler` when the answer is done."""
+        return self._chain(sampling)
+
+    free_sampler = _free
+
+    def step(self, items: list[tuple[int, int]], samplers: list) -> list[int]:
+        """One decode step over several sequences in one llama_decode batch: append token ``t`` to sequence
+        ``s`` for each ``(s, t)`` in ``items`` (one item per sequence), then draw each sequence's next token
+        with its own sampler (``samplers[i]`` for ``items[i]``). Returns the drawn token ids, in order.
+
+        A server steps its running answers with this, one token each, and can add or drop sequences between
+        steps; a sequence's first step passes the last token of its prompt."""
+        if len(items) != len(samplers):
+            raise ValueError(f"{len(items)} items but {len(samplers)} samplers")
+        if len(items) > self.n_batch:
+            raise ValueError(f"{len(items)} sequences exceed n_batch {self.n_batch}")
+        if len({seq for seq, _ in items}) != len(items):
+            raise ValueError("step takes one item per sequence")
+        for seq, _ in items:
+            self._check_seq(seq)
+        self._run(self._token_batch, items, last_logits=False, logits_for=range(len(items)))
+        return [self._sample(chain, i) for i, chain in enumerate(samplers)]
+
     def generate(
         self, sampling: Sampling, max_tokens: int, stop: list[str] | tuple[str, ...] = (), seq_id: int = 0
     ) -> Iterator[str]:

@@ -1,0 +1,12 @@
+"""runtime/serve/: ``gamma-rt serve``, an OpenAI-compatible HTTP server on top of the runtime.
+
+- ``protocol.py``: the chat-completions request read and checked, the response objects (no model, no web);
+- ``scheduler.py``: the one thread that owns the decoder and steps every running answer together;
+- ``listen.py``: the audio side of a request (decode, encode, cache) on its own thread;
+- ``metrics.py``: the Prometheus counters and histograms;
+- ``app.py``: the ASGI app (FastAPI on uvicorn) and its endpoints;
+- ``commands.py``: the ``gamma-rt serve`` command.
+
+Only ``app.py`` and ``metrics.py`` need the ``serve`` extra (FastAPI, uvicorn, prometheus-client), and they
+are imported when the server starts, so ``import gamma_rt.runtime.serve`` works on a light install.
+"""
