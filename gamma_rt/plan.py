@@ -2,9 +2,10 @@
 
 Memory of one running pipeline, in bytes, summed from four parts:
 
-- audio side: weights of both experts, fusion and projector at the engine precision, plus the
-  activations of one 30 s window (attention scores of one expert layer, a few hidden-state copies and the
-  FFN intermediate, for both experts at once, since they run concurrently);
+- audio side: weights of every graph in the bundle's audio chain (``manifest.audio.chain``: GaMMA's two
+  experts, fusion and projector; a flamingo's encoder and projector) at the engine precision, plus the
+  activations of one 30 s window (attention scores of one encoder layer, a few hidden-state copies and the
+  FFN intermediate) for every encoder at once, since the encoders that read the mel run concurrently;
 - decoder weights: the GGUF's size for each type (measured when the bundle holds that type, otherwise
   scaled from one it holds by bits per weight);
 - KV cache: 2 (K and V) x layers x context x KV heads x head_dim x 2 bytes (f16), for the context the
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+from gamma_rt.manifest import Manifest
 
 GB = 1e9
 RUNTIME_OVERHEAD = 1.0 * GB
@@ -78,48 +79,77 @@ def device_named(text: str) -> Device:
 class ModelSizes:
     """What the budget needs to know about a model, from a manifest or a preset config."""
 
-    audio_params: float  # all four audio components
-    enc_tokens: int  # expert output tokens per window (1500)
-    d_audio: int
+    audio_params: float  # every graph of the audio chain
+    enc_tokens: int  # positions an encoder attends over per window (1500)
+    d_audio: int  # an encoder's hidden width
+    n_encoders: int  # encoders run at once per window (the chain's graphs that read the mel)
     tokens_per_second: float  # LLM audio tokens per second of audio (25)
     n_layer: int
     n_kv_heads: int
     head_dim: int
     n_vocab: int
     gguf_bytes: dict[str, float]  # type -> file bytes, measured or scaled
+    max_seconds: float | None = None  # audio past it is cut (manifest.audio.max_seconds), so needs no context
 
 
 def sizes_from_bundle(bundle: str | Path) -> ModelSizes:
-    from gamma_rt.runtime.gguf_check import check_gguf
-
+    """Sizes from the manifest's audio chain and the GGUF header; nothing is assumed about the model family."""
     bundle = Path(bundle)
     m = Manifest.read(bundle)
     audio_bytes = 0.0
-    for name in AUDIO_COMPONENTS:
+    for name in m.audio.components:
         c = m.component(name)
         if c.precision != "fp32":
             raise BundleError(f"{bundle / 'manifest.json'}: components.{name}.precision is {c.precision}, expected fp32")
         audio_bytes += c.bytes + sum((bundle / e).stat().st_size for e in c.external_data if (bundle / e).is_file())
-    hidden = m.component("temporal_encoder").outputs[0].shape
+    enc_tokens, d_audio, n_encoders = encoder_shape(m, bundle)
+    decoder = decoder_shape(m, bundle)
+    audio = m.audio
+    return ModelSizes(
+        audio_params=audio_bytes / 4, enc_tokens=enc_tokens, d_audio=d_audio, n_encoders=n_encoders,
+        tokens_per_second=audio.tokens_per_window / audio.window_seconds, max_seconds=audio.max_seconds, **decoder,
+    )
+
+
+def encoder_shape(m: Manifest, bundle: Path) -> tuple[int, int, int]:
+    """(positions attended per window, hidden width, how many) of the chain's encoders: the graphs that read
+    the mel. The positions are the exporter's ``encoder_tokens_per_window`` where it recorded them (an
+    encoder that pools inside its graph puts out fewer tokens than it attends over), else the output's."""
+    encoders = [s.component for s in m.audio.chain if "mel" in s.inputs.values()]
+    if not encoders:
+        raise BundleError(f"{bundle / 'manifest.json'}: field audio.chain has no graph that reads the mel")
+    shapes = [m.component(name).outputs[0].shape for name in encoders]
+    recorded = m.audio.recorded.get("encoder_tokens_per_window")
+    tokens = int(recorded) if isinstance(recorded, int) else max(int(s[1]) for s in shapes)
+    return tokens, max(int(s[-1]) for s in shapes), len(encoders)
+
+
+def decoder_shape(m: Manifest, bundle: Path) -> dict:
+    """Layers, KV heads, head width and vocabulary from the GGUF header under its own architecture
+    (``general.architecture``, else the manifest's ``llm.arch``), and every GGUF type's size: measured where
+    the bundle holds it, else scaled from one it holds by bits per weight."""
+    from gamma_rt.runtime.gguf_check import check_gguf
+
     decoders = {c.precision.lower(): (name, c) for name, c in m.components.items() if c.kind == "gguf"}
     if not decoders:
         raise BundleError(f"{bundle / 'manifest.json'}: no GGUF decoder component; run `gamma-rt export gguf`")
-    known_type, (name, c) = next(iter(decoders.items()))
+    known_type, (_, c) = next(iter(decoders.items()))
     meta = check_gguf(bundle / c.file).metadata
-    arch = meta.get("general.architecture", "qwen3")
-    measured = {t: float(comp.bytes) for t, (_, comp) in decoders.items()}
+    arch = meta.get("general.architecture", m.llm.arch)
     bits = GGUF_BITS.get(known_type)
     if bits is None:
         raise BundleError(f"{bundle / c.file}: GGUF type {known_type!r} not in the plan's table ({', '.join(GGUF_BITS)})")
-    gguf = {t: measured.get(t, measured[known_type] * b / bits) for t, b in GGUF_BITS.items()}
-    audio = m.audio
-    return ModelSizes(
-        audio_params=audio_bytes / 4, enc_tokens=int(hidden[1]), d_audio=int(hidden[2]),
-        tokens_per_second=audio.tokens_per_window / audio.window_seconds,
-        n_layer=int(meta[f"{arch}.block_count"]), n_kv_heads=int(meta[f"{arch}.attention.head_count_kv"]),
-        head_dim=int(meta.get(f"{arch}.attention.key_length", m.llm.n_embd // meta[f"{arch}.attention.head_count"])),
-        n_vocab=int(m.llm.n_vocab), gguf_bytes=gguf,
-    )
+    key = f"{arch}.block_count"
+    if key not in meta:
+        raise BundleError(f"{bundle / c.file}: GGUF field {key} missing (architecture {arch!r})")
+    measured = {t: float(comp.bytes) for t, (_, comp) in decoders.items()}
+    heads = int(meta[f"{arch}.attention.head_count"])
+    return {
+        "n_layer": int(meta[key]), "n_kv_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": int(meta.get(f"{arch}.attention.key_length", m.llm.n_embd // heads)),
+        "n_vocab": int(m.llm.n_vocab),
+        "gguf_bytes": {t: measured.get(t, measured[known_type] * b / bits) for t, b in GGUF_BITS.items()},
+    }
 
 
 def sizes_from_preset(name: str) -> ModelSizes:
@@ -140,13 +170,15 @@ def sizes_from_preset(name: str) -> ModelSizes:
     llm_params = llm.num_hidden_layers * layer + llm.vocab_size * llm.hidden_size * (1 if llm.tie_word_embeddings else 2)
     return ModelSizes(
         audio_params=expert(t) + expert(cfg.global_) + fusion + projector, enc_tokens=cfg.encoder_tokens_per_window,
-        d_audio=d, tokens_per_second=cfg.audio_tokens_per_second, n_layer=llm.num_hidden_layers,
+        d_audio=d, n_encoders=2, tokens_per_second=cfg.audio_tokens_per_second, n_layer=llm.num_hidden_layers,
         n_kv_heads=llm.num_key_value_heads, head_dim=llm.head_dim, n_vocab=llm.vocab_size,
         gguf_bytes={k: llm_params * b / 8 for k, b in GGUF_BITS.items()},
     )
 
 
 def context_tokens(sizes: ModelSizes, seconds: float) -> int:
+    if sizes.max_seconds is not None:
+        seconds = min(seconds, sizes.max_seconds)
     return math.ceil(seconds * sizes.tokens_per_second) + PROMPT_TOKENS + ANSWER_TOKENS
 
 
@@ -158,8 +190,8 @@ def audio_bytes(sizes: ModelSizes, precision: str) -> tuple[float, float]:
     """(weights, activations of one window) of the audio side at an engine precision.
     Heads are taken as d/64 and the FFN as 4d (Whisper's shapes) when only the manifest is known."""
     t, d, a = sizes.enc_tokens, sizes.d_audio, ACT_BYTES[precision]
-    per_expert = (d // 64) * t * t * a + 6 * t * d * a + t * 4 * d * a
-    return sizes.audio_params * AUDIO_BYTES[precision], 2 * per_expert
+    per_encoder = (d // 64) * t * t * a + 6 * t * d * a + t * 4 * d * a
+    return sizes.audio_params * AUDIO_BYTES[precision], sizes.n_encoders * per_encoder
 
 
 def budget(sizes: ModelSizes, audio_precision: str, gguf_type: str, seconds: float) -> dict[str, float]:

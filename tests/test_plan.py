@@ -1,5 +1,5 @@
-"""``gamma-rt plan`` arithmetic (gamma_rt/plan.py) against numbers worked out by hand for the tiny bundle and
-the full preset."""
+"""``gamma-rt plan`` arithmetic (gamma_rt/plan.py) against numbers worked out by hand for the tiny GaMMA and
+Music Flamingo bundles and the full preset."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from gamma_rt.errors import GammaError
 from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
 from gamma_rt.plan import (GB, budget, context_tokens, device_named, kv_cache_bytes, plan, sizes_from_bundle,
                            sizes_from_preset)
+
+from flamingo_fixtures import mf_bundle, mf_folder  # noqa: F401  (session fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def test_tiny_bundle_sizes_come_from_the_manifest_and_gguf_header(bundle):
     s = sizes_from_bundle(bundle)
     m = Manifest.load(bundle)
     assert s.audio_params == sum(m.component(n).bytes for n in AUDIO_COMPONENTS) / 4
-    assert (s.enc_tokens, s.d_audio, s.tokens_per_second) == (1500, 64, 25.0)
+    assert (s.enc_tokens, s.d_audio, s.n_encoders, s.tokens_per_second) == (1500, 64, 2, 25.0)
     assert (s.n_layer, s.n_kv_heads, s.head_dim, s.n_vocab) == (2, 2, 16, 1024)
     f16 = m.component("decoder.f16").bytes
     assert s.gguf_bytes["f16"] == f16 and s.gguf_bytes["q4_k_m"] == pytest.approx(f16 * 4.89 / 16)
@@ -100,3 +102,32 @@ def test_plan_cli_prints_the_table_and_recommendation_for_a_bundle(bundle, capsy
 def test_plan_needs_exactly_one_of_bundle_or_preset(capsys):
     assert main(["plan", "--device", "8GB"]) == 2
     assert "give a BUNDLE folder or --preset" in capsys.readouterr().err
+
+
+def test_flamingo_bundle_sizes_come_from_its_chain_and_qwen2_header(mf_bundle):
+    s = sizes_from_bundle(mf_bundle)
+    m = Manifest.load(mf_bundle)
+    assert m.audio.components == ("encoder", "projector") and m.llm.arch == "qwen2"
+    assert s.audio_params == (m.component("encoder").bytes + m.component("projector").bytes) / 4
+    # one encoder that attends over 1500 positions and pools to 750 tokens inside its graph
+    assert (s.enc_tokens, s.d_audio, s.n_encoders, s.tokens_per_second) == (1500, 64, 1, 25.0)
+    # qwen2.* keys: 2 layers, 4 heads over n_embd 64 (no key_length key) -> head_dim 16, 2 KV heads
+    assert (s.n_layer, s.n_kv_heads, s.head_dim, s.n_vocab) == (2, 2, 16, 1024)
+    assert s.gguf_bytes["f32"] == m.component("decoder").bytes
+    assert s.gguf_bytes["f16"] == pytest.approx(m.component("decoder").bytes / 2)
+
+
+def test_flamingo_budget_counts_one_encoder_and_caps_the_context_at_max_seconds(mf_bundle):
+    s = sizes_from_bundle(mf_bundle)
+    assert s.max_seconds == 1200
+    # 1200 s at 25 tokens/s, however long the song: the runtime cuts the rest
+    assert context_tokens(s, 3600) == context_tokens(s, 1200) == 30000 + 256 + 512
+    parts = budget(s, "fp16", "f16", 30)
+    assert parts["audio_activations"] == 1500**2 * 2 + 6 * 1500 * 64 * 2 + 1500 * 256 * 2 == 6_420_000
+    assert parts["kv_cache"] == 2 * 2 * 1518 * 2 * 16 * 2
+
+
+def test_plan_cli_reads_a_flamingo_bundle(mf_bundle, capsys):
+    assert main(["plan", str(mf_bundle), "--device", "Orin Nano 8GB", "--seconds", "240"]) == 0
+    out = capsys.readouterr().out
+    assert "6768 tokens of context" in out and "recommended: audio engines fp16, decoder F16" in out
