@@ -20,7 +20,7 @@ import numpy as np
 from gamma_rt.errors import AudioError
 
 from .audio import AudioInfo
-from .truncation import end_problem
+from .truncation import asf_declared_seconds, end_problem
 
 # Samples a lossy codec may legitimately add or drop at the ends (encoder priming and padding to whole
 # frames) plus container rounding: a decode this much shorter than the declared length is not truncated.
@@ -52,6 +52,7 @@ class FFmpegSource:
     def __init__(self, file: str | Path | BinaryIO, name: str, block_seconds: float):
         import av
 
+        self._file = file
         av.logging.set_level(None)  # FFmpeg's own log lines would bypass the one-line error contract
         self._name = str(name)
         try:
@@ -90,7 +91,9 @@ class FFmpegSource:
         s, c = self._stream, self._container
         ctx = s.codec_context
         rate, channels = ctx.sample_rate, ctx.channels
-        if s.duration is not None and s.time_base is not None:
+        if self._format_name() == "asf":
+            duration = asf_declared_seconds(self._file)
+        elif s.duration is not None and s.time_base is not None:
             duration = float(s.duration * s.time_base)
         elif c.duration is not None:
             duration = c.duration / 1_000_000  # AV_TIME_BASE

@@ -155,6 +155,31 @@ def mpeg_declares_length(file: str | Path | BinaryIO) -> bool:
     return any(marker in frame for marker in (b"Xing", b"Info", b"VBRI"))
 
 
+# ASF File Properties Object: its GUID, and where play duration (100 ns units) and preroll (ms) sit in it
+_ASF_FILE_PROPERTIES = bytes.fromhex("a1dcab8c47a9cf118ee400c00c205365")
+_ASF_HEADER_SEARCH = 1 << 16
+
+
+def asf_declared_seconds(file: str | Path | BinaryIO) -> float | None:
+    """The play time an ASF (WMA) header declares, preroll excluded. FFmpeg estimates the length from the
+    bitrate instead whenever the header's file size is stale, which mutagen (beets) leaves after tagging."""
+    if isinstance(file, (str, Path)):
+        with open(file, "rb") as f:
+            return asf_declared_seconds(f)
+    position = file.tell()
+    try:
+        file.seek(0)
+        head = file.read(_ASF_HEADER_SEARCH)
+    finally:
+        file.seek(position)
+    at = head.find(_ASF_FILE_PROPERTIES)
+    if at < 0 or len(head) < at + 24 + 64:
+        return None
+    play_100ns, _send, preroll_ms = struct.unpack("<QQQ", head[at + 24 + 40:at + 24 + 64])
+    seconds = play_100ns / 1e7 - preroll_ms / 1e3
+    return seconds if seconds > 0 else None
+
+
 def _chunks(f: BinaryIO, start: int, endian: str):
     """(id, declared size, offset of its body) of each chunk from ``start`` to the end of the file."""
     size = _size(f)

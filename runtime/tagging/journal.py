@@ -98,18 +98,19 @@ class Journal:
                               (path, bundle_hash, prompt_set_hash)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def commit(self, record: dict) -> bool:
+    def commit(self, record: dict, replace: bool = False) -> bool:
         """Store one finished track's record atomically; replaces an older record of the same key.
 
         Returns False, storing nothing, when a record of the same file content is already there (unless it
-        failed and this one is ok): a retried Ray task or a re-delivered result is merged once."""
+        failed and this one is ok, or ``replace``: a forced re-ask): a retried Ray task or a re-delivered
+        result is merged once."""
         key = (record["path"], record["bundle_hash"], record["prompt_set_hash"])
         self.db.execute("BEGIN IMMEDIATE")
         try:
             row = self.db.execute(
                 "SELECT content_sha256, status FROM tracks WHERE path=? AND bundle_hash=? AND prompt_set_hash=?", key
             ).fetchone()
-            better = row and row[1] == "failed" and record["status"] == "ok"
+            better = replace or (row and row[1] == "failed" and record["status"] == "ok")
             if row and row[0] == record["content_sha256"] and not better:
                 self.db.execute("ROLLBACK")
                 return False
