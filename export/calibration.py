@@ -6,12 +6,16 @@ input distribution as at run time. Each component is calibrated on its real inpu
 log-mel, fusion on the fp32 experts' outputs, the projector on the fp32 fusion output
 (``cosine_report.component_feeds`` through ONNX Runtime on CPU).
 
-The calibration set is named by ``gamma_rt.hashing.sha256_files`` over its files, so new music triggers a
-new calibration. It sits in export/ beside the engine builder (export/engines.py), its only user.
+The calibration set is named by :func:`calibration_sha256`, the hash of the log-mel batches themselves (the
+music, the window count, the batch size and the front end all change it); the engine plan puts that hash
+in the calibration table's file name, so new music never reuses a stale table. The INT8 calibrator exists
+on TensorRT 10 only (deprecated since 10.1, removed in 11, which builds int8 from explicit Q/DQ graphs).
+It sits in export/ beside the engine builder (export/engines.py), its only user.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -63,10 +67,28 @@ def calibration_batches(files: Iterable[Path], batch: int = 1, max_windows: int 
             pending = []
 
 
-def make_calibrator(trt, build, feeds: list[Feed], cache_path: Path):
-    """A TensorRT entropy calibrator that feeds ``feeds`` (this component's inputs, one dict per batch)
-    through device buffers allocated with cuda-python. The calibration table is cached at ``cache_path``."""
-    from cuda.bindings import runtime as cudart
+def calibration_sha256(mel_batches: Iterable[np.ndarray]) -> str:
+    """Hash of the calibration data: every batch's shape, dtype and bytes, in order."""
+    h = hashlib.sha256()
+    for mel in mel_batches:
+        mel = np.ascontiguousarray(mel)
+        h.update(f"{mel.shape}{mel.dtype}".encode())
+        h.update(mel.tobytes())
+    return h.hexdigest()
+
+
+def make_calibrator(trt, build, feeds: list[Feed], cache_path: Path, cudart=None):
+    """A TensorRT 10 entropy calibrator that feeds ``feeds`` (this component's inputs, one dict per batch, each
+    array in its graph input's own dtype) through device buffers allocated with cuda-python. The calibration
+    table is cached at ``cache_path`` (named by the data's hash, see the module docstring). ``cudart``: the
+    CUDA runtime module (cuda-python's, imported here unless given)."""
+    base = getattr(trt, "IInt8EntropyCalibrator2", None)
+    if base is None:
+        raise GammaError(f"TensorRT {trt.__version__} has no INT8 calibrators; build int8 from a Q/DQ graph")
+    if cudart is None:
+        from gamma_rt.runtime.trt_backend import cuda_runtime
+
+        cudart = cuda_runtime()
 
     def check(result):
         err, *rest = result if isinstance(result, tuple) else (result,)
@@ -74,7 +96,7 @@ def make_calibrator(trt, build, feeds: list[Feed], cache_path: Path):
             raise RuntimeError(f"CUDA error {err}")
         return rest[0] if rest else None
 
-    class Calibrator(trt.IInt8EntropyCalibrator2):
+    class Calibrator(base):
         def __init__(self):
             super().__init__()
             self.batches = iter(feeds)
@@ -87,19 +109,23 @@ def make_calibrator(trt, build, feeds: list[Feed], cache_path: Path):
         def get_batch(self, names):
             feed = next(self.batches, None)
             if feed is None:
-                for ptr in self.buffers.values():
-                    check(cudart.cudaFree(ptr))
-                self.buffers = {}
+                self.free()
                 return None
             for k, v in feed.items():
-                v = np.ascontiguousarray(v, dtype=np.float32)
+                v = np.ascontiguousarray(v)
                 check(cudart.cudaMemcpy(self.buffers[k], v.ctypes.data, v.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
             return [int(self.buffers[n]) for n in names]
+
+        def free(self):
+            for ptr in self.buffers.values():
+                check(cudart.cudaFree(ptr))
+            self.buffers = {}
 
         def read_calibration_cache(self):
             return cache_path.read_bytes() if cache_path.is_file() else None
 
         def write_calibration_cache(self, cache):
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
             cache_path.write_bytes(bytes(cache))
 
     return Calibrator()

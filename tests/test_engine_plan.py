@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.export.engine_plan import batch_profile, plan_engines, record_engines, source_graph
+from gamma_rt.export.engine_plan import PRECISION_FLAGS, batch_profile, plan_engines, record_engines, source_graph
 from gamma_rt.hashing import sha256_file
 from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest, TensorSpec
 from gamma_rt.runtime.engine_record import GpuIdentity
@@ -19,6 +19,7 @@ from gamma_rt.runtime.engine_record import GpuIdentity
 H100 = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "10.13.0")
 ORIN = GpuIdentity("Orin", "8.7", "10.3.0")
 TURING = GpuIdentity("Tesla T4", "7.5", "10.13.0")
+TRT11 = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "11.1.0")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def bundle(tiny_bundle_onnx, tiny_checkpoint, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("engine_bundle") / "bundle"
     shutil.copytree(tiny_bundle_onnx, folder)
-    export_plain_graphs(tiny_checkpoint, folder)
+    export_plain_graphs(tiny_checkpoint, folder, precisions=("fp32", "fp16", "bf16"))
     return folder
 
 
@@ -87,12 +88,56 @@ def test_engine_folder_is_named_by_gpu_compute_capability_and_trt_version(bundle
     assert plan.builds[0].engine_file == f"{plan.engine_dir}/temporal_encoder.bf16.plan"
 
 
-@pytest.mark.parametrize("precision,flags", [("fp16", ("FP16",)), ("bf16", ("BF16",)), ("int8", ("INT8", "FP16")),
-                                             ("fp8", ("FP8", "FP16"))])
-def test_precision_sets_builder_flags_and_only_int8_calibrates(bundle, precision, flags):
-    plan = plan_engines(bundle, Manifest.load(bundle), H100, precision)
-    assert {b.flags for b in plan.builds} == {flags}
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "int8", "fp8"])
+def test_trt10_asks_for_the_precision_with_builder_flags_on_the_fp32_graph(bundle, precision):
+    plan = plan_engines(bundle, Manifest.load(bundle), H100, precision, calibration_sha256="c" * 64)
+    assert {b.flags for b in plan.builds} == {PRECISION_FLAGS[precision]}
+    assert {b.network_flags for b in plan.builds} == {()} and {b.trt_major for b in plan.builds} == {10}
+    assert [b.source for b in plan.builds] == [f"{n}.plain" for n in AUDIO_COMPONENTS]
     assert {b.needs_calibration for b in plan.builds} == {precision == "int8"}
+
+
+def test_trt11_builds_strongly_typed_from_the_cast_graph_without_precision_flags(bundle):
+    plan = plan_engines(bundle, Manifest.load(bundle), TRT11, "fp16")
+    assert {b.flags for b in plan.builds} == {()} and {b.network_flags for b in plan.builds} == {("STRONGLY_TYPED",)}
+    assert [b.source for b in plan.builds] == [f"{n}.plain.fp16" for n in AUDIO_COMPONENTS]
+    assert not any(b.needs_calibration for b in plan.builds)
+    assert all(b.record("x", 1)["strongly_typed"] for b in plan.builds)
+
+
+def test_trt11_int8_without_a_qdq_graph_is_refused_naming_the_fix(bundle):
+    with pytest.raises(BundleError, match="temporal_encoder.plain.int8 missing.*no INT8 calibrators.*Q/DQ"):
+        plan_engines(bundle, Manifest.load(bundle), TRT11, "int8")
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "10.2.0", "12.0.0"])
+def test_a_tensorrt_outside_the_tested_range_is_refused(bundle, version):
+    with pytest.raises(GammaError, match=f"TensorRT {version} is not supported"):
+        plan_engines(bundle, Manifest.load(bundle), dataclasses.replace(H100, trt_version=version), "fp16")
+
+
+def test_int8_calibration_table_is_named_by_the_calibration_data_hash(bundle):
+    m = Manifest.load(bundle)
+    with pytest.raises(GammaError, match="needs calibration audio"):
+        plan_engines(bundle, m, ORIN, "int8")
+    a = plan_engines(bundle, m, ORIN, "int8", calibration_sha256="a" * 64).builds[0]
+    b = plan_engines(bundle, m, ORIN, "int8", calibration_sha256="b" * 64).builds[0]
+    assert a.calibration_cache.endswith(f"temporal_encoder.int8.{'a' * 16}.calib")
+    assert a.calibration_cache != b.calibration_cache and a.cache_key != b.cache_key
+
+
+def test_version_compatible_engines_are_flagged_and_recorded_as_such(bundle):
+    m = Manifest.load(bundle)
+    plan = plan_engines(bundle, m, H100, "fp16", version_compatible=True)
+    assert {b.flags for b in plan.builds} == {("FP16", "VERSION_COMPATIBLE")}
+    record_engines(m, plan, {b.component: ("s", 1) for b in plan.builds})
+    entry = m.engines[H100.engine_dir()]
+    assert entry["version_compatible"] and entry["lean_runtime_included"]
+    lean = plan_engines(bundle, m, H100, "fp16", version_compatible=True, exclude_lean_runtime=True)
+    assert {b.flags for b in lean.builds} == {("FP16", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME")}
+    assert not lean.builds[0].record("s", 1)["lean_runtime_included"]
+    with pytest.raises(GammaError, match="--exclude-lean-runtime only applies with --version-compatible"):
+        plan_engines(bundle, m, H100, "fp16", exclude_lean_runtime=True)
 
 
 @pytest.mark.parametrize("gpu,precision", [(ORIN, "fp8"), (TURING, "bf16"), (TURING, "fp8")])
@@ -118,7 +163,8 @@ def test_cache_key_changes_with_every_input_that_changes_the_engine(bundle):
     base = key()
     assert key() == base
     others = [key(precision="bf16"), key(max_batch=8), key(workspace_gb=2.0),
-              key(identity=dataclasses.replace(H100, trt_version="10.14.0")), key(calibration_sha256="abc")]
+              key(identity=dataclasses.replace(H100, trt_version="10.14.0")), key(version_compatible=True),
+              key(identity=TRT11)]
     assert base not in others and len(set(others)) == len(others)
 
 
@@ -207,3 +253,115 @@ def test_tensorrt_fp16_engines_encode_like_onnx_runtime_fp32(bundle, tmp_path):
         graphed = chain.encode(mel)
         assert token_cosines(reference, graphed).min() > 0.999
         np.testing.assert_array_equal(chain.encode(mel), graphed)  # the CUDA graph replays the same work
+
+
+def test_cast_plain_graphs_are_fp16_inside_fp32_at_the_edges_and_standard_onnx(bundle):
+    import numpy as np
+    import onnxruntime as ort
+
+    for precision, elem in (("fp16", onnx.TensorProto.FLOAT16), ("bf16", onnx.TensorProto.BFLOAT16)):
+        graph = onnx.load(str(bundle / f"fusion.plain.{precision}.onnx"))
+        assert {n.domain for n in graph.graph.node} <= {"", "ai.onnx"}
+        assert {i.type.tensor_type.elem_type for i in [*graph.graph.input, *graph.graph.output]} == {onnx.TensorProto.FLOAT}
+        assert {t.data_type for t in graph.graph.initializer if t.data_type != onnx.TensorProto.INT64} == {elem}
+    mel = np.random.default_rng(0).standard_normal((1, 128, 3000)).astype(np.float32)
+    run = {p: ort.InferenceSession(str(bundle / f"temporal_encoder.plain{p}.onnx"), providers=["CPUExecutionProvider"])
+           for p in ("", ".fp16")}
+    ref, half = (run[p].run(None, {"mel": mel})[0] for p in ("", ".fp16"))
+    assert half.dtype == np.float32 and np.abs(half - ref).max() < 2e-2 * np.abs(ref).max()
+
+
+def fake_trt(version: str, refuse_cache: bool = False):
+    """A stand-in ``tensorrt`` module with exactly the names ``version`` exports (tests/trt_api/), which records
+    what the builder is asked for."""
+    import json
+    import types
+    from pathlib import Path
+
+    api = json.loads((Path(__file__).parent / "trt_api" / f"{version.rsplit('.', 1)[0]}.json").read_text())["tensorrt"]
+    calls = []
+
+    def enum(name):
+        return types.SimpleNamespace(**{m: i for i, m in enumerate(api["classes"][name]) if m.isupper()})
+
+    class Strict:
+        """Only the members the class has in this release; every call is recorded."""
+
+        def __init__(self, cls, **behaviour):
+            self._cls, self._behaviour = cls, behaviour
+
+        def __getattr__(self, name):
+            assert name in api["classes"][self._cls], f"TensorRT {version} {self._cls} has no {name}"
+            return self._behaviour.get(name, lambda *a: calls.append((self._cls, name, a)))
+
+        def __setattr__(self, name, value):
+            if not name.startswith("_"):
+                assert name in api["classes"][self._cls], f"TensorRT {version} {self._cls} has no {name}"
+            object.__setattr__(self, name, value)
+
+    timing = Strict("ITimingCache", serialize=lambda: b"timing")
+    def create_timing_cache(data):
+        cache = Strict("ITimingCache")
+        cache._data = data
+        return cache
+
+    # a saved cache from another GPU/TensorRT is refused (False), an empty one is always taken
+    config = Strict("IBuilderConfig", create_timing_cache=create_timing_cache,
+                    set_timing_cache=lambda cache, ignore: not (refuse_cache and cache._data),
+                    get_timing_cache=lambda: None if refuse_cache else timing)
+
+    def create_network(flags):
+        calls.append(("create_network", flags))
+        return Strict("INetworkDefinition")
+
+    builder = Strict("Builder", create_network=create_network, create_builder_config=lambda: config,
+                     create_optimization_profile=lambda: Strict("IOptimizationProfile"),
+                     build_serialized_network=lambda network, config: b"engine")
+    parser = Strict("OnnxParser", parse_from_file=lambda path: calls.append(("parse", path)) or True)
+    module = types.SimpleNamespace(
+        __version__=version, Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None}),
+        Builder=lambda logger: builder, OnnxParser=lambda network, logger: parser,
+        BuilderFlag=enum("BuilderFlag"), NetworkDefinitionCreationFlag=enum("NetworkDefinitionCreationFlag"),
+        MemoryPoolType=enum("MemoryPoolType"), calls=calls)
+    return module
+
+
+@pytest.mark.parametrize("version,precision,flags", [("10.3.0", "fp16", ["FP16"]), ("10.13.0", "bf16", ["BF16"]),
+                                                     ("11.1.0", "fp16", []), ("11.1.0", "bf16", [])])
+def test_build_engine_uses_only_what_the_installed_release_has(bundle, version, precision, flags):
+    from gamma_rt.export.engines import build_engine
+
+    trt = fake_trt(version)
+    plan = plan_engines(bundle, Manifest.load(bundle), dataclasses.replace(H100, trt_version=version), precision)
+    engine, cache = build_engine(trt, None, bundle, plan.builds[0], b"", None)
+    assert (engine, cache) == (b"engine", b"timing")
+    set_flags = [c[2][0] for c in trt.calls if len(c) == 3 and c[1] == "set_flag"]
+    assert set_flags == [getattr(trt.BuilderFlag, f) for f in flags]
+    network_mask = next(a for c, *a in trt.calls if c == "create_network")[0]
+    assert network_mask == (1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED if version.startswith("11") else 0)
+    # the major was decided before parsing: the parsed graph is the one for that major
+    assert next(a for c, *a in trt.calls if c == "parse")[0].endswith(f"temporal_encoder.plain{'.' + precision if version.startswith('11') else ''}.onnx")
+
+
+def test_a_refused_timing_cache_keeps_the_built_engine(bundle, tmp_path, capsys):
+    from gamma_rt.export.engines import build_all
+
+    folder = tmp_path / "b"
+    shutil.copytree(bundle, folder)
+    plan = plan_engines(folder, Manifest.load(folder), H100, "fp16")
+    (folder / plan.engine_dir).mkdir(parents=True)
+    (folder / plan.timing_cache).write_bytes(b"from another GPU")
+    built = build_all(folder, plan, trt=fake_trt("10.13.0", refuse_cache=True))
+    assert len(built) == 4 and (folder / plan.builds[0].engine_file).read_bytes() == b"engine"
+    assert (folder / plan.timing_cache).read_bytes() == b"from another GPU"  # TensorRT gave no cache back
+    assert "timing cache refused" in capsys.readouterr().err
+
+
+def test_a_plan_for_another_major_is_refused_before_parsing(bundle):
+    from gamma_rt.export.engines import build_engine
+
+    trt = fake_trt("11.1.0")
+    plan = plan_engines(bundle, Manifest.load(bundle), H100, "fp16")  # planned for 10.13
+    with pytest.raises(GammaError, match="planned for TensorRT 10.x, but 11.1.0 is installed"):
+        build_engine(trt, None, bundle, plan.builds[0], b"", None)
+    assert not [c for c in trt.calls if c[0] == "parse"]
