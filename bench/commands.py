@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import serve_load
+
 DEFAULT_RESULTS = Path("bench") / "results"
 
 DESCRIPTION = """\
@@ -46,12 +48,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave a part out (repeatable; reference_10min: the PyTorch reference pipeline on the "
                         "10 min input only); it is listed as skipped in the JSON")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
+    serve_load.add_arguments(p)  # gamma-rt bench serve URL|BUNDLE
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
     from gamma_rt.errors import GammaError
 
+    if args.bundle == "serve":
+        return serve_load.cmd_bench_serve(args)
+    if args.target is not None:
+        raise GammaError(f"unexpected argument {args.target!r} (only `gamma-rt bench serve` takes a target)")
     from . import report
 
     if args.bundle == "report":
