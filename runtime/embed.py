@@ -5,6 +5,10 @@ been encoded. With ``overlap`` the reading, front end and encoders run on a work
 ahead, so while the caller (the decoder) prefills window k the encoders already work on window k+1.
 ONNX Runtime and llama.cpp both release the GIL, so the two really run at the same time. The queue
 between them holds one window, which bounds memory for a file of any length.
+
+``batch`` > 1 (whole files, tagging: where the caller does not need the first window before the next ones
+are read) encodes up to that many windows in one backend call, which keeps a GPU busier; the windows are
+still yielded one by one, in order, and the embeddings are the same as window by window.
 """
 
 from __future__ import annotations
@@ -79,11 +83,16 @@ def _timed_blocks(blocks: Iterable[np.ndarray], times: StageTimes) -> Iterator[n
 
 
 def _encode_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
-                    cache: EmbeddingCache | None) -> Iterator[WindowEmbedding]:
+                    cache: EmbeddingCache | None, batch: int = 1) -> Iterator[WindowEmbedding]:
     cut = windows(_timed_blocks(blocks, times), layout.sample_rate, layout.window_seconds)
     limit = layout.max_windows
+    pending: list[Window] = []
     for window in itertools.islice(cut, limit):
-        yield _encode_one(window, backend, layout, times, cache)
+        pending.append(window)
+        if len(pending) == batch:
+            yield from _encode_batch(pending, backend, layout, times, cache)
+            pending = []
+    yield from _encode_batch(pending, backend, layout, times, cache)
     if limit is not None and next(cut, None) is not None:
         # as the model's own processor does: the audio past its limit is not used, and the user is told
         print(f"gamma-rt: audio longer than the model's {layout.max_seconds:g} s (manifest audio.max_seconds); "
@@ -102,33 +111,44 @@ def window_feeds(window: Window, layout: AudioLayout) -> dict[str, np.ndarray]:
     return {"mel": mel, "mel_mask": mask, "window_index": np.array([window.index], np.int64)}
 
 
-def _encode_one(window: Window, backend: AudioBackend, layout: AudioLayout, times: StageTimes,
-                cache: EmbeddingCache | None) -> WindowEmbedding:
-    full = None
+def _encode_batch(batch: list[Window], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
+                  cache: EmbeddingCache | None) -> Iterator[WindowEmbedding]:
+    """The windows of ``batch`` in order; those not in the cache go through the backend in one call."""
+    full: list[np.ndarray | None] = [None] * len(batch)
+    keys: list = [None] * len(batch)
     if cache is not None:
         with times.stage("cache"):
-            key = cache.key(window.samples, window.index, window.n_valid)
-            full = cache.get(key)
-    if full is None:
+            for i, window in enumerate(batch):
+                keys[i] = cache.key(window.samples, window.index, window.n_valid)
+                full[i] = cache.get(keys[i])
+    todo = [i for i, f in enumerate(full) if f is None]
+    if todo:
         with times.stage("front_end"):
-            feeds = window_feeds(window, layout)
-        full = backend.encode(feeds)[0]
-        if cache is not None:
-            with times.stage("cache"):
-                cache.put(key, full)
-    n = window.valid_tokens(layout.tokens_per_window, layout.token_count, layout.front_end.hop_length)
-    return WindowEmbedding(window.index, window.start_s, window.end_s, full[:n])
+            per_window = [window_feeds(batch[i], layout) for i in todo]
+            feeds = {k: np.concatenate([f[k] for f in per_window]) for k in per_window[0]}
+        encoded = backend.encode(feeds)
+        for j, i in enumerate(todo):
+            full[i] = encoded[j]
+            if cache is not None:
+                with times.stage("cache"):
+                    cache.put(keys[i], full[i])
+    for window, embeddings in zip(batch, full):
+        n = window.valid_tokens(layout.tokens_per_window, layout.token_count, layout.front_end.hop_length)
+        yield WindowEmbedding(window.index, window.start_s, window.end_s, embeddings[:n])
 
 
 def embed_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout,
                   times: StageTimes | None = None, cache: EmbeddingCache | None = None,
-                  overlap: bool = True) -> Iterator[WindowEmbedding]:
-    """WindowEmbeddings of a stream of 1-D float32 blocks at ``layout.sample_rate``, in order.
+                  overlap: bool = True, batch: int = 1) -> Iterator[WindowEmbedding]:
+    """WindowEmbeddings of a stream of 1-D float32 blocks at ``layout.sample_rate``, in order; ``batch``
+    windows per backend call at most (1: each window as soon as it has arrived).
 
     Errors raised while reading or encoding (AudioError for a corrupt file, ...) reach the caller with
     their own type and traceback, whichever thread they happened on."""
     times = times if times is not None else StageTimes()
-    produce = _encode_windows(blocks, backend, layout, times, cache)
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    produce = _encode_windows(blocks, backend, layout, times, cache, batch)
     if not overlap:
         yield from produce
         return

@@ -18,14 +18,16 @@ from pathlib import Path
 from gamma_rt.errors import GammaError
 
 BACKEND_NAMES = ("auto", "tensorrt", "ort-trt", "ort-cuda", "ort-cpu")
-PRECISION_NAMES = ("auto", "fp32", "fp16")
+# fp32/fp16: ONNX graphs; bf16/int8/fp8: TensorRT engines of that precision (--backend tensorrt)
+PRECISION_NAMES = ("auto", "fp32", "fp16", "bf16", "int8", "fp8")
 
 
 @dataclass(frozen=True)
 class RuntimeOptions:
     # audio side: "auto" picks the best available backend and says why (runtime/backends.py)
     backend: str = "auto"
-    # audio graphs to run: "auto" is fp16 on a GPU backend when the bundle has them, else fp32
+    # audio graphs to run: "auto" is the best TensorRT engines recorded for this GPU, else fp16 on a GPU
+    # backend when the bundle has them, else fp32
     precision: str = "auto"
     # CPU threads for the decoder and ONNX Runtime; None = all cores (1 is best on a busy machine)
     threads: int | None = None
@@ -78,7 +80,8 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
     g.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
                    help="audio-side backend (default auto: the best available, and -v says which)")
     g.add_argument("--precision", default="auto", choices=PRECISION_NAMES,
-                   help="audio graphs to run (default auto: fp16 on a GPU when the bundle has them, else fp32)")
+                   help="audio graphs to run (default auto: the best TensorRT engines built for this GPU, else fp16 "
+                   "on a GPU when the bundle has them, else fp32; bf16/int8/fp8 are TensorRT engines)")
     g.add_argument("--decoder", default="auto", metavar="COMPONENT",
                    help="GGUF component of the manifest: decoder (F32), decoder.f16, decoder.q4_k_m, ... (default "
                    "auto: the most faithful one the bundle has; -v says which)")

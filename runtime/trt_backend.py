@@ -5,8 +5,11 @@
   instead of failing inside TensorRT.
 - The two experts run at the same time on two CUDA streams; fusion and projector follow on the first.
 - Stages hand over in device memory: the experts write straight into fusion's input buffers.
-- Every shape but the batch is fixed (30 s windows), so each batch size's whole chain is captured once into
-  a CUDA graph and replayed: one launch instead of hundreds of kernel launches per window.
+- Every shape but the batch is fixed (30 s windows), so the whole chain is captured into a CUDA graph
+  (thread-local capture, at open) and replayed: one launch instead of hundreds of kernel launches per window.
+  A new batch size recaptures; a failed capture falls back to plain enqueues.
+- Full TensorRT, or only its lean or dispatch runtime (``tensorrt_lean`` / ``tensorrt_dispatch``) for
+  version-compatible engines.
 
 tensorrt and cuda-python are imported when a backend is opened, so this module imports on a CPU box.
 Never imports torch.
@@ -30,12 +33,32 @@ SOURCE_OF = {("fusion", "temporal"): ("temporal_encoder", "hidden"), ("fusion", 
              ("projector", "fused"): ("fusion", "fused"), ("global_encoder", "mel"): ("temporal_encoder", "mel")}
 
 
-def _cudart():
+def cuda_runtime():
+    """cuda-python's CUDA runtime module: ``cuda.bindings.runtime`` (cuda-python >= 12.6), else the older
+    ``cuda.cudart`` (12.0-12.5 have no ``cuda.bindings``)."""
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+        from cuda.bindings import runtime as cudart
     except ImportError:
-        from cuda import cudart  # older cuda-python
+        from cuda import cudart
     return cudart
+
+
+# the TensorRT Python modules, best first: full TensorRT, the lean runtime, the dispatch runtime (which
+# loads the lean runtime a version-compatible engine carries)
+TRT_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_dispatch")
+
+
+def import_trt_runtime():
+    """(module, its name) of the first TensorRT runtime installed; GammaError when there is none."""
+    import importlib
+
+    for name in TRT_MODULES:
+        try:
+            return importlib.import_module(name), name
+        except ImportError:
+            continue
+    raise GammaError("the TensorRT backend needs tensorrt (or tensorrt_lean / tensorrt_dispatch) and cuda-python "
+                     "(pip install -e '.[gpu]')")
 
 
 def _ok(result):
@@ -46,51 +69,75 @@ def _ok(result):
     return values[0] if len(values) == 1 else (values or None)
 
 
-def fork_join(event, waiting_stream, signalling_stream) -> None:
+def fork_join(event, waiting_stream, signalling_stream, cudart=None) -> None:
     """Make ``waiting_stream`` wait for everything queued so far on ``signalling_stream`` (works in capture too)."""
-    cudart = _cudart()
+    cudart = cudart or cuda_runtime()
     _ok(cudart.cudaEventRecord(event, signalling_stream))
     _ok(cudart.cudaStreamWaitEvent(waiting_stream, event, 0))
 
 
-def capture_graph(stream, enqueue) -> object:
+def capture_graph(stream, enqueue, cudart=None) -> object:
     """What ``enqueue()`` queues on ``stream`` (and on streams joined to it by events), as an instantiated
-    CUDA graph to replay with ``cudaGraphLaunch``."""
-    cudart = _cudart()
-    _ok(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-    enqueue()
-    graph = _ok(cudart.cudaStreamEndCapture(stream))
-    graph_exec = _ok(cudart.cudaGraphInstantiate(graph, 0))
-    _ok(cudart.cudaGraphDestroy(graph))
-    return graph_exec
+    CUDA graph to replay with ``cudaGraphLaunch``.
+
+    Thread-local capture: only this thread's unsafe CUDA calls are refused while capturing, so llama.cpp's
+    CUDA work on the main thread goes on. The capture is always ended, also when ``enqueue`` fails, so the
+    stream stays usable for plain enqueues."""
+    cudart = cudart or cuda_runtime()
+    _ok(cudart.cudaStreamBeginCapture(stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+    graph = None
+    try:
+        enqueue()
+    finally:
+        graph = _ok(cudart.cudaStreamEndCapture(stream))
+    try:
+        return _ok(cudart.cudaGraphInstantiate(graph, 0))
+    finally:
+        _ok(cudart.cudaGraphDestroy(graph))
 
 
 def detect_gpu(device: int = 0) -> GpuIdentity:
-    """This machine's GPU and TensorRT version, as recorded with each engine."""
+    """This machine's GPU and TensorRT version, as recorded with each engine; GammaError when either is missing."""
+    trt, _ = import_trt_runtime()
     try:
-        import tensorrt as trt
-
-        cudart = _cudart()
-    except ImportError as e:
-        raise GammaError(f"the TensorRT backend needs the tensorrt and cuda-python packages ({e.name} is missing)") from None
+        cudart = cuda_runtime()
+    except ImportError:
+        raise GammaError("the TensorRT backend needs tensorrt and the cuda-python package "
+                         "(pip install -e '.[gpu]')") from None
     err, count = cudart.cudaGetDeviceCount()
     if int(err) != 0 or count == 0:
-        raise GammaError("no CUDA GPU is visible (cudaGetDeviceCount)")
-    props = _ok(cudart.cudaGetDeviceProperties(device))
+        raise GammaError(f"no CUDA GPU is visible (cudaGetDeviceCount: {err})")
+    err, props = cudart.cudaGetDeviceProperties(device)
+    if int(err) != 0:
+        raise GammaError(f"cannot read CUDA device {device}'s properties ({err})")
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     return GpuIdentity(name.rstrip("\x00").strip(), f"{props.major}.{props.minor}", trt.__version__)
+
+
+def check_bound(ok: bool, what: str, component: str, tensor: str, value) -> None:
+    """TensorRT's setters return False instead of raising (a shape outside the profile, a null address)."""
+    if not ok:
+        raise EngineMismatch(f"TensorRT refused {what} {value} for {component}.{tensor}; the engine does not fit "
+                             "the manifest's graph: rebuild with --rebuild")
 
 
 class TrtChain:
     """The audio side on TensorRT. ``encode(mel)``: (B, 128, 3000) float32 -> (B, 750, n_embd) float32.
 
-    Also callable per component, ``chain(name, feed) -> output``, as the cosine report needs."""
+    Also callable per component, ``chain(name, feed) -> output``, as the cosine report needs.
+
+    Each I/O tensor's buffer has the engine's own dtype for it (``get_tensor_dtype``); a stage's output and
+    the next stage's input share one buffer, so their dtypes must agree. One execution context per engine,
+    shaped for the batch of the last call; the CUDA graph is captured for that batch (at open for batch 1,
+    again when the batch changes), since a graph replays the shapes it was captured with."""
 
     def __init__(self, bundle: str | Path, manifest: Manifest, precision: str = "fp16", cuda_graphs: bool = True):
         self.bundle, self.manifest, self.precision, self.use_graphs = Path(bundle), manifest, precision, cuda_graphs
         self.buffers: dict[tuple[str, str], int] = {}
-        self.graphs: dict[int, object] = {}
+        self.graph, self.graph_batch, self.bound_batch = None, 0, {}
         self.streams: list = []
+        self.events: list = []
+        self.graph_note = ""  # why CUDA graphs are off, when capture failed
 
     # --- lifetime --------------------------------------------------------------------------------
 
@@ -102,121 +149,178 @@ class TrtChain:
         self.close()
 
     def open(self) -> None:
-        import tensorrt as trt
-
-        cudart = _cudart()
+        self.trt, self.trt_module = import_trt_runtime()
+        self.cudart = cudart = cuda_runtime()
         where = str(self.bundle / MANIFEST_NAME)
         self.identity = detect_gpu()
-        record = find_engines(self.manifest.engines, self.identity, self.precision, where)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engines, self.contexts, self.max_batch = {}, {}, 1 << 30
+        record = find_engines(self.manifest.engines, self.identity, self.precision, where,
+                              needs_lean_runtime=self.trt_module == "tensorrt_dispatch")
+        runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
+        if record.get("lean_runtime_included"):
+            runtime.engine_host_code_allowed = True  # the engine carries the lean runtime's code: our own build
+        self.engines, self.contexts = {}, {}
         for name in AUDIO_COMPONENTS:
-            key = f"{name}.{self.precision}"
-            r = record["components"].get(key)
-            if r is None:
-                raise EngineMismatch(f"{where}: engines.{record['dir']}.components lacks {key}; rebuild with --rebuild")
-            path = self.bundle / r["file"]
-            if not path.is_file() or sha256_file(path) != r["sha256"]:
-                raise BundleError(f"{path}: missing or its sha256 differs from engines.{record['dir']}.components.{key}")
-            engine = runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise EngineMismatch(f"{path}: TensorRT {trt.__version__} refused to load the engine; rebuild with --rebuild")
-            self.engines[name] = engine
-            self.contexts[name] = engine.create_execution_context()
-            self.max_batch = min(self.max_batch, *(p[2][0] for p in r["profile"].values()))
+            self.engines[name] = self._load(runtime, record, name, where)
+            self.contexts[name] = self.engines[name].create_execution_context()
+            if self.contexts[name] is None:
+                raise GammaError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
+        self.max_batch = min(self._profile_max(name) for name in AUDIO_COMPONENTS)
         self.streams = [_ok(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)) for _ in range(2)]
-        self.fork = _ok(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
-        self.join = _ok(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
-        self.specs = {}
+        self.events = [_ok(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming)) for _ in range(2)]
+        self.fork, self.join = self.events
+        self._allocate()
+        if self.use_graphs:
+            self._capture(1)  # once at open, on the opening thread, for the streaming batch
+
+    def _load(self, runtime, record: dict, name: str, where: str):
+        key = f"{name}.{self.precision}"
+        r = record["components"].get(key)
+        if r is None:
+            raise EngineMismatch(f"{where}: engines.{record['dir']}.components lacks {key}; rebuild with --rebuild")
+        path = self.bundle / r["file"]
+        if not path.is_file() or sha256_file(path) != r["sha256"]:
+            raise BundleError(f"{path}: missing or its sha256 differs from engines.{record['dir']}.components.{key}")
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise EngineMismatch(f"{path}: {self.trt_module} {self.trt.__version__} refused to load the engine; "
+                                 "rebuild with --rebuild")
+        return engine
+
+    def _io(self, name: str):
+        """(tensor name, is input, numpy dtype) of every I/O tensor of ``name``'s engine."""
+        engine = self.engines[name]
+        for i in range(engine.num_io_tensors):
+            tensor = engine.get_tensor_name(i)
+            is_input = engine.get_tensor_mode(tensor) == self.trt.TensorIOMode.INPUT
+            yield tensor, is_input, np.dtype(self.trt.nptype(engine.get_tensor_dtype(tensor)))
+
+    def _profile_max(self, name: str) -> int:
+        engine = self.engines[name]
+        return min(engine.get_tensor_profile_shape(t, 0)[2][0] for t, is_input, _ in self._io(name) if is_input)
+
+    def _allocate(self) -> None:
+        self.specs, self.dtypes = {}, {}
         for name in AUDIO_COMPONENTS:
             c = self.manifest.component(name)
-            for spec in [*c.inputs, *c.outputs]:
-                self.specs[(name, spec.name)] = tuple(spec.shape[1:])
-                if (name, spec.name) not in SOURCE_OF:
-                    nbytes = self.max_batch * int(np.prod(spec.shape[1:])) * 4
-                    self.buffers[(name, spec.name)] = _ok(cudart.cudaMalloc(nbytes))
-        for (name, tensor), src in SOURCE_OF.items():
-            self.buffers[(name, tensor)] = self.buffers[src]
+            shapes = {spec.name: tuple(spec.shape[1:]) for spec in [*c.inputs, *c.outputs]}
+            for tensor, _, dtype in self._io(name):
+                if tensor not in shapes:
+                    raise EngineMismatch(f"{name} engine tensor {tensor!r} is not in the manifest's graph; rebuild")
+                self.specs[(name, tensor)], self.dtypes[(name, tensor)] = shapes[tensor], dtype
+        for key, src in SOURCE_OF.items():
+            if self.dtypes[key] != self.dtypes[src]:
+                raise EngineMismatch(f"{key[0]}.{key[1]} is {self.dtypes[key]} but {src[0]}.{src[1]} is "
+                                     f"{self.dtypes[src]}: the engines cannot share that buffer; rebuild them together")
+        for key, shape in self.specs.items():
+            if key not in SOURCE_OF:
+                nbytes = self.max_batch * int(np.prod(shape)) * self.dtypes[key].itemsize
+                self.buffers[key] = _ok(self.cudart.cudaMalloc(nbytes))
+        for key, src in SOURCE_OF.items():
+            self.buffers[key] = self.buffers[src]
 
     def close(self) -> None:
-        cudart = _cudart()
-        for exec_graph in self.graphs.values():
-            cudart.cudaGraphExecDestroy(exec_graph)
+        cudart = getattr(self, "cudart", None)
+        if cudart is None:
+            return
+        if self.graph is not None:
+            cudart.cudaGraphExecDestroy(self.graph)
         for ptr in {v for k, v in self.buffers.items() if k not in SOURCE_OF}:
             cudart.cudaFree(ptr)
+        for e in self.events:
+            cudart.cudaEventDestroy(e)
         for s in self.streams:
             cudart.cudaStreamDestroy(s)
-        self.graphs, self.buffers, self.streams = {}, {}, []
+        self.graph, self.buffers, self.streams, self.events = None, {}, [], []
+        self.contexts, self.engines = {}, {}
 
     # --- running ---------------------------------------------------------------------------------
 
-    def _bind(self, name: str, batch: int) -> None:
-        ctx, engine = self.contexts[name], self.engines[name]
-        import tensorrt as trt
+    def _check_batch(self, batch: int) -> None:
+        if not 1 <= batch <= self.max_batch:
+            raise GammaError(f"batch {batch} is outside the engines' profile (1 to {self.max_batch}); "
+                             "rebuild with a larger --max-batch")
 
-        for i in range(engine.num_io_tensors):
-            tensor = engine.get_tensor_name(i)
-            if engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
-                ctx.set_input_shape(tensor, (batch, *self.specs[(name, tensor)]))
-            ctx.set_tensor_address(tensor, int(self.buffers[(name, tensor)]))
+    def _bind(self, name: str, batch: int) -> None:
+        """Shape the context for ``batch`` and point it at the buffers (once per batch change)."""
+        if self.bound_batch.get(name) == batch:
+            return
+        ctx = self.contexts[name]
+        for tensor, is_input, _ in self._io(name):
+            if is_input:
+                shape = (batch, *self.specs[(name, tensor)])
+                check_bound(ctx.set_input_shape(tensor, shape), "shape", name, tensor, shape)
+            address = int(self.buffers[(name, tensor)])
+            check_bound(ctx.set_tensor_address(tensor, address), "address", name, tensor, hex(address))
+        self.bound_batch[name] = batch
 
     def _enqueue(self, batch: int) -> None:
         """The whole chain on the two streams: fork, both experts, join, fusion, projector."""
         s0, s1 = self.streams
-        fork_join(self.fork, s1, s0)
+        fork_join(self.fork, s1, s0, self.cudart)
         for name in AUDIO_COMPONENTS:
             if name == "fusion":
-                fork_join(self.join, s0, s1)
+                fork_join(self.join, s0, s1, self.cudart)
             self._bind(name, batch)
             if not self.contexts[name].execute_async_v3(int(self.streams[STREAM_OF[name]])):
                 raise RuntimeError(f"TensorRT could not enqueue {name}")
 
-    def _graph(self, batch: int):
-        """A CUDA graph of the chain at ``batch``, captured after one plain run (TensorRT's lazy setup)."""
-        cudart = _cudart()
-        if batch not in self.graphs:
-            self._enqueue(batch)
-            _ok(cudart.cudaStreamSynchronize(self.streams[0]))
-            self.graphs[batch] = capture_graph(self.streams[0], lambda: self._enqueue(batch))
-        return self.graphs[batch]
+    def _capture(self, batch: int) -> None:
+        """(Re)capture the chain at ``batch`` after one plain run (TensorRT's lazy setup); on failure CUDA
+        graphs are turned off and the chain runs by plain enqueues."""
+        if self.graph is not None:
+            _ok(self.cudart.cudaGraphExecDestroy(self.graph))
+            self.graph = None
+        self._enqueue(batch)
+        _ok(self.cudart.cudaStreamSynchronize(self.streams[0]))
+        try:
+            self.graph = capture_graph(self.streams[0], lambda: self._enqueue(batch), self.cudart)
+            self.graph_batch = batch
+        except RuntimeError as e:
+            self.use_graphs, self.graph_note = False, f"CUDA graph capture failed ({e}); plain enqueue"
+            _ok(self.cudart.cudaStreamSynchronize(self.streams[0]))
+
+    def _copy_in(self, key: tuple[str, str], value: np.ndarray, stream) -> None:
+        v = np.ascontiguousarray(value, dtype=self.dtypes[key])
+        _ok(self.cudart.cudaMemcpyAsync(self.buffers[key], v.ctypes.data, v.nbytes,
+                                        self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+        return v  # kept alive until the stream is synchronized
+
+    def _copy_out(self, key: tuple[str, str], batch: int, stream) -> np.ndarray:
+        out = np.empty((batch, *self.specs[key]), self.dtypes[key])
+        _ok(self.cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[key], out.nbytes,
+                                        self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+        _ok(self.cudart.cudaStreamSynchronize(stream))
+        return out.astype(np.float32, copy=False)
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """(B, 128, 3000) float32 log-mel -> (B, 750, n_embd) float32 embeddings, B <= the engines' max batch."""
-        cudart = _cudart()
         batch = mel.shape[0]
         if mel.shape[1:] != self.specs[("temporal_encoder", "mel")]:
             raise GammaError(f"mel batch shape {mel.shape}: expected (B, {', '.join(map(str, self.specs[('temporal_encoder', 'mel')]))})")
-        if batch > self.max_batch:
-            raise GammaError(f"batch {batch} exceeds the engines' --max-batch {self.max_batch}; rebuild with a larger one")
+        self._check_batch(batch)  # before any copy into the max-batch buffers
         s0 = self.streams[0]
-        mel = np.ascontiguousarray(mel, dtype=np.float32)
-        _ok(cudart.cudaMemcpyAsync(self.buffers[("temporal_encoder", "mel")], mel.ctypes.data, mel.nbytes,
-                                   cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, s0))
+        keep = self._copy_in(("temporal_encoder", "mel"), mel, s0)
+        if self.use_graphs and self.graph_batch != batch:
+            self._capture(batch)
         if self.use_graphs:
-            _ok(cudart.cudaGraphLaunch(self._graph(batch), s0))
+            _ok(self.cudart.cudaGraphLaunch(self.graph, s0))
         else:
             self._enqueue(batch)
-        out = np.empty((batch, *self.specs[("projector", "embeddings")]), np.float32)
-        _ok(cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[("projector", "embeddings")], out.nbytes,
-                                   cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, s0))
-        _ok(cudart.cudaStreamSynchronize(s0))
+        out = self._copy_out(("projector", "embeddings"), batch, s0)
+        del keep
         return out
 
     def __call__(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
         """One component on its own (synchronous, no graph): for the per-component cosine report."""
-        cudart = _cudart()
         s = self.streams[STREAM_OF[name]]
         batch = next(iter(feed.values())).shape[0]
-        for tensor, value in feed.items():
-            v = np.ascontiguousarray(value, dtype=np.float32)
-            _ok(cudart.cudaMemcpyAsync(self.buffers[(name, tensor)], v.ctypes.data, v.nbytes,
-                                       cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, s))
+        self._check_batch(batch)
+        keep = [self._copy_in((name, tensor), value, s) for tensor, value in feed.items()]
         self._bind(name, batch)
+        if self.graph_batch:  # the contexts may now hold other shapes than the captured graph
+            self.graph_batch = 0
         if not self.contexts[name].execute_async_v3(int(s)):
             raise RuntimeError(f"TensorRT could not enqueue {name}")
-        out_name = self.manifest.component(name).outputs[0].name
-        out = np.empty((batch, *self.specs[(name, out_name)]), np.float32)
-        _ok(cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[(name, out_name)], out.nbytes,
-                                   cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, s))
-        _ok(cudart.cudaStreamSynchronize(s))
+        out = self._copy_out((name, self.manifest.component(name).outputs[0].name), batch, s)
+        del keep
         return out

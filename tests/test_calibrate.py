@@ -92,3 +92,56 @@ def test_report_isolates_the_component_that_is_off(fp16_bundle):
     report = cosine_report(reference, disturbed, mel)
     assert report["temporal_encoder"]["min"] == pytest.approx(1.0) and report["projector"]["min"] == pytest.approx(1.0)
     assert report["fusion"]["mean"] < 0.9 and report["chained"]["mean"] < 0.99
+
+
+def test_calibration_data_hash_changes_with_the_windows_and_the_batching():
+    from gamma_rt.export.calibration import calibration_sha256
+
+    a = np.zeros((1, 128, 3000), np.float32)
+    b = a.copy()
+    b[0, 0, 0] = 1.0
+    assert calibration_sha256([a]) == calibration_sha256([a.copy()])
+    assert len({calibration_sha256([a]), calibration_sha256([b]), calibration_sha256([a, a]),
+                calibration_sha256([np.concatenate([a, a])])}) == 4
+
+
+def _fake_trt(version, with_calibrator=True):
+    import types
+
+    class Base:
+        def __init__(self):
+            pass
+
+    return types.SimpleNamespace(__version__=version, **({"IInt8EntropyCalibrator2": Base} if with_calibrator else {}))
+
+
+class _Cudart:
+    class cudaMemcpyKind:
+        cudaMemcpyHostToDevice = 1
+
+    def __init__(self):
+        self.copies = []
+
+    def cudaMalloc(self, n):
+        return 0, 1000 + n
+
+    def cudaMemcpy(self, dst, src, n, kind):
+        self.copies.append(n)
+        return (0,)
+
+    def cudaFree(self, ptr):
+        return (0,)
+
+
+def test_calibrator_reads_only_its_own_table_and_is_refused_on_trt11(tmp_path):
+    from gamma_rt.export.calibration import make_calibrator
+
+    with pytest.raises(GammaError, match="TensorRT 11.1.0 has no INT8 calibrators"):
+        make_calibrator(_fake_trt("11.1.0", with_calibrator=False), None, [], tmp_path / "x.calib", _Cudart())
+    feeds = [{"temporal": np.zeros((1, 4, 2), np.float16)}]
+    (tmp_path / "old.calib").write_bytes(b"stale")
+    cal = make_calibrator(_fake_trt("10.3.0"), None, feeds, tmp_path / "new.calib", _Cudart())
+    assert cal.read_calibration_cache() is None  # another data hash, another file: the stale table is not read
+    assert cal.get_batch(["temporal"]) == [1016] and cal.get_batch(["temporal"]) is None
+    cal.write_calibration_cache(b"table")
+    assert (tmp_path / "new.calib").read_bytes() == b"table" and cal.read_calibration_cache() == b"table"

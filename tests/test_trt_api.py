@@ -132,3 +132,17 @@ def test_the_checker_catches_a_name_a_release_lacks(tmp_path, monkeypatch):
     api = API["11.1"]["tensorrt"]
     assert [(o, n) for _, o, n, _ in found if not _exists(api, o, n)] == [("BuilderFlag", "FP16"),
                                                                            ("IBuilderConfig", "int8_calibrator")]
+
+
+def test_gpu_extra_pins_tensorrt_to_the_checked_majors_and_cuda_python_with_bindings():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extra = {Requirement(r).name: Requirement(r) for r in
+             tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]}
+    trt = extra["tensorrt-cu12"].specifier
+    assert "10.3" in trt and "11.9" in trt and "12.0" not in trt and "10.2" not in trt
+    assert "12.6.0" in extra["cuda-python"].specifier and "12.5" not in extra["cuda-python"].specifier
+    assert "tensorrt" not in extra  # the bare name resolves to whatever major is newest
+    assert 'pip install "cuda-python==12.6.*"' in (ROOT / "docs" / "jetson.md").read_text()

@@ -11,7 +11,7 @@ import pytest
 from gamma_rt.errors import EngineMismatch, GammaError
 from gamma_rt.manifest import Manifest
 from gamma_rt.runtime.backends import Machine, choose_backend, ort_providers, probe
-from gamma_rt.runtime.engine_record import GpuIdentity, find_engines, mismatches
+from gamma_rt.runtime.engine_record import GpuIdentity, find_engines, mismatches, version_fits
 
 H100 = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "10.13.0")
 ORIN = GpuIdentity("Orin", "8.7", "10.3.0")
@@ -82,13 +82,60 @@ def test_explicit_tensorrt_without_the_package_says_so():
         choose_backend("tensorrt", manifest_with(record(H100)), Machine(False, ("CPUExecutionProvider",)))
 
 
+PLAIN = {f"{c}.plain": object() for c in ("temporal_encoder", "global_encoder", "fusion", "projector")}
+
+
 @pytest.mark.parametrize("providers,expected", [
     (("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"), "ort-trt"),
     (("CUDAExecutionProvider", "CPUExecutionProvider"), "ort-cuda"),
     (("CPUExecutionProvider",), "ort-cpu"),
 ])
 def test_auto_without_tensorrt_takes_the_best_ort_provider(providers, expected):
-    assert choose_backend("auto", manifest_with({}), Machine(False, providers)).backend == expected
+    manifest = Manifest(audio={}, prompt={}, engines={}, components=PLAIN)
+    assert choose_backend("auto", manifest, Machine(False, providers, libnvinfer_majors=(10,))).backend == expected
+
+
+def test_ort_trt_needs_the_tensorrt_major_its_build_links_and_the_plain_graphs():
+    providers = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    manifest = Manifest(audio={}, prompt={}, engines={}, components=PLAIN)
+    choice = choose_backend("auto", manifest, Machine(False, providers, libnvinfer_majors=(11,)))
+    assert choice.backend == "ort-cuda" and "links TensorRT 10 (libnvinfer.so.10); found libnvinfer.so.11" in choice.reason
+    choice = choose_backend("auto", manifest_with({}), Machine(False, providers, libnvinfer_majors=(10,)))
+    assert choice.backend == "ort-cuda" and "components.temporal_encoder.plain missing" in choice.reason
+
+
+def test_ort_trt_gets_explicit_profile_shapes_from_the_graph_inputs(tmp_path):
+    from gamma_rt.manifest import TensorSpec
+
+    _, options = ort_providers("ort-trt", tmp_path, True, [TensorSpec("mel", ["batch", 128, 3000], "float32")])[0]
+    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) \
+        == ("mel:1x128x3000", "mel:1x128x3000", "mel:8x128x3000")
+
+
+def test_version_compatible_engines_load_on_later_releases_as_tensorrt_allows():
+    assert version_fits("10.3.0", "10.3.0.26") and not version_fits("10.3.0", "10.13.0")
+    assert version_fits("10.3.0", "10.13.0", version_compatible=True)
+    assert version_fits("10.13.0", "11.1.0", version_compatible=True)  # 10 -> 11 is allowed
+    assert not version_fits("10.13.0", "10.3.0", version_compatible=True)  # never an older runtime
+    assert not version_fits("11.1.0", "12.0.0", version_compatible=True)
+    compatible = record(H100)
+    compatible[H100.engine_dir()].update(version_compatible=True, lean_runtime_included=True)
+    later = GpuIdentity(H100.name, "9.0", "10.14.1")
+    assert find_engines(compatible, later, "fp16", "m.json")["dir"] == H100.engine_dir()
+    with pytest.raises(EngineMismatch, match="dispatch runtime needs version-compatible engines"):
+        find_engines(record(H100), H100, "fp16", "m.json", needs_lean_runtime=True)
+
+
+def test_tensorrt_runs_any_recorded_precision_and_auto_picks_the_best_for_this_gpu():
+    engines = record(ORIN, "fp16")
+    engines[ORIN.engine_dir()]["components"]["temporal_encoder.int8"] = {"precision": "int8", "file": "y.plan"}
+    machine = Machine(True, ("CPUExecutionProvider",), ORIN)
+    choice = choose_backend("auto", manifest_with(engines), machine, "auto")
+    assert (choice.backend, choice.precision) == ("tensorrt", "int8") and "TensorRT int8 engines" in choice.reason
+    assert choose_backend("tensorrt", manifest_with(engines), machine, "fp16").precision == "fp16"
+    from gamma_rt.runtime.options import RuntimeOptions
+
+    assert RuntimeOptions(backend="tensorrt", precision="int8").precision == "int8"
 
 
 def test_explicit_ort_backend_missing_its_provider_is_a_clear_error():
@@ -130,9 +177,9 @@ def test_two_stream_work_captured_as_a_cuda_graph_replays_with_new_input():
     pytest.importorskip("cuda", reason="cuda-python is not installed (no CUDA on this machine)")
     import numpy as np
 
-    from gamma_rt.runtime.trt_backend import _cudart, _ok, capture_graph, fork_join
+    from gamma_rt.runtime.trt_backend import _ok, capture_graph, cuda_runtime, fork_join
 
-    cudart = _cudart()
+    cudart = cuda_runtime()
     err, count = cudart.cudaGetDeviceCount()
     if int(err) != 0 or count == 0:
         pytest.skip("no CUDA GPU visible")
@@ -161,3 +208,71 @@ def test_two_stream_work_captured_as_a_cuda_graph_replays_with_new_input():
     _ok(cudart.cudaGraphExecDestroy(graph))
     for ptr in (src, left, right):
         _ok(cudart.cudaFree(ptr))
+
+
+class FakeCudart:
+    """cuda-python's runtime API as far as the capture and detection code uses it, recording every call."""
+
+    class cudaStreamCaptureMode:
+        cudaStreamCaptureModeGlobal, cudaStreamCaptureModeThreadLocal = "global", "thread-local"
+
+    def __init__(self, props_error=0):
+        self.calls, self.props_error = [], props_error
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append((name, *args))
+            if name == "cudaGetDeviceCount":
+                return 0, 1
+            if name == "cudaGetDeviceProperties":
+                return self.props_error, None
+            return (0, f"{name}-handle")
+        return call
+
+
+def test_capture_is_thread_local_and_always_ended_when_enqueue_fails():
+    from gamma_rt.runtime.trt_backend import capture_graph
+
+    cudart = FakeCudart()
+
+    def enqueue():
+        raise RuntimeError("enqueue failed")
+
+    with pytest.raises(RuntimeError, match="enqueue failed"):
+        capture_graph("s0", enqueue, cudart)
+    assert [c[0] for c in cudart.calls] == ["cudaStreamBeginCapture", "cudaStreamEndCapture"]
+    assert cudart.calls[0][2] == "thread-local"  # llama.cpp's CUDA work on the main thread is not disturbed
+
+
+def test_detection_failures_are_gamma_errors(monkeypatch):
+    import types
+
+    from gamma_rt.runtime import trt_backend
+
+    monkeypatch.setattr(trt_backend, "import_trt_runtime", lambda: (types.SimpleNamespace(__version__="10.3.0"), "tensorrt"))
+    monkeypatch.setattr(trt_backend, "cuda_runtime", lambda: FakeCudart(props_error=100))
+    with pytest.raises(GammaError, match="cannot read CUDA device 0's properties"):
+        trt_backend.detect_gpu()
+
+
+def test_a_refused_shape_or_address_raises_and_events_are_closed():
+    import types
+
+    from gamma_rt.runtime.trt_backend import TrtChain
+
+    chain = TrtChain(".", manifest_with({}))
+    chain.trt = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT=1), nptype=lambda d: "float32")
+    engine = types.SimpleNamespace(num_io_tensors=1, get_tensor_name=lambda i: "mel", get_tensor_mode=lambda t: 1,
+                                   get_tensor_dtype=lambda t: 0)
+    context = types.SimpleNamespace(set_input_shape=lambda t, s: False, set_tensor_address=lambda t, a: True)
+    chain.engines, chain.contexts = {"temporal_encoder": engine}, {"temporal_encoder": context}
+    chain.specs, chain.buffers = {("temporal_encoder", "mel"): (128, 3000)}, {("temporal_encoder", "mel"): 1}
+    with pytest.raises(EngineMismatch, match=r"refused shape \(9, 128, 3000\) for temporal_encoder.mel"):
+        chain._bind("temporal_encoder", 9)
+    chain.max_batch = 4
+    with pytest.raises(GammaError, match="batch 9 is outside the engines' profile"):
+        chain._check_batch(9)
+    chain.cudart, chain.events, chain.streams = FakeCudart(), ["e0", "e1"], ["s0"]
+    chain.close()
+    assert [c for c in chain.cudart.calls if c[0] == "cudaEventDestroy"] == [("cudaEventDestroy", "e0"),
+                                                                            ("cudaEventDestroy", "e1")]
