@@ -1,14 +1,18 @@
-"""Per-window cost of the audio side: front end, each expert, fusion, projector.
+"""Per-window cost of the audio side: the front end, then each graph of the bundle's audio chain.
 
-The same 30 s window goes through the bundle's ONNX graphs under ONNX Runtime (every precision the
-bundle holds: fp32, fp16) and through the checkpoint's PyTorch modules in eager mode, at the same
-thread count, so the ratios compare ways of running one model, not two inputs.
+The chain is the manifest's (``manifest.audio.chain``): GaMMA's two experts, fusion and projector, or a
+flamingo's encoder and projector, whatever their names. One 30 s window's feeds are made exactly as the
+runtime makes them (``runtime.embed.window_feeds``: mel, mel_mask, window_index) and encoded by the
+runtime's own audio backend (``runtime.backends.open_backend``, from the bench's RuntimeOptions) at every
+precision the bundle holds; each graph's time is the backend's own per-stage figure. The PyTorch baseline
+(GaMMA checkpoints) runs the same mel through the checkpoint's modules in eager mode at the same threads,
+so the ratios compare ways of running one model, not two inputs.
 
-Shapes, one window (batch 1):
+Shapes, one window (batch 1), GaMMA / a flamingo:
     samples  (window_samples,) float32, 16 kHz
-    mel      (1, n_mels, 3000) float32
-    expert   (1, 1500, d_expert)        x 2 (temporal, global)
-    fusion   (1, 1500, d_expert)
+    mel      (1, n_mels, 3000) float32; mel_mask (1, 3000) int64; window_index (1,) int64
+    encoders (1, 1500, d_expert) x 2 (temporal, global) / (1, 750, d_encoder), pooled inside the graph
+    fusion   (1, 1500, d_expert) / none
     projector(1, 750, d_llm)
 """
 
@@ -20,58 +24,59 @@ import numpy as np
 
 from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
 
-from .timing import Stats, measure
-
-ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+from .timing import Stats, measure, summarize
 
 
-def onnx_variants(manifest: Manifest) -> dict[str, dict[str, str]]:
-    """Precision -> {stage: component name} for every complete set of audio graphs in the bundle.
+def window_feeds(samples: np.ndarray, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The chain's feeds for one full window of ``samples`` (window_samples,) float32, as the runtime makes them."""
+    from gamma_rt.runtime.embed import AudioLayout, window_feeds as runtime_feeds
+    from gamma_rt.runtime.windows import Window
 
-    The fp32 graphs are components ``temporal_encoder`` ...; other precisions may sit beside them as
-    ``temporal_encoder.fp16`` ...; a set counts only if all four stages are there.
-    """
-    found: dict[str, dict[str, str]] = {}
-    for name, c in manifest.components.items():
-        stage = name.split(".", 1)[0]
-        if c.kind == "onnx" and stage in AUDIO_COMPONENTS:
-            found.setdefault(c.precision, {})[stage] = name
-    return {p: stages for p, stages in found.items() if set(stages) == set(AUDIO_COMPONENTS)}
+    layout = AudioLayout.from_manifest(manifest.audio)
+    window = Window(0, 0.0, len(samples) / layout.sample_rate, samples, len(samples))
+    return runtime_feeds(window, layout)
 
 
-def time_front_end(samples: np.ndarray, n_mels: int, repeat: int, warmup: int) -> tuple[Stats, np.ndarray]:
-    """The numpy log-mel front end on one window; returns its timing and the (1, n_mels, frames) mel."""
-    from gamma_rt.runtime.mel import log_mel_spectrogram
-
-    stats = measure(lambda: log_mel_spectrogram(samples, n_mels), repeat, warmup)
-    return stats, log_mel_spectrogram(samples, n_mels)[None].astype(np.float32)
+def time_front_end(samples: np.ndarray, manifest: Manifest, repeat: int, warmup: int) -> tuple[Stats, dict]:
+    """The runtime's front end (log-mel and mask) on one window; its timing and the window's feeds."""
+    stats = measure(lambda: window_feeds(samples, manifest), repeat, warmup)
+    return stats, window_feeds(samples, manifest)
 
 
-def time_onnx(bundle: str | Path, stages: dict[str, str], mel: np.ndarray, threads: int, repeat: int,
-              warmup: int) -> dict[str, Stats]:
-    """ms per window of each audio stage under ONNX Runtime (CPU), fed with the previous stage's output."""
-    import onnxruntime as ort
+def precisions(manifest: Manifest, requested: str) -> list[str]:
+    """The audio precisions to time: every one the bundle holds a whole chain of for ``auto``, else the one asked."""
+    from gamma_rt.runtime.backends import available_precisions
 
-    manifest = Manifest.read(bundle)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sessions = {
-        stage: ort.InferenceSession(str(Path(bundle) / manifest.component(name).file), opts,
-                                    providers=["CPUExecutionProvider"])
-        for stage, name in stages.items()
-    }
+    return available_precisions(manifest) if requested == "auto" else [requested]
 
-    def run(stage: str, *arrays: np.ndarray):
-        sess = sessions[stage]
-        feeds = {i.name: a.astype(ORT_DTYPES[i.type]) for i, a in zip(sess.get_inputs(), arrays)}
-        return lambda: sess.run(None, feeds)[0]
 
-    return _chain(run, mel, repeat, warmup)
+def time_backend(bundle: str | Path, manifest: Manifest, options, precision: str, feeds: dict[str, np.ndarray],
+                 repeat: int, warmup: int) -> tuple[str, str, dict[str, Stats]]:
+    """ms per window of each stage the backend times (each graph of the chain under ONNX Runtime), with the
+    backend ``options.backend`` opens at ``precision``; returns (way, why that backend, {stage: Stats}). The
+    way is ``onnxruntime-<precision>`` for ORT on the CPU (the row the eager baseline is compared with), else
+    ``<backend>-<precision>``."""
+    from gamma_rt.runtime.backends import open_backend
+
+    backend = open_backend(bundle, manifest, options.backend, precision, options.threads)
+    try:
+        for _ in range(warmup):
+            backend.encode(feeds)
+        samples: dict[str, list[float]] = {}
+        for _ in range(repeat):
+            backend.times.reset()
+            backend.encode(feeds)
+            for stage, ms in backend.times.ms.items():
+                samples.setdefault(stage, []).append(ms)
+        way = f"onnxruntime-{backend.precision}" if backend.name == "ort-cpu" else f"{backend.name}-{backend.precision}"
+        return way, backend.reason, {stage: summarize(v) for stage, v in samples.items()}
+    finally:
+        backend.close()
 
 
 def time_eager(checkpoint: str | Path, mel: np.ndarray, threads: int, repeat: int, warmup: int) -> dict[str, Stats]:
-    """ms per window of each audio stage as PyTorch modules in eager mode (fp32, inference mode)."""
+    """ms per window of each GaMMA audio stage as the checkpoint's PyTorch modules in eager mode (fp32,
+    inference mode)."""
     import torch
 
     from gamma_rt.export.checkpoint import Checkpoint
@@ -95,7 +100,7 @@ def time_eager(checkpoint: str | Path, mel: np.ndarray, threads: int, repeat: in
 
 
 def _chain(run, mel: np.ndarray, repeat: int, warmup: int) -> dict[str, Stats]:
-    """Time each stage on the real output of the one before: mel -> experts -> fusion -> projector."""
+    """Time each GaMMA stage on the real output of the one before: mel -> experts -> fusion -> projector."""
     timings = {}
     outputs = {}
     for stage, inputs in (("temporal_encoder", (mel,)), ("global_encoder", (mel,)), ("fusion", None),

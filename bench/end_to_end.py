@@ -5,8 +5,8 @@ A file of synthesized music (gamma_rt/synth.py; 44.1 kHz stereo FLAC, so reading
 the cost) goes through ``Pipeline.stream`` with one question, as ``gamma-rt ask`` runs it. The stage times
 are the Pipeline's own (``pipe.times``: read, front end, the four audio graphs, prefill, question, decode).
 
-- way ``runtime``: the Pipeline as shipped, encoding one window ahead on a worker thread while the decoder
-  prefills the previous one. Its stages overlap, so their sum exceeds the wall time and says nothing
+- way ``runtime``: the Pipeline as shipped (the bench's RuntimeOptions: backend, precision, GPU layers),
+  encoding one window ahead on a worker thread while the decoder prefills the previous one. Its stages overlap, so their sum exceeds the wall time and says nothing
   about overhead; this way gives the real-time factor and the time to first token.
 - way ``runtime-sequential``: the same Pipeline with ``overlap=False``. Every stage runs in turn, so
 
@@ -96,23 +96,26 @@ def ask_once(pipe, path: str | Path, n_decode: int, overlap: bool) -> dict:
 
 
 def open_pipeline(opts, max_seconds: float, decoder: str, answer_tokens: int | None = None):
-    """The bundle's Pipeline on ORT fp32 with ``opts.threads`` and ``opts.gpu_layers`` decoder layers on the GPU,
-    its context sized for ``max_seconds`` and ``answer_tokens`` at once (so no timed run pays for re-creating
-    it, and the 30 s and 10 min runs attend over the same cache size)."""
+    """The bundle's Pipeline under ``opts.runtime`` (backend, precision, GPU layers) with ``opts.threads`` and
+    ``decoder``, its context sized for ``max_seconds`` and ``answer_tokens`` at once (so no timed run pays for
+    re-creating it, and the 30 s and 10 min runs attend over the same cache size)."""
     from gamma_rt.runtime import pipeline
 
-    pipe = pipeline.Pipeline.open(opts.bundle, backend="ort-cpu", decoder=decoder, precision="fp32",
-                                  threads=opts.threads, gpu_layers=opts.gpu_layers)
+    pipe = pipeline.Pipeline.open(opts.bundle, opts.runtime.replace(decoder=decoder, threads=opts.threads))
     pipe.reserve(max_seconds, pipeline.PROMPT_SLACK_TOKENS + (answer_tokens or opts.n_decode))
     return pipe
 
 
-def decoder_component(bundle) -> str:
-    """The F16 GGUF where the bundle has one (half the cache memory of F32 for a 10-min song), else F32."""
+def decoder_component(opts) -> str:
+    """``opts.runtime.decoder`` when named; for ``auto`` the F16 GGUF where the bundle has one (half the cache
+    memory of F32 for a 10-min song), else the runtime's own pick."""
     from gamma_rt.manifest import Manifest
+    from gamma_rt.runtime.pipeline import best_decoder
 
-    names = Manifest.load(bundle).components
-    return "decoder.f16" if "decoder.f16" in names else "decoder"
+    if opts.runtime.decoder != "auto":
+        return opts.runtime.decoder
+    manifest = Manifest.load(opts.bundle)
+    return "decoder.f16" if "decoder.f16" in manifest.components else best_decoder(manifest, Path(opts.bundle))
 
 
 def measure_lengths(opts, scratch: Path, result: dict) -> None:
@@ -121,24 +124,27 @@ def measure_lengths(opts, scratch: Path, result: dict) -> None:
     lengths = opts.lengths()
     files = {length: write(scratch / f"music-{int(length)}s.flac", Music(length, channels=2)) for length in lengths}
     result.setdefault("_audio_files", {}).update({str(k): str(v) for k, v in files.items()})
-    decoder = decoder_component(opts.bundle)
+    decoder = decoder_component(opts)
     pipe = open_pipeline(opts, max(lengths), decoder)
     shortest = files[min(lengths)]
     overlapped, sequential = {}, {}
+    overlap = opts.runtime.overlap  # --no-overlap: the ``runtime`` rows run sequentially too
     try:
         for _ in range(opts.warmup):
-            ask_once(pipe, shortest, opts.n_decode, overlap=True)
+            ask_once(pipe, shortest, opts.n_decode, overlap=overlap)
         runs = [ask_once(pipe, shortest, opts.n_decode, overlap=False) for _ in range(opts.repeat)]
         sequential[_label(min(lengths))] = _row(min(lengths), runs, overhead=True)
         for length in lengths:
-            runs = [ask_once(pipe, files[length], opts.n_decode, overlap=True) for _ in range(opts.repeat)]
-            overlapped[_label(length)] = _row(length, runs, overhead=False)
+            runs = [ask_once(pipe, files[length], opts.n_decode, overlap=overlap) for _ in range(opts.repeat)]
+            overlapped[_label(length)] = _row(length, runs, overhead=not overlap)
+        backend = f"{pipe.backend.name} {pipe.backend.precision}"
     finally:
         pipe.close()
     result["end_to_end"]["runtime"] = overlapped
     result["end_to_end"]["runtime-sequential"] = sequential
-    result["inputs"]["end_to_end"] = {"decoder": decoder, "backend": "ort-cpu fp32", "question": QUESTION,
-                                      "n_decode": opts.n_decode, "via": "runtime.pipeline.Pipeline.stream"}
+    result["inputs"]["end_to_end"] = {"decoder": decoder, "backend": backend, "overlap": overlap,
+                                      "question": QUESTION, "n_decode": opts.n_decode,
+                                      "via": "runtime.pipeline.Pipeline.stream"}
 
 
 def _ms(t0: float) -> float:
@@ -175,7 +181,7 @@ def tagging_throughput(opts, scratch: Path) -> dict:
     from .throughput import songs_per_hour
 
     tracks = [write(scratch / f"song-{i}.flac", Music(30.0, channels=2, seed=i)) for i in range(2)]
-    pipe = open_pipeline(opts, 30.0, decoder_component(opts.bundle), opts.questions * (opts.n_decode + 64))
+    pipe = open_pipeline(opts, 30.0, decoder_component(opts), opts.questions * (opts.n_decode + 64))
     try:
         for _ in range(opts.warmup):
             pipe.ask(tracks[0], "What is this?", max_tokens=opts.n_decode)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from .run import RESULT_FORMAT, audio_side_ms
 
-AUDIO_STAGES = ("temporal_encoder", "global_encoder", "fusion", "projector")
-STAGE_ORDER = ("front_end", *AUDIO_STAGES, "prefill_per_window", "decode_ms_per_token")
+DECODER_STAGES = ("prefill_per_window", "decode_ms_per_token")
 HEADER = """\
 # Benchmark results
 
@@ -44,13 +43,21 @@ def fmt(stats: dict | float | None, digits: int = 1) -> str:
     return f"{stats:.{digits}f}"
 
 
+def audio_stages(result: dict) -> list[str]:
+    """The audio graphs the result timed (its chain: GaMMA's four, a flamingo's two), in the order first seen."""
+    stages: list[str] = []
+    for block in result["audio_side"].values():
+        stages += [s for s in block if s not in stages]
+    return stages
+
+
 def table(result: dict, name: str) -> str:
     """The markdown section of one result."""
     m, inp = result["machine"], result["inputs"]
     lines = [
         f"## {name}",
         "",
-        f"preset **{inp['preset']}**, {inp['threads']} threads, repeat {inp['repeat']} after {inp['warmup']} warm-up; "
+        f"{inp.get('family', 'gamma')} preset **{inp['preset']}**, {inp['threads']} threads, repeat {inp['repeat']} after {inp['warmup']} warm-up; "
         f"{m['cpu']} ({m['logical_cpus']} logical CPUs), GPU {m['gpu']['name'] if m.get('gpu') else 'none'}; "
         f"load {m.get('load_average_start', ['?'])[0]} → {m.get('load_average_end', ['?'])[0]}; "
         f"onnxruntime {m['versions'].get('onnxruntime')}, llama-cpp-python {m['versions'].get('llama-cpp-python')}, "
@@ -62,12 +69,14 @@ def table(result: dict, name: str) -> str:
         "| stage | ms |",
         "|---|---|",
     ]
-    lines += [f"| {s} | {fmt(result['stages'].get(s))} |" for s in STAGE_ORDER if s in result["stages"]]
+    stages = audio_stages(result)
+    order = ("front_end", *stages, *DECODER_STAGES)
+    lines += [f"| {s} | {fmt(result['stages'].get(s))} |" for s in order if s in result["stages"]]
     ways = result["audio_side"]
-    lines += ["", "### Audio side, ms per window", "", "| way | " + " | ".join(AUDIO_STAGES) + " | sum |",
-              "|---" * (len(AUDIO_STAGES) + 2) + "|"]
+    lines += ["", "### Audio side, ms per window", "", "| way | " + " | ".join(stages) + " | sum |",
+              "|---" * (len(stages) + 2) + "|"]
     for way, block in ways.items():
-        cells = [fmt(block.get(s)) for s in AUDIO_STAGES] + [fmt(audio_side_ms(block))]
+        cells = [fmt(block.get(s)) for s in stages] + [fmt(audio_side_ms(block))]
         lines.append(f"| {way} | " + " | ".join(cells) + " |")
     lines += ["", "### Decoder", "", "| way | prefill of one window, ms | decode ms/token | decode tok/s |",
               "|---|---|---|---|"]
@@ -156,12 +165,13 @@ def plot_result(path: str | Path) -> list[Path]:
     written = []
 
     ways = {way: block for way, block in result["audio_side"].items()}
+    stages = audio_stages(result)
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(ways))
     for i, (way, block) in enumerate(ways.items()):
-        xs = [j + i * width for j in range(len(AUDIO_STAGES))]
-        ax.bar(xs, [block[s]["median"] if s in block else 0 for s in AUDIO_STAGES], width, label=way)
-    ax.set_xticks([j + width * (len(ways) - 1) / 2 for j in range(len(AUDIO_STAGES))], AUDIO_STAGES)
+        xs = [j + i * width for j in range(len(stages))]
+        ax.bar(xs, [block[s]["median"] if s in block else 0 for s in stages], width, label=way)
+    ax.set_xticks([j + width * (len(ways) - 1) / 2 for j in range(len(stages))], stages)
     ax.set_ylabel("ms per 30 s window (median)")
     ax.set_title(f"audio side, {result['inputs']['preset']} preset, {result['inputs']['threads']} threads")
     ax.legend()

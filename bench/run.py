@@ -4,12 +4,18 @@ Order matters on a shared machine: the runtime's own figures are taken in this p
 imports torch; the PyTorch baselines run after, in a child process (bench/baselines.py), on the same
 window, embeddings and thread count. Parts the bundle or tree cannot measure are listed under
 ``skipped`` with the reason, never silently left out.
+
+Nothing here knows a model family: the audio side is the manifest's chain of graphs (GaMMA's four, a
+flamingo's two), the decoder is whatever GGUF the bundle holds (qwen3, qwen2). How the runtime runs is one
+:class:`~gamma_rt.runtime.options.RuntimeOptions` (backend, precision, threads, GPU layers, decoder),
+passed down whole.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +24,9 @@ import numpy as np
 
 from gamma_rt import machine
 from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.manifest import Manifest
+from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
 from gamma_rt.progress import track
+from gamma_rt.runtime.options import RuntimeOptions
 
 from . import audio_side, decoder_side
 from .targets import evaluate
@@ -27,30 +34,51 @@ from .targets import evaluate
 RESULT_FORMAT = "gamma-rt/bench"
 RESULT_VERSION = 1
 LENGTHS_S = (30.0, 240.0, 600.0)  # end-to-end inputs: one window, a 4-min song, a 10-min piece
+BENCH_THREADS = 2  # bench's default, not the runtime's (all cores): results stay comparable across machines
 
 
 @dataclass
 class BenchOptions:
     bundle: Path
+    # how the runtime runs: audio backend and precision ("auto": every precision the bundle holds is timed),
+    # threads for every engine, GPU layers for every llama.cpp side (runtime, raw loop, llama-bench), and the
+    # decoder of the end-to-end and throughput runs ("auto": F16 where the bundle has it, else the runtime's
+    # pick). Its cache_dir must stay None: the bench times the encoders.
+    runtime: RuntimeOptions = field(default_factory=lambda: RuntimeOptions(threads=BENCH_THREADS))
     baseline: Path | None = None  # the checkpoint the bundle was exported from: the PyTorch way
     audio: Path | None = None  # a user's file for the per-stage figures; synthesized music otherwise
     seconds: float | None = None  # one length instead of LENGTHS_S
     repeat: int = 3
     warmup: int = 1
-    threads: int = 2
     n_decode: int = 32  # tokens per decode measurement
-    gpu_layers: int = 0  # decoder layers offloaded by every llama.cpp side (runtime, raw loop, llama-bench)
     questions: int = 5  # per song, for the throughput workload
     skip: list[str] = field(default_factory=list)  # parts not to run (see --skip in bench/commands.py)
 
+    def __post_init__(self):
+        if self.runtime.cache_dir is not None:
+            raise GammaError("--cache-dir: the bench times the encoders, and cached embeddings would skip them")
+
     def lengths(self) -> tuple[float, ...]:
         return (self.seconds,) if self.seconds else LENGTHS_S
+
+    @property
+    def threads(self) -> int:
+        """CPU threads of every engine (the runtime's None: all cores)."""
+        return self.runtime.threads or os.cpu_count() or 1
+
+    @property
+    def gpu_layers(self) -> int:
+        """Decoder layers on the GPU, as the runtime resolves the option (None: all where llama.cpp can)."""
+        from gamma_rt.runtime.decoder import gpu_layers_for
+
+        return gpu_layers_for(self.runtime.gpu_layers)
 
 
 def run_bench(opts: BenchOptions) -> dict:
     """Measure, and return the result as a JSON-ready dict (see ``docs`` in bench/report.py for fields)."""
     manifest = Manifest.load(opts.bundle)
-    audio_cfg = manifest.audio
+    if opts.baseline is not None and "baselines" not in opts.skip:
+        check_baseline(opts.bundle, manifest)
     result: dict = {
         "format": RESULT_FORMAT,
         "format_version": RESULT_VERSION,
@@ -70,7 +98,7 @@ def run_bench(opts: BenchOptions) -> dict:
         steps = ["audio side", "decoder", "end to end", "throughput", "PyTorch baselines"]
         for step in track(steps, description="benchmarking"):
             if step == "audio side":
-                mel = _audio_side(opts, manifest, audio_cfg, result)
+                mel = _audio_side(opts, manifest, result)
             elif step == "decoder":
                 embeddings = _decoder(opts, manifest, result)
             elif step == "end to end":
@@ -93,6 +121,15 @@ def run_bench(opts: BenchOptions) -> dict:
     return result
 
 
+def check_baseline(bundle: Path, manifest: Manifest) -> None:
+    """The PyTorch baseline runs GaMMA checkpoints (export/checkpoint.py, export/reference.py) only: another
+    chain (a flamingo's encoder + projector) is one line of error before anything is measured."""
+    if manifest.audio.components != AUDIO_COMPONENTS:
+        family = manifest.source.get("family", "unknown")
+        raise GammaError(f"--baseline: the PyTorch baseline runs GaMMA checkpoints only, and {bundle} is a {family} "
+                         f"bundle (audio graphs {', '.join(manifest.audio.components)}); run without --baseline")
+
+
 def write_result(result: dict, out: Path) -> Path:
     """``out/bench-<preset>-<time>.json``; returns its path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -106,12 +143,17 @@ def write_result(result: dict, out: Path) -> Path:
 
 
 def _inputs(opts: BenchOptions, manifest: Manifest) -> dict:
-    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
+    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "runtime"}
+    d["runtime"] = opts.runtime.to_dict()
+    d["threads"], d["gpu_layers"] = opts.threads, opts.gpu_layers
     d["bundle"] = Path(opts.bundle).name  # a name, not a machine path
     d["baseline"] = Path(opts.baseline).name if opts.baseline else None
     d["audio"] = Path(opts.audio).name if opts.audio else "synthesized music (gamma_rt/synth.py)"
     d["lengths_s"] = list(opts.lengths())
     d["preset"] = manifest.source.get("preset", "unknown")
+    d["family"] = manifest.source.get("family", "gamma")
+    d["audio_chain"] = list(manifest.audio.components)
+    d["llm_arch"] = manifest.llm.arch
     d["tokens_per_window"] = manifest.audio.tokens_per_window
     d["components"] = {name: {"precision": c.precision, "bytes": c.bytes} for name, c in manifest.components.items()}
     return d
@@ -123,26 +165,31 @@ def _window_samples(opts: BenchOptions, audio_cfg) -> np.ndarray:
     if opts.audio is None:
         from gamma_rt.synth import Music, synthesize
 
-        return synthesize(Music(audio_cfg.window_seconds, audio_cfg.sample_rate))
+        return synthesize(Music(audio_cfg.window_seconds, audio_cfg.sample_rate))[:n]
     from gamma_rt.runtime.audio import load_audio
 
     samples = load_audio(opts.audio, audio_cfg.sample_rate)[:n]
     return np.pad(samples, (0, n - len(samples))).astype(np.float32)
 
 
-def _audio_side(opts: BenchOptions, manifest: Manifest, audio_cfg, result: dict) -> np.ndarray:
-    front, mel = audio_side.time_front_end(_window_samples(opts, audio_cfg), audio_cfg.n_mels, opts.repeat,
-                                           opts.warmup)
+def _audio_side(opts: BenchOptions, manifest: Manifest, result: dict) -> np.ndarray:
+    """Front end and every graph of the chain, at each precision; returns the window's mel for the baselines."""
+    front, feeds = audio_side.time_front_end(_window_samples(opts, manifest.audio), manifest, opts.repeat,
+                                             opts.warmup)
     result["stages"]["front_end"] = front.to_dict()
-    variants = audio_side.onnx_variants(manifest)
-    if not variants:
+    runtime = opts.runtime.replace(threads=opts.threads)
+    backends = {}
+    for precision in audio_side.precisions(manifest, runtime.precision):
+        way, reason, timings = audio_side.time_backend(opts.bundle, manifest, runtime, precision, feeds,
+                                                       opts.repeat, opts.warmup)
+        result["audio_side"][way] = {k: v.to_dict() for k, v in timings.items()}
+        backends[way] = reason
+    if not backends:
         raise BundleError(f"{opts.bundle}: no complete set of ONNX audio graphs; run `gamma-rt export onnx` first")
-    for precision, stages in variants.items():
-        timings = audio_side.time_onnx(opts.bundle, stages, mel, opts.threads, opts.repeat, opts.warmup)
-        result["audio_side"][f"onnxruntime-{precision}"] = {k: v.to_dict() for k, v in timings.items()}
-    default = "fp32" if "fp32" in variants else next(iter(variants))
-    result["stages"].update(result["audio_side"][f"onnxruntime-{default}"])
-    return mel
+    result["inputs"]["audio_backends"] = backends
+    shown = next((w for w in result["audio_side"] if w.endswith("-fp32")), next(iter(result["audio_side"])))
+    result["stages"].update(result["audio_side"][shown])
+    return feeds["mel"]
 
 
 RUNTIME_DECODER_TYPES = ("f16", "f32")  # GGUF types the runtime is timed on, each against the raw loop; f16 first:
@@ -250,11 +297,10 @@ def _median(block: dict | None, key: str) -> float | None:
 
 
 def audio_side_ms(block: dict | None) -> float | None:
-    """Sum of the four audio stages' medians for one way of running them, ms per window."""
+    """Sum of the audio stages' medians (every graph of the chain) for one way of running them, ms per window."""
     if not block:
         return None
-    parts = [_median(block, s) for s in ("temporal_encoder", "global_encoder", "fusion", "projector")]
-    return None if None in parts else sum(parts)
+    return sum(_median(block, s) for s in block)
 
 
 def ratios(result: dict) -> dict[str, float | None]:

@@ -20,6 +20,8 @@ from gamma_rt.bench.run import BenchOptions, ratios, write_result
 from gamma_rt.bench.targets import TARGETS, Target, evaluate
 from gamma_rt.bench.timing import measure, percentile, summarize
 
+from flamingo_fixtures import mf_bundle, mf_folder  # noqa: F401  (session fixtures)
+
 
 @pytest.fixture(scope="module")
 def tiny_full_bundle(tiny_checkpoint, tiny_bundle_gguf, tmp_path_factory):
@@ -108,6 +110,81 @@ def test_tiny_run_writes_json_with_every_field_and_sane_numbers(tiny_result):
     assert result["ratios"]["audio_eager_over_ort"] > 0 and result["ratios"]["decode_runtime_over_raw"] > 0
     assert "targets (ratios within this run)" in stdout
     assert "/work/" not in path.read_text() and "/tmp/" not in json.dumps(result["inputs"])
+
+
+@pytest.fixture(scope="module")
+def mf_result(mf_bundle, tmp_path_factory):
+    """One quick run on a tiny Music Flamingo bundle (encoder + projector with RoTE, qwen2 decoder) through
+    the CLI: one 30 s input, repeat 1, no baselines, no llama-bench."""
+    out = tmp_path_factory.mktemp("bench_mf")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gamma_rt.cli", "bench", str(mf_bundle), "--seconds", "30", "--repeat", "1",
+         "--warmup", "0", "--decode-tokens", "4", "--threads", "1", "--gpu-layers", "0", "--skip", "llama_bench",
+         "--skip", "baselines", "--skip", "reference_10min", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.glob("*.json")
+    return path, json.loads(path.read_text())
+
+
+def test_flamingo_bundle_bench_times_its_own_chain_and_qwen2_decoder(mf_result):
+    path, result = mf_result
+    inputs = result["inputs"]
+    assert (inputs["family"], inputs["audio_chain"], inputs["llm_arch"]) == ("musicflamingo", ["encoder", "projector"],
+                                                                            "qwen2")
+    assert inputs["runtime"] == {"backend": "auto", "precision": "auto", "threads": 1, "gpu_layers": 0,
+                                 "cache_dir": None, "overlap": True, "decoder": "auto"}
+    assert inputs["threads"] == 1 and result["machine"]["threads"] == 1
+    assert "CPUExecutionProvider" in inputs["audio_backends"]["onnxruntime-fp32"]
+    for stage in ("front_end", "encoder", "projector", "prefill_per_window", "decode_ms_per_token"):
+        _stats_ok(result["stages"][stage])
+    assert set(result["audio_side"]) == {"onnxruntime-fp32"}
+    assert set(result["audio_side"]["onnxruntime-fp32"]) == {"encoder", "projector"}
+    for way in ("llama.cpp-raw-f32", "runtime-f32"):
+        _stats_ok(result["decoder"][way]["prefill_ms"])
+        _stats_ok(result["decoder"][way]["decode_ms_per_token"])
+    row = result["end_to_end"]["runtime"]["30s"]
+    assert row["windows"] == 1
+    for key in ("total_ms", "rtf", "ttft_ms", "stage_sum_ms"):
+        _stats_ok(row[key])
+    assert 0 < row["ttft_ms"]["median"] < row["total_ms"]["median"]
+    assert set(row["parts_ms"]) >= {"read", "front_end", "encoder", "projector", "prefill", "question", "decode"}
+    assert result["inputs"]["end_to_end"]["decoder"] == "decoder"  # the bundle's only GGUF: F32
+    assert result["inputs"]["end_to_end"]["backend"] == "ort-cpu fp32"
+    tp = result["throughput"]
+    assert tp["prompts"] == 5 and tp["with_prefix_reuse"]["songs_per_hour"] > 0
+    assert result["ratios"]["throughput_prefix_reuse"] > 0 and result["ratios"]["decode_runtime_over_raw"] > 0
+    assert result["ratios"]["audio_eager_over_ort"] is None  # no baseline asked
+    assert set(result["skipped"]) >= {"baselines", "llama-bench"}
+    table = report.table(result, path.stem)
+    assert "| way | encoder | projector | sum |" in table and "musicflamingo preset" in table
+
+
+def test_baseline_on_a_flamingo_bundle_is_one_line_of_error(mf_bundle, tmp_path, capsys):
+    from gamma_rt.cli import main
+
+    assert main(["bench", str(mf_bundle), "--baseline", str(tmp_path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GaMMA checkpoints only" in err[0] and "musicflamingo" in err[0]
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_bench_takes_the_runtime_options_with_its_own_thread_default(tmp_path, capsys):
+    import argparse
+
+    from gamma_rt.bench.commands import register
+    from gamma_rt.cli import main
+    from gamma_rt.runtime.options import RuntimeOptions
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "b", "--backend", "ort-cpu", "--precision", "fp16", "--decoder", "decoder.f16"])
+    assert RuntimeOptions.from_args(args) == RuntimeOptions(backend="ort-cpu", precision="fp16", threads=2,
+                                                            decoder="decoder.f16")
+    assert main(["bench", str(tmp_path), "--cache-dir", str(tmp_path)]) == 2
+    assert "--cache-dir: the bench times the encoders" in capsys.readouterr().err
+    assert BenchOptions(tmp_path).runtime.threads == 2
 
 
 def test_plots_are_written_beside_the_json(tiny_result):
