@@ -42,31 +42,26 @@ def component_name(gguf_type: str) -> str:
     return "decoder" if gguf_type == "f32" else f"decoder.{gguf_type}"
 
 
-def add_qwen3_hparams(writer, llm) -> None:
+def add_qwen3_hparams(writer, llm, head_dim: bool = True) -> None:
     """The Qwen3 hyperparameters llama.cpp reads, from ``llm`` with transformers' Qwen3Config attribute names
-    (our LLMConfig, or bench/random_gguf.py's Qwen3Shape)."""
+    (our LLMConfig, DecoderShape, or bench/random_gguf.py's Qwen3Shape). ``head_dim``: write the key and
+    value sizes (Qwen3 sets its own; for Qwen2 they follow from the width and llama.cpp's converter writes
+    none)."""
     writer.add_context_length(llm.max_position_embeddings)
     writer.add_embedding_length(llm.hidden_size)
     writer.add_block_count(llm.num_hidden_layers)
     writer.add_feed_forward_length(llm.intermediate_size)
     writer.add_head_count(llm.num_attention_heads)
     writer.add_head_count_kv(llm.num_key_value_heads)
-    writer.add_key_length(llm.head_dim)
-    writer.add_value_length(llm.head_dim)
+    if head_dim:
+        writer.add_key_length(llm.head_dim)
+        writer.add_value_length(llm.head_dim)
     writer.add_rope_freq_base(llm.rope_theta)
     writer.add_layer_norm_rms_eps(llm.rms_norm_eps)
 
 
 def add_qwen2_hparams(writer, llm) -> None:
-    """Qwen2's: as Qwen3's, but the head size follows from the width (llama.cpp's converter writes none)."""
-    writer.add_context_length(llm.max_position_embeddings)
-    writer.add_embedding_length(llm.hidden_size)
-    writer.add_block_count(llm.num_hidden_layers)
-    writer.add_feed_forward_length(llm.intermediate_size)
-    writer.add_head_count(llm.num_attention_heads)
-    writer.add_head_count_kv(llm.num_key_value_heads)
-    writer.add_rope_freq_base(llm.rope_theta)
-    writer.add_layer_norm_rms_eps(llm.rms_norm_eps)
+    add_qwen3_hparams(writer, llm, head_dim=False)
 
 
 # gguf-py architecture name -> (its MODEL_ARCH, hyperparameter writer)

@@ -29,7 +29,7 @@ from gamma_rt.components import component_key
 from gamma_rt.hashing import sha256_file
 from gamma_rt.manifest import Component, Manifest, TensorSpec
 
-from .families.gamma import graph_io  # noqa: F401  (GaMMA's graph I/O, used by engine_sources.py)
+from .families.gamma import TensorOutput, graph_io  # noqa: F401  (graph_io: GaMMA's graph I/O, for engine_sources.py)
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 17
@@ -151,7 +151,7 @@ def _trace(ckpt, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
     """Trace GaMMA component ``name`` of a Checkpoint (engine_sources.py's plain graphs)."""
     import torch
 
-    module = _with_tensor_output(ckpt.component(name, dtype=torch.float32), name)
+    module = TensorOutput(ckpt.component(name, dtype=torch.float32), name.endswith("_encoder"))
     trace_graph(module, inputs, outputs, raw, opset)
 
 
@@ -184,19 +184,3 @@ def trace_graph(module, inputs: list[TensorSpec], outputs: list[TensorSpec], raw
         )
     del module
 
-
-def _with_tensor_output(inner, name: str):
-    """``inner`` returning a plain tensor: WhisperEncoder returns a ModelOutput, which does not trace."""
-    import torch  # here, not at the top: the CLI imports this module to register the subcommand
-
-    class GraphModule(torch.nn.Module):
-
-        def __init__(self):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *xs):
-            y = self.inner(*xs)
-            return y.last_hidden_state if name.endswith("_encoder") else y
-
-    return GraphModule()

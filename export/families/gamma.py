@@ -100,7 +100,7 @@ class Gamma(Family):
         """Component ``name`` in float32, returning a plain tensor (WhisperEncoder returns a ModelOutput)."""
         import torch
 
-        return _TensorOutput(self.checkpoint.component(name, dtype=torch.float32), name.endswith("_encoder"))
+        return TensorOutput(self.checkpoint.component(name, dtype=torch.float32), name.endswith("_encoder"))
 
     def decoder(self, scratch: Path) -> DecoderSpec:
         tokenizer_files(self.folder)
@@ -156,8 +156,9 @@ class Qwen3Decoder(Family):
         return self.weights.hash()
 
 
-class _TensorOutput:
-    """Built lazily (torch is imported by the exporters only)."""
+class TensorOutput:
+    """``inner`` returning a plain tensor (WhisperEncoder returns a ModelOutput, which does not trace); the
+    module class is built on first use, so torch is imported by the exporters only."""
 
     def __new__(cls, inner, encoder: bool):
         import torch
