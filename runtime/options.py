@@ -40,10 +40,15 @@ class RuntimeOptions:
     # the manifest's GGUF component: "decoder" (F32), "decoder.f16", "decoder.q4_k_m", ...; "auto" takes the
     # most faithful one the bundle has (F32, then F16, BF16, Q8_0, ... down to the smallest k-quant)
     decoder: str = "auto"
+    # windows per audio-backend call: 1 streams each window as soon as it has arrived; 4 or 8 fill a GPU
+    # better on whole files (the first window then waits for its batch)
+    batch_windows: int = 1
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise GammaError(f"--threads must be at least 1, got {self.threads}")
+        if self.batch_windows < 1:
+            raise GammaError(f"--batch-windows must be at least 1, got {self.batch_windows}")
         if self.gpu_layers is not None and self.gpu_layers < 0:
             raise GammaError(f"--gpu-layers must be 0 or more, got {self.gpu_layers}")
         if self.precision not in PRECISION_NAMES:
@@ -71,7 +76,7 @@ class RuntimeOptions:
         """The options of a command that took :func:`add_runtime_options`."""
         return cls(backend=args.backend, precision=args.precision, threads=args.threads,
                    gpu_layers=args.gpu_layers, cache_dir=args.cache_dir, overlap=not args.no_overlap,
-                   decoder=args.decoder)
+                   decoder=args.decoder, batch_windows=args.batch_windows)
 
 
 def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = None) -> None:
@@ -93,5 +98,8 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
     g.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                    help=cache_help or "keep audio embeddings here, so asking about the same song again skips "
                    "the encoders")
+    g.add_argument("--batch-windows", type=int, default=1, metavar="N",
+                   help="30 s windows per audio-backend call (default 1: each as soon as it arrives; 4 or 8 "
+                   "keep a GPU busier on whole files)")
     g.add_argument("--no-overlap", action="store_true",
                    help="encode each window only after the previous one is prefilled (no worker thread)")

@@ -117,7 +117,8 @@ class Pipeline:
     def embed(self, audio: AudioSource) -> Iterator[WindowEmbedding]:
         """The song's WindowEmbeddings, each as soon as its window is encoded (padding tokens dropped)."""
         blocks, _ = self._blocks(audio)
-        yield from embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.options.overlap)
+        yield from embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.options.overlap,
+                                 self.options.batch_windows)
 
     def _blocks(self, audio: AudioSource) -> tuple[object, float | None]:
         """(iterable of 1-D float32 blocks at the bundle's rate, duration in s or None when unknown)."""
@@ -175,7 +176,8 @@ class Pipeline:
         with self.times.stage("prefill"):
             s.eval_tokens(self.tokens(self.prompt.head()))
         n_windows = 0
-        embeddings = embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.options.overlap)
+        embeddings = embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.options.overlap,
+                                   self.options.batch_windows)
         if self.progress is not None and duration:
             total = math.ceil(duration / self.layout.window_seconds)
             if self.layout.max_windows is not None:

@@ -142,3 +142,16 @@ def test_a_conversation_follows_the_checkpoints_template(mf_pipe, stereo_70s):
     second = talk.ask("And the key?", Sampling(), 8)
     assert [q for q, _ in talk.turns] == [QUESTION, "And the key?"]
     assert isinstance(first, str) and isinstance(second, str)
+
+
+def test_batched_windows_give_the_same_answer_as_one_window_per_call(mf_bundle, stereo_70s):
+    from gamma_rt.runtime import RuntimeOptions
+
+    answers = {}
+    for batch in (1, 4):
+        with Pipeline.open(mf_bundle, RuntimeOptions(threads=1, batch_windows=batch)) as pipe:
+            embeddings = [w.embeddings for w in pipe.embed(stereo_70s)]
+            answers[batch] = (pipe.ask(stereo_70s, QUESTION, Sampling(), 12)[0].tokens, embeddings)
+    assert answers[1][0] == answers[4][0]
+    for a, b in zip(answers[1][1], answers[4][1], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)

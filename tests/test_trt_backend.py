@@ -126,13 +126,15 @@ def test_version_compatible_engines_load_on_later_releases_as_tensorrt_allows():
         find_engines(record(H100), H100, "fp16", "m.json", needs_lean_runtime=True)
 
 
-def test_tensorrt_runs_any_recorded_precision_and_auto_picks_the_best_for_this_gpu():
+def test_tensorrt_runs_any_recorded_precision_and_auto_picks_the_most_faithful_for_this_gpu():
     engines = record(ORIN, "fp16")
     engines[ORIN.engine_dir()]["components"]["temporal_encoder.int8"] = {"precision": "int8", "file": "y.plan"}
     machine = Machine(True, ("CPUExecutionProvider",), ORIN)
     choice = choose_backend("auto", manifest_with(engines), machine, "auto")
-    assert (choice.backend, choice.precision) == ("tensorrt", "int8") and "TensorRT int8 engines" in choice.reason
-    assert choose_backend("tensorrt", manifest_with(engines), machine, "fp16").precision == "fp16"
+    assert (choice.backend, choice.precision) == ("tensorrt", "fp16") and "TensorRT fp16 engines" in choice.reason
+    assert choose_backend("tensorrt", manifest_with(engines), machine, "int8").precision == "int8"
+    int8_only = record(ORIN, "int8")
+    assert choose_backend("auto", manifest_with(int8_only), machine, "auto").precision == "int8"
     from gamma_rt.runtime.options import RuntimeOptions
 
     assert RuntimeOptions(backend="tensorrt", precision="int8").precision == "int8"
