@@ -371,13 +371,14 @@ def plot(result: dict, path: Path) -> Path:
 
     fig, (lat, mem) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = list(result["runs"])
-    for key, hatch in (("ttft_ms", ""), ("e2e_ms", "//")):
+    group = 2 * len(names) + 1  # bars per percentile: TTFT then end to end for each run, and a gap
+    for k, (key, hatch) in enumerate((("ttft_ms", ""), ("e2e_ms", "//"))):
         for i, name in enumerate(names):
             stats = result["runs"][name][key] or {}
-            xs = [j * (len(names) + 1) + i for j in range(3)]
+            xs = [j * group + k * len(names) + i for j in range(3)]
             lat.bar(xs, [stats.get(p, 0) for p in ("p50", "p95", "p99")], width=0.9, hatch=hatch, alpha=0.8,
                     label=f"{name} (c={result['runs'][name]['concurrency']}) {key[:-3]}")
-    lat.set_xticks([j * (len(names) + 1) + (len(names) - 1) / 2 for j in range(3)], ["p50", "p95", "p99"])
+    lat.set_xticks([j * group + (group - 2) / 2 for j in range(3)], ["p50", "p95", "p99"])
     lat.set_ylabel("ms")
     lat.set_title("latency per request")
     lat.legend(fontsize=7)

@@ -77,6 +77,7 @@ class Job:
         self.arrived = time.perf_counter()
         self.cancelled = threading.Event()
         self._wake: Callable[[], None] = lambda: None
+        self.plan: _Plan | None = None  # the scheduler's, once it has tokenized the prompt
 
     def cancel(self) -> None:
         """The client went away: drop the request and free its sequence."""
@@ -119,7 +120,6 @@ class Scheduler:
         self._inbox: deque[Job] = deque()
         self._in_flight = 0  # submitted and not finished, waiting or admitted
         self._waiting: deque[Job] = deque()
-        self._plans: dict[int, _Plan] = {}
         self._active: dict[int, _Lane] = {}  # by sequence, in admission order
         self._free = list(range(session.n_seq_max))
         self._reserved = 0
@@ -197,16 +197,14 @@ class Scheduler:
         while self._waiting and self._free:
             job = self._waiting[0]
             try:
-                plan = self._plans.get(id(job)) or self._plan(job)
+                plan = job.plan = job.plan or self._plan(job)
             except (GammaError, RequestError) as e:
                 self._waiting.popleft()
                 self._drop(job, _failure(e))
                 continue
-            self._plans[id(job)] = plan
             if self._reserved + plan.need > self.session.n_ctx:
                 return  # the oldest waits for room; the others wait behind it
             self._waiting.popleft()
-            del self._plans[id(job)]
             seq = self._free.pop(0)
             self._reserved += plan.need
             listening = Listening(job.audio, self.limits.max_audio_seconds, job.request.audio.where, self._wake.set)
