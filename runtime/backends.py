@@ -109,8 +109,7 @@ class Backend:
 def _ort_check(provider: str):
     def check(machine: Machine, manifest: Manifest, precision: str, where: str) -> Choice:
         if provider not in machine.ort_providers:
-            raise GammaError(f"this onnxruntime has no {provider} (has {', '.join(machine.ort_providers)}); "
-                             "install onnxruntime-gpu or use --backend auto")
+            raise GammaError(f"this onnxruntime has no {provider}; install onnxruntime-gpu or use --backend auto")
         return Choice("", f"ONNX Runtime {provider}")
     return check
 
@@ -286,7 +285,7 @@ def choose_backend(requested: str, manifest: Manifest, machine: Machine, precisi
         except GammaError as e:
             if requested == record.name:
                 raise GammaError(f"--backend {record.name}: {e}") from None
-            notes.append(f"{record.name} skipped: {e}")
+            notes.append(f"{record.name} skipped: {_first_clause(e)}")
             continue
         why = "the best available" if requested == "auto" else "as asked"
         return Choice(record.name, "; ".join([f"{choice.reason}, {why}", *notes]), choice.engines, choice.precision)
@@ -349,6 +348,13 @@ def open_backend(bundle: str | Path, manifest: Manifest, name: str = "auto", pre
                 raise GammaError(f"--backend {name}: {e}") from None
             skip.append(choice.backend)
             notes.append(f"{choice.backend} skipped: {e}")
+
+
+def _first_clause(error: Exception) -> str:
+    """The reason without its advice (what to install, which flag to use): auto's reason lists every skipped
+    backend, and the advice is for one asked for by name."""
+    clauses = str(error).split("; ")
+    return "; ".join(c for c in clauses if not c.startswith(("install ", "use ", "run ", "rebuild ")))
 
 
 def _default_threads() -> int:
