@@ -5,8 +5,9 @@ flamingo's encoder and projector, whatever their names. One 30 s window's feeds 
 runtime makes them (``runtime.embed.window_feeds``: mel, mel_mask, window_index) and encoded by the
 runtime's own audio backend (``runtime.backends.open_backend``, from the bench's RuntimeOptions) at every
 precision the bundle holds; each graph's time is the backend's own per-stage figure. The PyTorch baseline
-(GaMMA checkpoints) runs the same mel through the checkpoint's modules in eager mode at the same threads,
-so the ratios compare ways of running one model, not two inputs.
+runs the same mel in eager mode at the same threads (a GaMMA checkpoint's modules here; a flamingo folder's
+transformers class in bench/hf_baseline.py), so the ratios compare ways of running one model, not two
+inputs.
 
 Shapes, one window (batch 1), GaMMA / a flamingo:
     samples  (window_samples,) float32, 16 kHz

@@ -1,5 +1,8 @@
 """The PyTorch way, measured in a child process: eager audio side, transformers generate, the reference pipeline.
 
+For a GaMMA checkpoint, its own modules (export/checkpoint.py, export/reference.py); for a folder whose
+config.json names a transformers class (Music Flamingo, Audio Flamingo 3), that class (bench/hf_baseline.py).
+
 A child of its own, so that torch never loads into the process that times the runtime (the runtime
 imports no torch, and torch's idle OpenMP workers would steal the cores ONNX Runtime and llama.cpp
 run on), and so that each side's peak RSS is its own.
@@ -35,6 +38,10 @@ def run_baselines(request: dict) -> dict:
 
 
 def _measure(request: dict) -> dict:
+    from .hf_baseline import model_class
+
+    if model_class(request["checkpoint"]) is not None:
+        return _measure_transformers(request)
     from .audio_side import time_eager
     from .decoder_side import transformers_generate
 
@@ -50,6 +57,23 @@ def _measure(request: dict) -> dict:
     out["reference_pipeline"] = _reference_pipeline(request)
     out["memory"] = {"peak_rss_mib": peak_rss_mib(), "peak_device_mib": peak_device_mib()}
     return out
+
+
+def _measure_transformers(request: dict) -> dict:
+    """The same figures for a folder transformers runs itself (bench/hf_baseline.py)."""
+    from . import hf_baseline
+    from .end_to_end import QUESTION
+
+    threads, repeat, warmup = request["threads"], request["repeat"], request["warmup"]
+    model, processor = hf_baseline.load(request["checkpoint"], threads)
+    audio = hf_baseline.time_audio_side(model, np.load(request["mel"]), repeat, warmup)
+    decoder = hf_baseline.time_generate(model, np.load(request["embeddings"]), request["n_decode"], repeat, warmup)
+    return {
+        "audio_side": {k: v.to_dict() for k, v in audio.items()},
+        "decoder": {k: v.to_dict() for k, v in decoder.items()},
+        "reference_pipeline": hf_baseline.time_reference(model, processor, request, QUESTION),
+        "memory": {"peak_rss_mib": peak_rss_mib(), "peak_device_mib": peak_device_mib()},
+    }
 
 
 def _reference_pipeline(request: dict) -> dict:

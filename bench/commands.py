@@ -21,9 +21,11 @@ projector; Music Flamingo's or Audio Flamingo 3's encoder and projector), fed as
 and the decoder is the bundle's GGUF (qwen3 or qwen2). The runtime options are ask's, except that
 --threads defaults to 2 (comparable runs) and --cache-dir is not taken.
 
-With --baseline CKPT (the GaMMA checkpoint the bundle was exported from; GaMMA only for now) the same run
-also measures the PyTorch way on the same input and threads: the audio side in eager mode and the decoder
-through transformers' generate. Targets are judged as ratios within the run and printed PASS/MISS.
+With --baseline CKPT (the checkpoint folder the bundle was exported from) the same run also measures the
+PyTorch way on the same input and threads: the audio side in eager mode, the decoder through
+transformers' generate and the whole answer through the reference pipeline (GaMMA: export/reference.py;
+Music Flamingo / Audio Flamingo 3: transformers' own model class and processor). Targets are judged
+as ratios within the run and printed PASS/MISS.
 
 The result is a JSON file in --out (machine, versions, inputs and every figure) with two PNG plots
 beside it. `gamma-rt bench report` rebuilds the markdown table of all results from those files.
@@ -45,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before them (default 1)")
     add_bench_runtime_options(p)
     p.add_argument("--decode-tokens", type=int, default=32, help="tokens per decode measurement (default 32)")
-    p.add_argument("--baseline", type=Path, metavar="CKPT", help="GaMMA checkpoint folder: also measure the PyTorch way")
+    p.add_argument("--baseline", type=Path, metavar="CKPT",
+                   help="checkpoint folder the bundle was exported from: also measure the PyTorch way")
     p.add_argument("--skip", action="append", default=[], choices=["end_to_end", "throughput", "baselines", "llama_bench", "reference_10min"],
                    help="leave a part out (repeatable; reference_10min: the PyTorch reference pipeline on the "
                         "10 min input only); it is listed as skipped in the JSON")

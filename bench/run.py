@@ -78,7 +78,7 @@ def run_bench(opts: BenchOptions) -> dict:
     """Measure, and return the result as a JSON-ready dict (see ``docs`` in bench/report.py for fields)."""
     manifest = Manifest.load(opts.bundle)
     if opts.baseline is not None and "baselines" not in opts.skip:
-        check_baseline(opts.bundle, manifest)
+        check_baseline(opts.bundle, manifest, opts.baseline)
     result: dict = {
         "format": RESULT_FORMAT,
         "format_version": RESULT_VERSION,
@@ -121,13 +121,20 @@ def run_bench(opts: BenchOptions) -> dict:
     return result
 
 
-def check_baseline(bundle: Path, manifest: Manifest) -> None:
-    """The PyTorch baseline runs GaMMA checkpoints (export/checkpoint.py, export/reference.py) only: another
-    chain (a flamingo's encoder + projector) is one line of error before anything is measured."""
-    if manifest.audio.components != AUDIO_COMPONENTS:
-        family = manifest.source.get("family", "unknown")
-        raise GammaError(f"--baseline: the PyTorch baseline runs GaMMA checkpoints only, and {bundle} is a {family} "
-                         f"bundle (audio graphs {', '.join(manifest.audio.components)}); run without --baseline")
+def check_baseline(bundle: Path, manifest: Manifest, checkpoint: Path) -> None:
+    """The checkpoint must be the kind the bundle was exported from, as far as its config.json says: a folder
+    transformers runs names the bundle's family as its ``model_type``; one without (GaMMA's own format) goes
+    with GaMMA's chain. A mismatch is one line of error before anything is measured."""
+    config = Path(checkpoint) / "config.json"
+    if not config.is_file():
+        raise GammaError(f"{config}: missing; --baseline takes the checkpoint folder the bundle was exported from")
+    model_type = json.loads(config.read_text()).get("model_type")
+    family = manifest.source.get("family", "unknown")
+    if (model_type is not None and model_type != family) or (model_type is None and
+                                                             manifest.audio.components != AUDIO_COMPONENTS):
+        raise GammaError(f"--baseline {checkpoint}: config.json's model_type is {model_type!r}, but {bundle} is a "
+                         f"{family} bundle (audio graphs {', '.join(manifest.audio.components)}); give the "
+                         "checkpoint it was exported from")
 
 
 def write_result(result: dict, out: Path) -> Path:

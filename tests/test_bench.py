@@ -113,14 +113,15 @@ def test_tiny_run_writes_json_with_every_field_and_sane_numbers(tiny_result):
 
 
 @pytest.fixture(scope="module")
-def mf_result(mf_bundle, tmp_path_factory):
+def mf_result(mf_bundle, mf_folder, tmp_path_factory):
     """One quick run on a tiny Music Flamingo bundle (encoder + projector with RoTE, qwen2 decoder) through
-    the CLI: one 30 s input, repeat 1, no baselines, no llama-bench."""
+    the CLI: one 30 s input, repeat 1, transformers' own MusicFlamingoForConditionalGeneration as the
+    baseline, no llama-bench."""
     out = tmp_path_factory.mktemp("bench_mf")
     proc = subprocess.run(
-        [sys.executable, "-m", "gamma_rt.cli", "bench", str(mf_bundle), "--seconds", "30", "--repeat", "1",
-         "--warmup", "0", "--decode-tokens", "4", "--threads", "1", "--gpu-layers", "0", "--skip", "llama_bench",
-         "--skip", "baselines", "--skip", "reference_10min", "--out", str(out)],
+        [sys.executable, "-m", "gamma_rt.cli", "bench", str(mf_bundle), "--baseline", str(mf_folder), "--seconds",
+         "30", "--repeat", "1", "--warmup", "0", "--decode-tokens", "4", "--threads", "1", "--gpu-layers", "0",
+         "--skip", "llama_bench", "--skip", "reference_10min", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -133,15 +134,17 @@ def test_flamingo_bundle_bench_times_its_own_chain_and_qwen2_decoder(mf_result):
     inputs = result["inputs"]
     assert (inputs["family"], inputs["audio_chain"], inputs["llm_arch"]) == ("musicflamingo", ["encoder", "projector"],
                                                                             "qwen2")
-    assert inputs["runtime"] == {"backend": "auto", "precision": "auto", "threads": 1, "gpu_layers": 0,
-                                 "cache_dir": None, "overlap": True, "decoder": "auto"}
+    asked = {"backend": "auto", "precision": "auto", "threads": 1, "gpu_layers": 0, "cache_dir": None,
+             "overlap": True, "decoder": "auto"}
+    assert {k: inputs["runtime"][k] for k in asked} == asked  # the whole RuntimeOptions is recorded
     assert inputs["threads"] == 1 and result["machine"]["threads"] == 1
     assert "CPUExecutionProvider" in inputs["audio_backends"]["onnxruntime-fp32"]
     for stage in ("front_end", "encoder", "projector", "prefill_per_window", "decode_ms_per_token"):
         _stats_ok(result["stages"][stage])
-    assert set(result["audio_side"]) == {"onnxruntime-fp32"}
+    assert set(result["audio_side"]) == {"onnxruntime-fp32", "pytorch-eager"}
     assert set(result["audio_side"]["onnxruntime-fp32"]) == {"encoder", "projector"}
-    for way in ("llama.cpp-raw-f32", "runtime-f32"):
+    _stats_ok(result["audio_side"]["pytorch-eager"]["get_audio_features"])  # transformers runs it as one call
+    for way in ("llama.cpp-raw-f32", "runtime-f32", "transformers"):
         _stats_ok(result["decoder"][way]["prefill_ms"])
         _stats_ok(result["decoder"][way]["decode_ms_per_token"])
     row = result["end_to_end"]["runtime"]["30s"]
@@ -155,19 +158,28 @@ def test_flamingo_bundle_bench_times_its_own_chain_and_qwen2_decoder(mf_result):
     tp = result["throughput"]
     assert tp["prompts"] == 5 and tp["with_prefix_reuse"]["songs_per_hour"] > 0
     assert result["ratios"]["throughput_prefix_reuse"] > 0 and result["ratios"]["decode_runtime_over_raw"] > 0
-    assert result["ratios"]["audio_eager_over_ort"] is None  # no baseline asked
-    assert set(result["skipped"]) >= {"baselines", "llama-bench"}
+    assert result["ratios"]["audio_eager_over_ort"] > 0 and result["ratios"]["decode_llamacpp_over_transformers"] > 0
+    reference = result["end_to_end"]["pytorch-reference"]["30s"]  # the processor + generate on the same file
+    _stats_ok(reference["total_ms"])
+    assert set(reference["parts_ms"]) == {"processor", "generate"}
+    assert result["memory"]["pytorch_peak_rss_mib"] > 0
+    assert set(result["skipped"]) == {"llama-bench", "reference_10min"}
     table = report.table(result, path.stem)
-    assert "| way | encoder | projector | sum |" in table and "musicflamingo preset" in table
+    assert "| way | encoder | projector | get_audio_features | sum |" in table and "musicflamingo preset" in table
 
 
-def test_baseline_on_a_flamingo_bundle_is_one_line_of_error(mf_bundle, tmp_path, capsys):
+def test_baseline_of_another_kind_than_the_bundle_is_one_line_of_error(mf_bundle, tmp_path, capsys):
     from gamma_rt.cli import main
 
-    assert main(["bench", str(mf_bundle), "--baseline", str(tmp_path), "--out", str(tmp_path)]) == 2
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    ckpt.mkdir()
+    assert main(["bench", str(mf_bundle), "--baseline", str(ckpt), "--out", str(out)]) == 2
+    assert "config.json: missing; --baseline takes the checkpoint folder" in capsys.readouterr().err
+    (ckpt / "config.json").write_text("{}")  # GaMMA's own format names no model_type
+    assert main(["bench", str(mf_bundle), "--baseline", str(ckpt), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "GaMMA checkpoints only" in err[0] and "musicflamingo" in err[0]
-    assert not list(tmp_path.glob("*.json"))
+    assert len(err) == 1 and "model_type is None" in err[0] and "musicflamingo bundle" in err[0]
+    assert not out.exists()  # refused before anything was measured
 
 
 def test_bench_takes_the_runtime_options_with_its_own_thread_default(tmp_path, capsys):
