@@ -110,3 +110,132 @@ def write(path: str | Path, music: Music, subtype: str | None = None, format: st
         for block in steps:
             f.write(block)
     return path
+
+
+# --- labelled songs --------------------------------------------------------------------------------------
+# A Song is music whose every label is a field: tempo, key, meter, instruments and one event (an instrument
+# entering or stopping at a whole second). Songs are drawn from a seed (``song_for_seed``) and rendered at
+# 16 kHz mono in one vectorized pass, so thousands of 15 s clips take a minute on two cores.
+
+TONICS = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+MODES = ("major", "minor")
+METERS = (3, 4)  # beats per bar: 3/4 and 4/4
+INSTRUMENTS = ("piano", "guitar", "organ", "bass", "drums", "lead")  # guitar: a plucked string
+CHORD_INSTRUMENTS = ("piano", "guitar", "organ")
+BPM_RANGE = (60, 180)
+SONG_RATE = 16000
+# Scale degrees (semitones above the tonic) and the four-bar progression of each mode, tonic first and last so
+# the key's centre is heard.
+SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
+PROGRESSIONS = {"major": (0, 3, 4, 0), "minor": (0, 3, 4, 0)}  # I IV V I, i iv v i (scale-degree indices)
+
+
+@dataclass(frozen=True)
+class Song:
+    """A labelled piece: what it is made of, and so what a model should say about it."""
+
+    seed: int = 0
+    seconds: float = 15.0
+    bpm: int = 120
+    tonic: str = "C"  # one of TONICS
+    mode: str = "major"  # one of MODES
+    beats_per_bar: int = 4  # one of METERS
+    instruments: tuple[str, ...] = ("piano", "bass", "drums")  # in INSTRUMENTS order
+    event_instrument: str = "drums"  # one of ``instruments``
+    event: str = "enters"  # "enters" (silent before) or "stops" (silent after)
+    event_second: int = 5
+
+    @property
+    def key(self) -> str:
+        return f"{self.tonic} {self.mode}"
+
+    @property
+    def meter(self) -> str:
+        return f"{self.beats_per_bar}/4"
+
+
+def song_for_seed(seed: int, seconds: float = 15.0) -> Song:
+    """The labels of song ``seed``, uniform over tempo, key, meter and 2-4 instruments (one a chord player)."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    chord = str(rng.choice(CHORD_INSTRUMENTS))
+    others = [i for i in INSTRUMENTS if i != chord]
+    extra = rng.choice(others, size=int(rng.integers(1, 4)), replace=False)
+    chosen = {chord, *map(str, extra)}
+    instruments = tuple(i for i in INSTRUMENTS if i in chosen)
+    return Song(
+        seed=seed, seconds=seconds, bpm=int(rng.integers(BPM_RANGE[0], BPM_RANGE[1] + 1)),
+        tonic=TONICS[int(rng.integers(12))], mode=MODES[int(rng.integers(2))],
+        beats_per_bar=int(rng.choice(METERS)), instruments=instruments,
+        event_instrument=str(rng.choice([i for i in instruments if i != chord])),
+        event=("enters", "stops")[int(rng.integers(2))],
+        event_second=int(rng.integers(3, int(seconds) - 2)),
+    )
+
+
+def _hz(midi: np.ndarray) -> np.ndarray:
+    return 440.0 * 2.0 ** ((midi - 69) / 12)
+
+
+def _tone(freq: np.ndarray, t: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
+    """Harmonics of ``freq`` (n,) or (n, k) at times ``t`` (n,), harmonic h weighted ``weights[h - 1]``."""
+    phase = (2 * np.pi * freq * (t[:, None] if freq.ndim == 2 else t)).astype(np.float32)  # float32: 2x faster
+    return sum(w * np.sin((h + 1) * phase) for h, w in enumerate(weights))
+
+
+def render(song: Song, rate: int = SONG_RATE) -> np.ndarray:
+    """float32 (samples,) mono, peak 0.8: each instrument of ``song`` over its beat, bar and chords."""
+    n = int(round(song.seconds * rate))
+    t = np.arange(n) / rate
+    beat_s = 60.0 / song.bpm
+    beat = (t // beat_s).astype(int)
+    since_beat = t - beat * beat_s
+    in_bar = beat % song.beats_per_bar
+    accent = np.where(in_bar == 0, 1.0, 0.55)  # the downbeat is louder: the meter is heard
+    scale = np.array(SCALES[song.mode])
+    tonic = 60 + TONICS.index(song.tonic)  # C4..B4
+    degree = np.array(PROGRESSIONS[song.mode])[(beat // song.beats_per_bar) % 4]  # (n,)
+    triad = tonic + np.stack([scale[(degree + k) % 7] + 12 * ((degree + k) // 7) for k in (0, 2, 4)], 1)  # (n, 3)
+    rng = np.random.default_rng([song.seed, 0xD2])
+    parts = {
+        "piano": lambda: _tone(_hz(triad), t, (1.0, 0.5, 0.3, 0.15)).sum(1) * np.exp(-4 * since_beat) * accent,
+        "guitar": lambda: _pluck(triad, t, beat_s, accent),
+        "organ": lambda: _tone(_hz(triad - 12), t, (0.6, 0.6, 0.4, 0.4, 0.2)).sum(1) * (0.8 + 0.2 * accent),
+        "bass": lambda: _tone(_hz(triad[:, 0] - 24), t, (1.0, 0.6, 0.3)) * np.exp(-2.5 * since_beat) * accent * 1.5,
+        "drums": lambda: _drums(song, t, since_beat, in_bar, rng),
+        "lead": lambda: _lead(song, triad, t, beat, since_beat),
+    }
+    mix = np.zeros(n)
+    for name in song.instruments:
+        part = parts[name]()
+        if name == song.event_instrument:
+            part = part * ((t >= song.event_second) if song.event == "enters" else (t < song.event_second))
+        mix += part / max(1e-9, np.abs(part).max())
+    return (0.8 * mix / max(1e-9, np.abs(mix).max())).astype(np.float32)
+
+
+def _pluck(triad: np.ndarray, t: np.ndarray, beat_s: float, accent: np.ndarray) -> np.ndarray:
+    """An arpeggio on the eighths: one chord note at a time, bright and quickly decaying."""
+    eighth = (t // (beat_s / 2)).astype(int)
+    note = triad[np.arange(len(t)), eighth % 3] + 12
+    since = t - eighth * (beat_s / 2)
+    return _tone(_hz(note), t, (1.0, 0.8, 0.6, 0.5, 0.4, 0.3)) * np.exp(-9 * since) * accent
+
+
+def _drums(song: Song, t, since_beat, in_bar, rng) -> np.ndarray:
+    """Kick on 1 (and 3 in 4/4), snare on the other beats, hi-hat noise on the eighths."""
+    kick_beat = (in_bar == 0) | ((song.beats_per_bar == 4) & (in_bar == 2))
+    kick = np.sin(2 * np.pi * (50 * since_beat + 150 * (1 - np.exp(-30 * since_beat)) / 30)) * np.exp(-12 * since_beat)
+    noise = rng.standard_normal(len(t))
+    snare = noise * np.exp(-18 * since_beat) * 0.5
+    since_eighth = since_beat % (30.0 / song.bpm)
+    hat = np.diff(noise, prepend=0.0) * np.exp(-80 * since_eighth) * 0.25
+    return np.where(kick_beat, kick, snare) + hat
+
+
+def _lead(song: Song, triad: np.ndarray, t, beat, since_beat) -> np.ndarray:
+    """A melody of chord tones an octave up, one note a beat, a bright saw-like tone with vibrato."""
+    pick = np.random.default_rng([song.seed, 0x1EAD]).integers(0, 3, size=int(beat.max()) + 1)[beat]
+    note = triad[np.arange(len(t)), pick] + 12
+    vibrato = 1 + 0.004 * np.sin(2 * np.pi * 5.5 * t)
+    envelope = np.minimum(1.0, since_beat * 50) * np.exp(-1.5 * since_beat)
+    return _tone(_hz(note) * vibrato, t, (1.0, 0.5, 0.33, 0.25, 0.2)) * envelope
