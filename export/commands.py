@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import engines, gguf_export, onnx_export
+from . import engines, gguf_export, onnx_export, train
 
 FAMILIES = ("gamma", "musicflamingo", "audioflamingo3")
 EXPORT_HELP = """\
@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     onnx_export.register(export_sub)
     gguf_export.register(export_sub)
     engines.register_export_format(export_sub)
+    train.register(sub)
 
 
 def cmd_init(args) -> int:

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "gamma_rt.export.engines",
     "gamma_rt.plan",
     "gamma_rt.demo",
+    "gamma_rt.evaluation",
 ]
 # The extra that installs each optional import (pyproject.toml's [project.optional-dependencies]), so that a
 # command whose handler needs one says what to install instead of printing a traceback.
@@ -51,7 +52,7 @@ Typical flow:
 # numpy 2.5, torch cu130): numpy alone first, loading a model segfaults inside libggml-cuda; llama_cpp first,
 # importing onnxruntime segfaults; onnxruntime first (numpy comes with it), then llama_cpp, `gamma-rt ask`
 # runs. torch shares a process with that CUDA build in neither order, so export commands never load llama.cpp.
-DECODER_COMMANDS = {"ask", "chat", "tag", "bench", "serve"}
+DECODER_COMMANDS = {"ask", "chat", "tag", "bench", "serve", "eval"}
 
 
 def load_native_libraries_first(argv: list[str]) -> None:
