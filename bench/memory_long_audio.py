@@ -4,9 +4,16 @@ Writes a long FLAC (44.1 kHz stereo by default, as a CD rip would be) block by b
 in a fresh subprocess and records that process's peak RSS. A short file goes through the same path in
 the same run, so the two peaks can be compared on this machine: bounded memory means they are close.
 
+The same music also goes through FFmpeg (runtime/audio_ffmpeg.py) in the same run: ``--ffmpeg m4a,mka``
+encodes one minute of it as AAC with PyAV and repeats those packets to the long and the short length in an
+MP4 (.m4a) and a Matroska (.mka) container, so the two differ only by their container. Each child also
+reports its RSS right after open (the FFmpeg libraries and the container's index are loaded there), so
+growth with the file's length (MiB per hour) is told apart from a fixed cost.
+
     python -m gamma_rt.bench.memory_long_audio --hours 3 --out bench/results/memory_long_audio.json
 
-The JSON holds both peaks, their ratio, the timings, the inputs, the machine and the versions.
+The JSON holds both FLAC peaks, their ratio, the timings, the inputs, the machine and the versions, and
+under ``ffmpeg`` the same for each FFmpeg container with its difference to FLAC and its slope.
 """
 
 from __future__ import annotations
@@ -43,12 +50,15 @@ def status_mib(field):
 baseline = status_mib("VmRSS")
 t0 = time.perf_counter()
 n_windows, checksum, seconds = 0, 0.0, 0.0
-for window in windows(open_audio(sys.argv[1])):
+stream = open_audio(sys.argv[1])
+opened = status_mib("VmRSS")  # + the decoder's libraries and the container's index (FFmpeg)
+for window in windows(stream):
     mel = log_mel_spectrogram(window.samples)
     n_windows += 1
     checksum += float(mel.mean())
     seconds = window.end_s
-print(json.dumps({"baseline_rss_mib": baseline, "peak_rss_mib": status_mib("VmHWM"),
+print(json.dumps({"baseline_rss_mib": baseline, "opened_rss_mib": opened, "peak_rss_mib": status_mib("VmHWM"),
+                  "end_rss_mib": status_mib("VmRSS"),
                   "windows": n_windows, "audio_seconds": seconds, "wall_s": time.perf_counter() - t0,
                   "mel_mean_checksum": checksum / max(1, n_windows)}))
 """
@@ -61,13 +71,65 @@ def write_long_flac(path: Path, seconds: int, rate: int, channels: int) -> float
     return time.perf_counter() - t0
 
 
+# one minute of music as AAC, repeated packet by packet: hours of M4A in seconds, not an hour of encoding
+UNIT_SECONDS = 60
+FFMPEG_CONTAINERS = {"m4a": ("ipod", "AAC in MP4 (.m4a)"), "mka": ("matroska", "AAC in Matroska (.mka)")}
+
+
+def encode_unit(path: Path, seconds: int, rate: int, channels: int) -> Path:
+    """``seconds`` of the same synthesized music as AAC (PyAV's encoder) in an M4A."""
+    import av
+
+    from gamma_rt.synth import blocks
+
+    layout = {1: "mono", 2: "stereo"}[channels]
+    with av.open(str(path), "w", format="ipod") as out:
+        stream = out.add_stream("aac", rate=rate, layout=layout)
+        stream.codec_context.open()
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate,
+                                      frame_size=stream.codec_context.frame_size or 1024)
+        pts = 0
+        for block in blocks(Music(seconds, rate, channels)):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.T), format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = rate, pts
+            pts += len(block)
+            for piece in resampler.resample(frame):
+                out.mux(stream.encode(piece))
+        for piece in resampler.resample(None):
+            out.mux(stream.encode(piece))
+        out.mux(stream.encode(None))
+    return path
+
+
+def repeat_packets(unit: Path, path: Path, container: str, seconds: float) -> Path:
+    """The unit's AAC packets over and over (timestamps shifted) in ``container`` up to ``seconds``."""
+    import av
+
+    with av.open(str(unit)) as src, av.open(str(path), "w", format=container) as out:
+        s_in = src.streams.audio[0]
+        s_out = out.add_stream_from_template(s_in)
+        packets = [(p, p.pts, p.dts) for p in src.demux(s_in) if p.size]
+        first, last = packets[0][0], packets[-1][0]
+        span = last.pts + last.duration - first.pts
+        repeats = max(1, round(seconds / float(span * s_in.time_base)))
+        for r in range(repeats):
+            for p, pts, dts in packets:  # mux rescales a packet in place to the output's time base
+                p.time_base, p.pts, p.dts = s_in.time_base, pts + r * span, dts + r * span
+                p.stream = s_out
+                out.mux(p)
+    return path
+
+
 def stream_peak(path: Path) -> dict:
     """Stream ``path`` through the front half in a fresh process; its peak RSS and timings."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"streaming {path.name} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(hours: float, short_minutes: float, rate: int, channels: int, workdir: Path) -> dict:
+def measure(hours: float, short_minutes: float, rate: int, channels: int, workdir: Path,
+            ffmpeg_formats: tuple[str, ...] = ()) -> dict:
     import soundfile
     import soxr
 
@@ -76,6 +138,30 @@ def measure(hours: float, short_minutes: float, rate: int, channels: int, workdi
     write_long_flac(short_path, int(short_minutes * 60), rate, channels)
     short = stream_peak(short_path)
     long = stream_peak(long_path)
+    ffmpeg = {}
+    if ffmpeg_formats:
+        import av
+
+        unit = encode_unit(workdir / "unit.m4a", UNIT_SECONDS, rate, channels)
+        for name in ffmpeg_formats:
+            container, what = FFMPEG_CONTAINERS[name]
+            paths = {which: repeat_packets(unit, workdir / f"{which}.{name}", container, s)
+                     for which, s in (("short", short_minutes * 60), ("long", hours * 3600))}
+            ff = {which: stream_peak(p) for which, p in paths.items()}
+            grow = ff["long"]["opened_rss_mib"] - ff["short"]["opened_rss_mib"]
+            ffmpeg[name] = {
+                "format": what, "long_file_mib": round(paths["long"].stat().st_size / 2**20, 1),
+                "long": ff["long"], "short": ff["short"],
+                "peak_rss_ratio_long_over_short": round(ff["long"]["peak_rss_mib"] / ff["short"]["peak_rss_mib"], 3),
+                "peak_over_flac_long_mib": round(ff["long"]["peak_rss_mib"] - long["peak_rss_mib"], 1),
+                "peak_over_flac_short_mib": round(ff["short"]["peak_rss_mib"] - short["peak_rss_mib"], 1),
+                # what the open costs more on the long file (the container's index) per hour of audio
+                "open_growth_mib_per_hour": round(grow / (hours - short_minutes / 60), 2),
+                # what streaming adds after the open, long vs short (bounded decoding: about 0)
+                "stream_growth_long_minus_short_mib": round(
+                    (ff["long"]["peak_rss_mib"] - ff["long"]["opened_rss_mib"])
+                    - (ff["short"]["peak_rss_mib"] - ff["short"]["opened_rss_mib"]), 1),
+            }
     return {
         "bench": "memory_long_audio",
         "inputs": {"hours": hours, "short_minutes": short_minutes, "sample_rate": rate, "channels": channels,
@@ -85,9 +171,12 @@ def measure(hours: float, short_minutes: float, rate: int, channels: int, workdi
         "peak_rss_ratio_long_over_short": round(long["peak_rss_mib"] / short["peak_rss_mib"], 3),
         "long_audio_x_realtime": round(long["audio_seconds"] / long["wall_s"], 1),
         "write_long_s": round(write_long_s, 1),
+        "ffmpeg": ffmpeg,
         "machine": describe(threads=1),  # the child streams on one thread
         "versions": {"numpy": np.__version__, "soundfile": soundfile.__version__,
-                     "libsndfile": soundfile.__libsndfile_version__, "soxr": soxr.__version__},
+                     "libsndfile": soundfile.__libsndfile_version__, "soxr": soxr.__version__,
+                     **({"av": av.__version__, "ffmpeg": ".".join(map(str, av.library_versions["libavformat"]))}
+                        if ffmpeg else {})},
     }
 
 
@@ -97,13 +186,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--short-minutes", type=float, default=5.0, help="length of the comparison file (default 5)")
     parser.add_argument("--rate", type=int, default=44100, help="sample rate of the files, Hz (default 44100)")
     parser.add_argument("--channels", type=int, default=2, help="channels of the files (default 2)")
+    parser.add_argument("--ffmpeg", default="m4a,mka",
+                        help=f"FFmpeg containers measured beside FLAC, comma-separated, from "
+                        f"{sorted(FFMPEG_CONTAINERS)}; '' for none (default m4a,mka)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/memory_long_audio.json"), help="JSON result file")
     args = parser.parse_args(argv)
+    formats = tuple(f for f in args.ffmpeg.split(",") if f)
+    unknown = [f for f in formats if f not in FFMPEG_CONTAINERS]
+    if unknown:
+        parser.error(f"--ffmpeg: unknown container(s) {unknown}; known: {sorted(FFMPEG_CONTAINERS)}")
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.hours, args.short_minutes, args.rate, args.channels, Path(tmp))
+        result = measure(args.hours, args.short_minutes, args.rate, args.channels, Path(tmp), formats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("long", "short", "peak_rss_ratio_long_over_short")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("long", "short", "peak_rss_ratio_long_over_short", "ffmpeg")}, indent=2))
 
 
 if __name__ == "__main__":
