@@ -34,11 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="train a small GaMMA on labelled synthetic music (CPU: minutes)",
         description="Train a small GaMMA (two experts, fusion, projector, Qwen3 decoder; about 1M parameters) "
         "to answer questions about labelled synthetic songs: key, tempo, meter, instruments, an event time. "
-        "Writes a checkpoint folder for `gamma-rt export onnx|gguf`.\n\nexample: gamma-rt train --out ckpt --minutes 20",
+        "Writes a checkpoint folder for `gamma-rt export onnx|gguf`.\n\n"
+        "example: gamma-rt train --out ckpt --clips 800 --steps 700 --minutes 26",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
-    p.add_argument("--clips", type=int, default=1500, help="training songs, each encoded once (default 1500)")
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps (default 600)")
+    # The defaults are the built-in's recipe (gamma_rt/builtin/train_record.json).
+    p.add_argument("--clips", type=int, default=800, help="training songs, each encoded once (default 800)")
+    p.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700)")
     p.add_argument("--batch", type=int, default=16, help="(song, question) pairs per step (default 16)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
@@ -248,7 +250,7 @@ def answer_loss(model, x, y):
 
 # --- the run --------------------------------------------------------------------------------------------
 
-def train(out: Path, clips: int = 1500, steps: int = 600, batch: int = 16, lr: float = 3e-3,
+def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: float = 3e-3,
           minutes: float | None = None, seed: int = 0, say=print) -> dict:
     """Train and write the checkpoint folder ``out``; returns the training record (also out/train_record.json)."""
     import torch
@@ -333,7 +335,8 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed)
     print(json.dumps(record))
-    print(f"wrote {args.out}: next, gamma-rt export onnx {args.out} --out BUNDLE && gamma-rt export gguf {args.out} --out BUNDLE")
+    print(f"wrote {args.out}: next, gamma-rt export onnx {args.out} --out BUNDLE && "
+          f"gamma-rt export gguf {args.out} --out BUNDLE")
     return 0
 
 

@@ -85,6 +85,19 @@ def evaluate(bundle: Path, n: int, seed: int = 0, options=None, checkpoint: Path
                                            MAX_ANSWER_TOKENS)
         record["checkpoint"] = str(checkpoint)
         record["checkpoint_accuracy"] = accuracy(songs, [dict(zip(ATTRIBUTES, r)) for r in torch_replies])
+        record["training"] = training_record(checkpoint)
+    return record
+
+
+def training_record(checkpoint: Path) -> dict | None:
+    """The checkpoint's train_record.json (from gamma-rt train), its loss curve cut to every 50th step."""
+    path = Path(checkpoint) / "train_record.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    losses = record.pop("losses", None)
+    if losses:
+        record["loss_every_50_steps"] = losses[::50] + losses[-1:]
     return record
 
 
@@ -94,8 +107,13 @@ def cmd_eval(args) -> int:
 
     if args.synthetic < 1:
         raise GammaError(f"--synthetic {args.synthetic}: ask at least one song")
-    record = evaluate(args.bundle, args.synthetic, args.seed, RuntimeOptions.from_args(args), args.checkpoint,
+    from gamma_rt.machine import describe
+
+    options = RuntimeOptions.from_args(args)
+    record = evaluate(args.bundle, args.synthetic, args.seed, options, args.checkpoint,
                       say=lambda text: print(text, file=sys.stderr, flush=True))
+    record["command"] = "gamma-rt " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None
+    record["machine"] = describe(options.threads or 0)
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
