@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import os
 import subprocess
 import sys
 
@@ -285,9 +286,23 @@ def test_unavailable_backend_says_why(capsys, tiny_bundle, song):
 # --- the README's first command -------------------------------------------------------------------
 
 
-def test_demo_runs_end_to_end_from_nothing(tmp_path):
+def test_demo_answers_with_the_trained_builtin_beside_the_truth(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gamma_rt.cli", "demo", "--workdir", str(tmp_path / "demo"),
-                           "--threads", "1"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+                           "--threads", "1"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "answers of the trained built-in, beside the truth" in proc.stdout
+    assert '{"tonic": "D", "mode": "minor"}' in proc.stdout  # the demo song's truth, printed beside the answer
+    assert "held-out accuracy" in proc.stdout
+    for stage in ("temporal_encoder", "global_encoder", "fusion", "projector", "prefill", "decode"):
+        assert stage in proc.stdout
+    assert (tmp_path / "demo" / "bundle-trained" / "manifest.json").is_file()
+
+
+def test_demo_runs_end_to_end_from_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gamma_rt.cli", "demo", "--random", "--workdir",
+                           str(tmp_path / "demo"), "--threads", "1"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[5/5] answer" in proc.stdout and "nonsense" in proc.stdout
     for stage in ("temporal_encoder", "global_encoder", "fusion", "projector", "prefill", "decode"):
