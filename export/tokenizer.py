@@ -114,28 +114,27 @@ def write_tokenizer(folder: str | Path, cfg: GammaConfig, qwen3_folder: str | Pa
 
 
 def _train_tiny_bpe(cfg: GammaConfig):
+    specials = special_tokens(cfg)
+    return train_qwen2_bpe(TRAINING_TEXT.split("\n\n"), cfg.llm.vocab_size - len(specials), specials)
+
+
+def train_qwen2_bpe(texts, bpe_size: int, specials: list[str]):
+    """A byte-level BPE of ``bpe_size`` entries trained on ``texts``, with Qwen2's pre-tokenizer, then the
+    ``specials`` after it (as in Qwen: 151643 = <|endoftext|>), so llama.cpp's ``qwen2`` pre-tokenizer splits
+    text as it does. The one recipe behind the tiny GaMMA, flamingo and trained tokenizers."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    specials = special_tokens(cfg)
     tokenizer = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
     # The same two-stage pre-tokenizer as Qwen2's tokenizer.json: regex split, then bytes -> printable chars.
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=cfg.llm.vocab_size - len(specials),
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-    )
-    tokenizer.train_from_iterator(TRAINING_TEXT.split("\n\n"), trainer=trainer)
-    # Specials come after the BPE vocabulary, as in Qwen (151643 = <|endoftext|>).
+    trainer = trainers.BpeTrainer(vocab_size=bpe_size, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return tokenizer
 

@@ -70,24 +70,12 @@ def synthetic_config(vocab_size: int = VOCAB_SIZE):
 
 def train_tokenizer(folder: Path, cfg):
     """A byte-level BPE (Qwen2 split) of ``cfg.llm.vocab_size`` on the task's text; writes the tokenizer files."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
     from gamma_rt.synthetic_tasks import corpus
 
-    from .tokenizer import QWEN2_SPLIT_REGEX, _write_tokenizer_config, special_tokens
+    from .tokenizer import _write_tokenizer_config, special_tokens, train_qwen2_bpe
 
     specials = special_tokens(cfg)
-    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=cfg.llm.vocab_size - len(specials), min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tok.train_from_iterator(corpus(), trainer=trainer)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok = train_qwen2_bpe(corpus(), cfg.llm.vocab_size - len(specials), specials)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     _write_tokenizer_config(folder, tok, cfg)
