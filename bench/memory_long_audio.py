@@ -78,27 +78,9 @@ FFMPEG_CONTAINERS = {"m4a": ("ipod", "AAC in MP4 (.m4a)"), "mka": ("matroska", "
 
 def encode_unit(path: Path, seconds: int, rate: int, channels: int) -> Path:
     """``seconds`` of the same synthesized music as AAC (PyAV's encoder) in an M4A."""
-    import av
+    from gamma_rt.synth import encode
 
-    from gamma_rt.synth import blocks
-
-    layout = {1: "mono", 2: "stereo"}[channels]
-    with av.open(str(path), "w", format="ipod") as out:
-        stream = out.add_stream("aac", rate=rate, layout=layout)
-        stream.codec_context.open()
-        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate,
-                                      frame_size=stream.codec_context.frame_size or 1024)
-        pts = 0
-        for block in blocks(Music(seconds, rate, channels)):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.T), format="fltp", layout=layout)
-            frame.sample_rate, frame.pts = rate, pts
-            pts += len(block)
-            for piece in resampler.resample(frame):
-                out.mux(stream.encode(piece))
-        for piece in resampler.resample(None):
-            out.mux(stream.encode(piece))
-        out.mux(stream.encode(None))
-    return path
+    return encode(path, Music(seconds, rate, channels), "ipod", "aac")
 
 
 def repeat_packets(unit: Path, path: Path, container: str, seconds: float) -> Path:

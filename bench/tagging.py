@@ -140,27 +140,9 @@ def make_library(folder: Path, n: int, seconds: float, formats: tuple[str, ...] 
 
 
 def _encode_av(path: Path, music, container: str, codec: str) -> None:
-    import av
-    import numpy as np
+    from gamma_rt.synth import encode
 
-    from gamma_rt.synth import blocks
-
-    rate = 48000 if codec == "libopus" else music.rate  # Opus runs at 48 kHz
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout="stereo")
-        stream.codec_context.open()
-        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="stereo", rate=rate,
-                                      frame_size=stream.codec_context.frame_size or 1024)
-        pts = 0
-        for block in blocks(music):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.T), format="fltp", layout="stereo")
-            frame.sample_rate, frame.pts = music.rate, pts
-            pts += len(block)
-            for piece in resampler.resample(frame):
-                out.mux(stream.encode(piece))
-        for piece in resampler.resample(None):
-            out.mux(stream.encode(piece))
-        out.mux(stream.encode(None))
+    encode(path, music, container, codec, rate=48000 if codec == "libopus" else None)  # Opus runs at 48 kHz
 
 
 def tag_command(library: Path, bundle: Path, out: Path, prompts: Path | None, segment: str | None,

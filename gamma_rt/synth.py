@@ -112,6 +112,33 @@ def write(path: str | Path, music: Music, subtype: str | None = None, format: st
     return path
 
 
+def encode(path: str | Path, music: Music, container: str, codec: str, rate: int | None = None) -> Path:
+    """Write ``music`` to ``path`` block by block through FFmpeg (PyAV): ``container`` e.g. "ipod" (M4A),
+    "matroska", "webm"; ``codec`` e.g. "aac", "libopus"; ``rate`` the stream's rate (default the music's;
+    Opus needs 48000). Returns ``path``."""
+    import av
+
+    layout = "stereo" if (music.channels or 1) == 2 else "mono"
+    rate = rate or music.rate
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        stream.codec_context.open()
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate,
+                                      frame_size=stream.codec_context.frame_size or 1024)
+        pts = 0
+        for block in blocks(music):
+            planes = np.ascontiguousarray(np.atleast_2d(block.T) if block.ndim == 2 else block[None])
+            frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
+            frame.sample_rate, frame.pts = music.rate, pts
+            pts += len(block)
+            for piece in resampler.resample(frame):
+                out.mux(stream.encode(piece))
+        for piece in resampler.resample(None):
+            out.mux(stream.encode(piece))
+        out.mux(stream.encode(None))
+    return Path(path)
+
+
 # --- labelled songs --------------------------------------------------------------------------------------
 # A Song is music whose every label is a field: tempo, key, meter, instruments and one event (an instrument
 # entering or stopping at a whole second). Songs are drawn from a seed (``song_for_seed``) and rendered at
