@@ -17,6 +17,7 @@ tokenization, so tokenizing the pieces one by one gives the same ids as tokenizi
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from gamma_rt.errors import BundleError
@@ -163,6 +164,17 @@ def render_chat_template(template: str, messages: list[dict], variables: dict, w
     """Render ``template`` for ``messages`` with the generation prompt, in the sandboxed Jinja environment
     transformers uses (trim_blocks, lstrip_blocks, loop controls, ``raise_exception``, ``tojson``)."""
     import jinja2
+
+    try:
+        return _compiled(template).render(messages=messages, add_generation_prompt=True, **variables)
+    except jinja2.TemplateError as e:
+        raise BundleError(f"{where}: field prompt.chat_template does not render ({e})") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):
+    """The template compiled once (every question renders it again; compiling is the costly part)."""
+    import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
@@ -171,10 +183,7 @@ def render_chat_template(template: str, messages: list[dict], variables: dict, w
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
     env.filters["tojson"] = _tojson
-    try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=True, **variables)
-    except jinja2.TemplateError as e:
-        raise BundleError(f"{where}: field prompt.chat_template does not render ({e})") from None
+    return env.from_string(template)
 
 
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
