@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import serve_load
+from . import serve_load, task_fidelity
 
 DEFAULT_RESULTS = Path("bench") / "results"
 
@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "10 min input only); it is listed as skipped in the JSON")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
     serve_load.add_arguments(p)  # gamma-rt bench serve URL|BUNDLE
+    task_fidelity.add_bench_arguments(p)  # gamma-rt bench fidelity CKPT
     p.set_defaults(func=cmd_bench)
 
 
@@ -88,8 +89,11 @@ def cmd_bench(args) -> int:
 
     if args.bundle == "serve":
         return serve_load.cmd_bench_serve(args)
+    if args.bundle == "fidelity":
+        return task_fidelity.cmd_bench_fidelity(args)
     if args.target is not None:
-        raise GammaError(f"unexpected argument {args.target!r} (only `gamma-rt bench serve` takes a target)")
+        raise GammaError(f"unexpected argument {args.target!r} (only `gamma-rt bench serve` and `bench fidelity` "
+                         "take one)")
     from . import report
 
     if args.bundle == "report":

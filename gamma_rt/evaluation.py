@@ -46,15 +46,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def bundle_replies(bundle: Path, songs, options) -> list[dict[str, str]]:
     """Per song, the bundle's greedy reply to each scored question, by attribute."""
     from gamma_rt.runtime.pipeline import Pipeline
+
+    with Pipeline.open(bundle, options) as pipe:
+        return pipeline_replies(pipe, songs)
+
+
+def pipeline_replies(pipe, songs) -> list[dict[str, str]]:
+    """:func:`bundle_replies` on an open ``Pipeline``, so a caller can read its state afterwards (its cache)."""
     from gamma_rt.synth import render
 
     questions = [QUESTION_OF[a].text for a in ATTRIBUTES]
     out = []
-    with Pipeline.open(bundle, options) as pipe:
-        rate = pipe.layout.sample_rate
-        for song in songs:
-            replies = pipe.ask(render(song, rate), questions, max_tokens=MAX_ANSWER_TOKENS)
-            out.append({a: r.text for a, r in zip(ATTRIBUTES, replies)})
+    for song in songs:
+        replies = pipe.ask(render(song, pipe.layout.sample_rate), questions, max_tokens=MAX_ANSWER_TOKENS)
+        out.append({a: r.text for a, r in zip(ATTRIBUTES, replies)})
     return out
 
 
