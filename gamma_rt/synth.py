@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -116,20 +116,27 @@ def encode(path: str | Path, music: Music, container: str, codec: str, rate: int
     """Write ``music`` to ``path`` block by block through FFmpeg (PyAV): ``container`` e.g. "ipod" (M4A),
     "matroska", "webm"; ``codec`` e.g. "aac", "libopus"; ``rate`` the stream's rate (default the music's;
     Opus needs 48000). Returns ``path``."""
+    return encode_blocks(path, blocks(music), music.rate, music.channels or 1, container, codec, rate)
+
+
+def encode_blocks(path: str | Path, parts: Iterable[np.ndarray], rate: int, channels: int, container: str,
+                  codec: str, stream_rate: int | None = None) -> Path:
+    """Write float32 blocks, each (samples,) mono or (samples, channels), at ``rate`` Hz to ``path`` through
+    FFmpeg (PyAV), as :func:`encode` does; ``stream_rate`` the encoded stream's rate (default ``rate``)."""
     import av
 
-    layout = "stereo" if (music.channels or 1) == 2 else "mono"
-    rate = rate or music.rate
+    layout = "stereo" if channels == 2 else "mono"
+    stream_rate = stream_rate or rate
     with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
+        stream = out.add_stream(codec, rate=stream_rate, layout=layout)
         stream.codec_context.open()
-        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate,
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=stream_rate,
                                       frame_size=stream.codec_context.frame_size or 1024)
         pts = 0
-        for block in blocks(music):
+        for block in parts:
             planes = np.ascontiguousarray(np.atleast_2d(block.T) if block.ndim == 2 else block[None])
             frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
-            frame.sample_rate, frame.pts = music.rate, pts
+            frame.sample_rate, frame.pts = rate, pts
             pts += len(block)
             for piece in resampler.resample(frame):
                 out.mux(stream.encode(piece))
