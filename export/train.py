@@ -4,9 +4,10 @@ The model has the family's shape (two Whisper experts, fusion, pooling projector
 fit 8 MB in fp16 and to learn on two CPU cores:
 
 - the audio side is *listening-initialized* and frozen: each expert's first convolution starts as a bank of
-  fixed filters over the 128 mel bins (12 pitch-class filters, 4 band energies, 4 band onsets; the rest
-  random), the attention and FFN residual branches start near zero, so the fused features carry chroma,
-  timbre and rhythm. Frozen, they are computed once per clip;
+  fixed filters over the 128 mel bins (12 pitch-class filters, 4 band energies, 4 band onsets, 12 sharp
+  pitch classes above 1 kHz where the STFT parts a semitone; the rest random), one channel is a clock (a
+  ramp in the position table), the attention and FFN residual branches start near zero, so the fused
+  features carry chroma, timbre, onsets and time. Frozen, they are computed once per clip;
 - the projector and the decoder learn, by teacher-forced cross-entropy on the answer tokens only, from a
   BPE vocabulary of 512 trained on the questions and answers.
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 VOCAB_SIZE = 512
+RAMP = 32  # the experts' clock channel (see listen_init)
 QUESTION_WEIGHTS = {"key": 3, "tempo": 3, "instruments": 3, "meter": 3, "event": 3}  # the rest: 1
 
 
@@ -35,12 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a small GaMMA (two experts, fusion, projector, Qwen3 decoder; about 1M parameters) "
         "to answer questions about labelled synthetic songs: key, tempo, meter, instruments, an event time. "
         "Writes a checkpoint folder for `gamma-rt export onnx|gguf`.\n\n"
-        "example: gamma-rt train --out ckpt --clips 800 --steps 700 --minutes 26",
+        "example: gamma-rt train --out ckpt --clips 1500 --steps 4000 --minutes 30",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     # The defaults are the built-in's recipe (gamma_rt/builtin/train_record.json).
-    p.add_argument("--clips", type=int, default=800, help="training songs, each encoded once (default 800)")
-    p.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700)")
+    p.add_argument("--clips", type=int, default=1500, help="training songs, each encoded once (default 1500)")
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
     p.add_argument("--batch", type=int, default=16, help="(song, question) pairs per step (default 16)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
@@ -50,17 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def synthetic_config(vocab_size: int = VOCAB_SIZE):
-    """The trained built-in's shape: d 32 experts of one layer, pool 15 (3.3 tokens/s), a 3-layer d 96 Qwen3."""
+    """The trained built-in's shape: d 48 experts of one layer, pool 15 (3.3 tokens/s), a 4-layer d 128 Qwen3."""
     import dataclasses
 
     from .config import ExpertConfig, FusionConfig, GammaConfig, LLMConfig, ProjectorConfig
 
-    expert = ExpertConfig(d_model=32, encoder_layers=1, encoder_attention_heads=1, encoder_ffn_dim=64)
+    expert = ExpertConfig(d_model=48, encoder_layers=1, encoder_attention_heads=1, encoder_ffn_dim=96)
     return GammaConfig(
         preset="synthetic", temporal=expert, global_=dataclasses.replace(expert),
         fusion=FusionConfig(n_blocks=1, n_heads=1, ffn_dim=64, injector_gate_init=0.1),
         projector=ProjectorConfig(pool_stride=15, hidden_dim=128),
-        llm=LLMConfig(vocab_size=vocab_size, hidden_size=96, intermediate_size=256, num_hidden_layers=3,
+        llm=LLMConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
                       tie_word_embeddings=True),
     )
@@ -93,24 +95,33 @@ def _mel_centres(cfg) -> np.ndarray:
     return hz[np.argmax(fb, axis=1)]
 
 
-def listening_filters(cfg) -> np.ndarray:
-    """(20, n_mels, 3) conv1 filters: 12 pitch classes (C..B, zero-mean over 200-4000 Hz), 4 band energies,
-    4 band onsets (next frame minus previous)."""
-    f = np.maximum(_mel_centres(cfg), 1.0)
-    pitch = 12 * np.log2(f / 440.0) + 69
-    audible = (f > 200) & (f < 4000)
-    chroma = np.zeros((12, len(f)))
-    for p in range(12):
-        distance = np.abs((pitch - p + 6) % 12 - 6)
-        chroma[p] = np.maximum(0, 1 - distance / 0.6) * audible
+def _chroma(cfg, lo: float, hi: float, width: float) -> np.ndarray:
+    """(12, n_mels) pitch-class filters, zero-mean over the classes: how much of each mel bin's passband
+    (its STFT bins, by the filter's weights) lies within ``width`` semitones of each class, in [lo, hi) Hz."""
+    from gamma_rt.runtime.mel import mel_filters
+
+    fb = mel_filters(cfg.audio.n_mels, cfg.audio.sample_rate, cfg.audio.n_fft)  # (n_mels, n_fft // 2 + 1)
+    hz = np.maximum(np.fft.rfftfreq(cfg.audio.n_fft, 1 / cfg.audio.sample_rate), 1.0)
+    pitch = 12 * np.log2(hz / 440.0) + 69
+    inside = (hz >= lo) & (hz < hi)
+    member = np.stack([np.maximum(0, 1 - np.abs((pitch - p + 6) % 12 - 6) / width) * inside for p in range(12)])
+    chroma = member @ fb.T / np.maximum(fb.sum(1), 1e-9)  # (12, n_mels)
     chroma = chroma / np.maximum(chroma.sum(1, keepdims=True), 1e-9)
-    chroma -= chroma.mean(0, keepdims=True)
+    return chroma - chroma.mean(0, keepdims=True)
+
+
+def listening_filters(cfg) -> np.ndarray:
+    """(32, n_mels, 3) conv1 filters: 12 pitch classes over 200-5000 Hz, 4 band energies, 4 band onsets (next
+    frame minus previous), 12 sharp pitch classes over 1-5 kHz, where the STFT's 40 Hz bins part a semitone
+    (the major/minor third is heard there)."""
+    f = np.maximum(_mel_centres(cfg), 1.0)
     bands = np.stack([(f >= lo) & (f < hi) for lo, hi in ((0, 200), (200, 1000), (1000, 4000), (4000, 9000))])
     bands = bands / np.maximum(bands.sum(1, keepdims=True), 1)
-    out = np.zeros((20, len(f), 3))
-    out[:12, :, 1] = chroma * 8.0
+    out = np.zeros((32, len(f), 3))
+    out[:12, :, 1] = _chroma(cfg, 200, 5000, 0.5) * 8.0
     out[12:16, :, 1] = bands
     out[16:20, :, 2], out[16:20, :, 0] = bands * 4.0, -bands * 4.0
+    out[20:32, :, 1] = _chroma(cfg, 1000, 5000, 0.35) * 6.0
     return out
 
 
@@ -130,7 +141,12 @@ def listen_init(model, cfg) -> None:
             expert.conv2.weight.zero_()
             expert.conv2.weight[torch.arange(d), torch.arange(d), 1] = 1.0
             expert.conv2.bias.zero_()
-            expert.embed_positions.weight.copy_(0.1 * _sinusoids(*expert.embed_positions.weight.shape))
+            positions = 0.1 * _sinusoids(*expert.embed_positions.weight.shape)
+            # A clock: channel RAMP is silent in conv1 and rises 0 -> 2 over the window, so every token knows
+            # its time (an event's second is where the instrument's tokens begin or end).
+            expert.conv1.weight[RAMP] = 0.0
+            positions[:, RAMP] = torch.linspace(0, 2, positions.shape[0])
+            expert.embed_positions.weight.copy_(positions)
             for layer in expert.layers:
                 layer.self_attn.out_proj.weight.normal_(0, 0.01)
                 layer.fc2.weight.normal_(0, 0.01)

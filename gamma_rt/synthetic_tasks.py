@@ -58,10 +58,16 @@ def _listing(names) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def event_phrase(song: Song) -> str:
+    """"the bass enters at 12 s" (the drums enter: a plural takes the plain verb)."""
+    verb = song.event[:-1] if song.event_instrument == "drums" else song.event
+    return f"the {song.event_instrument} {verb} at {song.event_second} s"
+
+
 def describe(song: Song) -> str:
     """One line: key, tempo, meter, instruments and the event."""
     return (f"A piece in {song.key} at {song.bpm} BPM in {song.meter}, with {_listing(song.instruments)}; "
-            f"the {song.event_instrument} {song.event[:-1]} at {song.event_second} s.")
+            f"{event_phrase(song)}.")
 
 
 def _moods(song: Song) -> list[str]:
@@ -83,7 +89,7 @@ def answers(song: Song) -> dict[str, str]:
         "tempo": dump({"bpm": song.bpm}),
         "instruments": dump({"instruments": list(song.instruments)}),
         "meter": song.meter,
-        "event": f"The {song.event_instrument} {song.event[:-1]} at {song.event_second} s.",
+        "event": event_phrase(song).capitalize() + ".",
         "description": describe(song),
         "mood": dump({"moods": _moods(song)}),
         "vocals": dump({"vocals": False}),
