@@ -410,6 +410,21 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def runtime_flags(args) -> list[str]:
+    """The runtime options given on the command line that a served BUNDLE takes (--decoder decoder.f16, ...);
+    GammaError for a URL target, whose server runs what it was started with."""
+    from gamma_rt.errors import GammaError
+
+    flags = [(f"--{name.replace('_', '-')}", getattr(args, name)) for name in ("decoder", "backend", "precision")
+             if getattr(args, name) != "auto"]
+    if args.gpu_layers is not None:
+        flags.append(("--gpu-layers", args.gpu_layers))
+    if flags and re.match(r"https?://", args.target):
+        raise GammaError(f"{flags[0][0]} applies to a BUNDLE target; the server at {args.target} runs what it "
+                         "was started with")
+    return [str(x) for flag in flags for x in flag]
+
+
 def cmd_bench_serve(args) -> int:
     from gamma_rt.errors import GammaError
 
@@ -422,7 +437,7 @@ def cmd_bench_serve(args) -> int:
         raise GammaError(f"--bad-fraction must be in [0, 1), got {args.bad_fraction}")
     options = LoadOptions(args.target, args.clients, args.requests, tuple(args.audio_seconds), args.answer_tokens,
                           args.bad_fraction, not args.no_sequential, args.warmup, args.threads or 2,
-                          ("--max-tokens", str(max(args.answer_tokens, 16))))
+                          ("--max-tokens", str(max(args.answer_tokens, 16)), *runtime_flags(args)))
     result = measure(options)
     path, png = write_result(result, args.out)
     print(summary(result))

@@ -14,7 +14,8 @@ from gamma_rt.cli import main  # noqa: E402
 
 def test_bench_serve_runs_both_ways_and_writes_json_and_a_plot(tiny_bundle, tmp_path, capsys):
     code = main(["bench", "serve", str(tiny_bundle), "--clients", "2", "--requests", "6", "--audio-seconds", "3",
-                 "--answer-tokens", "4", "--bad-fraction", "0.4", "--threads", "1", "--out", str(tmp_path)])
+                 "--answer-tokens", "4", "--bad-fraction", "0.4", "--threads", "1", "--decoder", "decoder",
+                 "--out", str(tmp_path)])
     assert code == 0
     [path] = tmp_path.glob("serve-*.json")
     result = json.loads(path.read_text())
@@ -27,6 +28,12 @@ def test_bench_serve_runs_both_ways_and_writes_json_and_a_plot(tiny_bundle, tmp_
         assert set(run["ttft_ms"]) == {"p50", "p95", "p99", "mean"} and run["tokens_per_s"] > 0
     assert result["same_answers"]["compared"] > 0 and result["same_answers"]["different"] == 0
     assert result["rss_mib"]["samples"] and "same answers" in capsys.readouterr().out
+    assert result["inputs"]["server_args"][-2:] == ["--decoder", "decoder"]  # the served bundle's runtime flags
+
+
+def test_bench_serve_refuses_runtime_flags_for_a_server_it_did_not_start(capsys):
+    assert main(["bench", "serve", "http://127.0.0.1:9", "--decoder", "decoder.f16"]) != 0
+    assert "--decoder applies to a BUNDLE target" in capsys.readouterr().err
 
 
 def test_percentiles_are_nearest_rank_in_ms_and_request_kinds_are_fixed_by_index():
