@@ -107,13 +107,16 @@ class DecoderSession:
         n_seq_max: int = 8,
         n_batch: int = 512,
         kv_type: str | None = None,
+        shared_cells: bool = True,
     ):
         """``n_ctx`` is the KV cache size in tokens, shared by all ``n_seq_max`` sequences (see
         :func:`context_size_for`). ``n_gpu_layers`` layers go to the GPU when llama.cpp was built with CUDA
         (``llama_supports_gpu_offload``), None meaning all of them; on a CPU-only build the request is ignored
         (``self.gpu_layers`` says what was asked of llama.cpp). ``kv_type`` "f32" or
         "f16" is the KV cache's type; by default f32 for an all-F32 GGUF (exact parity with the reference:
-        f32 cache, no flash attention), else f16 (half the memory)."""
+        f32 cache, no flash attention), else f16 (half the memory). ``shared_cells``: one pool of cells for all
+        sequences, so :meth:`fork` shares a prefix without copying it; False gives each sequence its own
+        n_ctx / n_seq_max cells, and its attention reads only those (a server's sequences share nothing)."""
         global _backend_ready
         self.path = Path(gguf_path)
         self._model = self._ctx = None
@@ -146,7 +149,7 @@ class DecoderSession:
         cparams.n_batch = cparams.n_ubatch = n_batch
         cparams.n_seq_max = n_seq_max
         cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.kv_unified = True  # forked sequences share the prefix's cells instead of a per-sequence slice
+        cparams.kv_unified = shared_cells
         cparams.no_perf = True
         cparams.type_k = cparams.type_v = _KV_TYPES[kv_type]
         if kv_type == "f32":  # llama.cpp's CPU flash-attention kernel rounds to f16; exactness wants it off
@@ -157,6 +160,7 @@ class DecoderSession:
             raise GammaError(f"{self.path}: llama.cpp could not create a {n_ctx}-token context (out of memory?)")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.cells_per_sequence = llama_cpp.llama_n_ctx_seq(self._ctx)  # n_ctx, or its share without shared_cells
         self.n_batch = n_batch
         self.n_seq_max = n_seq_max
         self.generated: dict[int, list[int]] = {}  # sequence -> token ids of its last generated answer

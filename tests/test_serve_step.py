@@ -1,11 +1,13 @@
 """DecoderSession.step, the server's decode step: several sequences, each with its own sampler, one token each
-per llama_decode batch, sequences joining and leaving between steps (real llama.cpp on the tiny GGUF)."""
+per llama_decode batch, sequences joining and leaving between steps (real llama.cpp on the tiny GGUF), with
+one pool of cells for all sequences or each sequence's own."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from gamma_rt.errors import GammaError
 from gamma_rt.runtime.decoder import DecoderSession, Sampling
 
 QUESTIONS = ["What genre is this?", "What is the tempo?", "Which instruments play?"]
@@ -13,9 +15,10 @@ SAMPLINGS = [Sampling(temperature=0.9, seed=7), Sampling(), Sampling(temperature
 TOKENS = 12
 
 
-@pytest.fixture(scope="module")
-def session(tiny_bundle_gguf):
-    with DecoderSession(tiny_bundle_gguf / "decoder-f32.gguf", n_ctx=1024, n_seq_max=4) as s:
+@pytest.fixture(scope="module", params=[True, False], ids=["shared-cells", "own-cells"])
+def session(tiny_bundle_gguf, request):
+    with DecoderSession(tiny_bundle_gguf / "decoder-f32.gguf", n_ctx=1024, n_seq_max=4,
+                        shared_cells=request.param) as s:
         yield s
 
 
@@ -72,3 +75,12 @@ def test_step_refuses_two_items_for_one_sequence_or_mismatched_samplers(session)
         session.step([(0, token)], [])
     with pytest.raises(ValueError, match="n_seq_max"):
         session.step([(9, token)], [None])
+
+
+def test_a_sequence_with_its_own_cells_holds_its_share_of_the_context(tiny_bundle_gguf):
+    with DecoderSession(tiny_bundle_gguf / "decoder-f32.gguf", n_ctx=1024, n_seq_max=4, shared_cells=False) as s:
+        assert s.n_ctx == 1024 and s.cells_per_sequence == 256
+        s.eval_tokens([1] * 200, 0)
+        s.eval_tokens([1] * 200, 1)  # the other sequences' cells are not taken
+        with pytest.raises(GammaError, match="context is full"):
+            s.eval_tokens([1] * 100, 0)
