@@ -2,9 +2,10 @@
 the listener thread, while the scheduler thread decodes other requests' answers.
 
 One listener thread encodes requests in arrival order; ONNX Runtime releases the GIL, so its encoders run
-at the same time as llama.cpp's decode steps. Each window goes to the request's own queue (two windows at
-most, so a long song holds little memory) and the scheduler prefills it when its turn comes. The embedding
-cache (``--cache-dir``) is the CLI's: the same song sent twice is encoded once.
+at the same time as llama.cpp's decode steps, or take turns with them where both would share too few cores
+(cores.py). Each window goes to the request's own queue (two windows at most, so a long song holds little
+memory) and the scheduler prefills it when its turn comes. The embedding cache (``--cache-dir``) is the
+CLI's: the same song sent twice is encoded once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..audio import AudioStream, open_audio
 from ..embed import AudioLayout, WindowEmbedding, embed_windows
 from ..embed_cache import EmbeddingCache
 from ..timings import StageTimes
+from .cores import Cores
 from .protocol import AudioInput, Limits, RequestError
 
 WINDOWS_AHEAD = 2  # encoded windows a request may hold before the scheduler has prefilled them
@@ -97,10 +99,11 @@ class Listening:
 
 
 class Listener:
-    """The listener thread: encodes each submitted :class:`Listening` in turn."""
+    """The listener thread: encodes each submitted :class:`Listening` in turn, one window per turn on ``cores``."""
 
-    def __init__(self, backend, layout: AudioLayout, cache: EmbeddingCache | None):
+    def __init__(self, backend, layout: AudioLayout, cache: EmbeddingCache | None, cores: Cores | None = None):
         self.backend, self.layout, self.cache = backend, layout, cache
+        self.cores = cores or Cores(shared=False)
         self._todo: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="gamma-rt-listener", daemon=True)
         self._thread.start()
@@ -129,10 +132,15 @@ class Listener:
             return
         windows, seconds = 0, 0.0
         times = StageTimes()
-        for window in embed_windows(listening._blocks(), self.backend, self.layout, times, self.cache,
-                                    overlap=False):
+        encoded = embed_windows(listening._blocks(), self.backend, self.layout, times, self.cache, overlap=False)
+        while True:
+            with self.cores.turn():  # reading, front end and graphs of one window; never the wait in _put
+                window = next(encoded, None)
+            if window is None:
+                break
             windows, seconds = windows + 1, window.end_s
             if not listening._put(window):
+                encoded.close()
                 return
         cached = windows - times.calls.get("front_end", 0)  # a window read from the cache skips the front end
         listening._put(Heard(windows, cached, seconds))

@@ -4,16 +4,20 @@ request's answer as one sequence of its context, all of them stepped together.
 Every turn of its loop:
 
 1. admit waiting requests, oldest first, while a sequence is free and the KV cache has room for all the
-   request may need (prompt, audio, max_tokens); its audio goes to the listener thread to be encoded;
+   request may need (prompt, audio, max_tokens; a sequence with cells of its own has room for any request
+   it took); its audio goes to the listener thread to be encoded;
 2. prefill one piece (at most n_batch tokens or embeddings) of one admitted request: the prompt head, an
    audio window as the listener hands it over, then the question;
 3. one decode step: every answering sequence has its last token evaluated and its next token drawn by its
    own sampler, in one llama_decode batch.
 
+Steps 2 and 3 are one turn on the CPU (cores.py): where the encoders and the decoder would oversubscribe the
+cores, they alternate with the listener's windows instead of running at the same time.
+
 So a request that arrives while others answer joins them at the next turn (continuous batching), its audio
-is encoded while they decode, and its prefill holds them up one piece at a time. A cancelled request (its
-client went away) frees its sequence at the next turn. Events go back to each request through its ``emit``
-callback: :class:`Piece` per token, then :class:`Done` or :class:`Failed`.
+is encoded while they decode (or between their steps), and its prefill holds them up one piece at a time. A
+cancelled request (its client went away) frees its sequence at the next turn. Events go back to each request
+through its ``emit`` callback: :class:`Piece` per token, then :class:`Done` or :class:`Failed`.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class Scheduler:
     def __init__(self, session: DecoderSession, prompt, layout: AudioLayout, listener: Listener, metrics,
                  limits: Limits, max_queue: int = 16, retry_after_s: int = 1):
         self.session, self.prompt, self.layout, self.listener = session, prompt, layout, listener
+        self.cores = listener.cores
         self.metrics, self.limits, self.max_queue, self.retry_after_s = metrics, limits, max_queue, retry_after_s
         self.lanes = session.n_seq_max
         self._lock = threading.Lock()
@@ -175,8 +180,9 @@ class Scheduler:
         self._waiting.extend(self._take_inbox())
         self._drop_cancelled()
         self._admit()
-        prefilled = self._prefill_one()
-        stepped = self._step()
+        with self.cores.turn():
+            prefilled = self._prefill_one()
+            stepped = self._step()
         self.metrics.scheduler(len(self._waiting), len(self._active))
         return prefilled or stepped
 
@@ -226,9 +232,10 @@ class Scheduler:
         if self.layout.max_windows is not None:
             windows = min(windows, self.layout.max_windows)
         need = len(head) + len(rest) + windows * (self.layout.tokens_per_window + MARKER_TOKENS) + req.max_tokens
-        if need > s.n_ctx:
+        if need > s.cells_per_sequence:
             raise RequestError(400, f"this request may need {need} tokens of context (prompt, audio and "
-                               f"max_tokens); the server's context holds {s.n_ctx} (--ctx-size)", "messages")
+                               f"max_tokens); each of the server's sequences holds {s.cells_per_sequence} "
+                               f"(--ctx-size / --parallel)", "messages")
         return _Plan(head, rest, need)
 
     def _prefill_one(self) -> bool:
