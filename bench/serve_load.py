@@ -410,6 +410,12 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def served_limits(args) -> tuple[str, ...]:
+    """A served BUNDLE's limits fitted to the load: its KV cache then holds what the requests need, not
+    --parallel requests of 300 s (14 GiB for 8 sequences of the small preset's F32 decoder)."""
+    return ("--max-tokens", str(max(args.answer_tokens, 16)), "--max-audio-seconds", f"{max(args.audio_seconds):g}")
+
+
 def runtime_flags(args) -> list[str]:
     """The runtime options given on the command line that a served BUNDLE takes (--decoder decoder.f16, ...);
     GammaError for a URL target, whose server runs what it was started with."""
@@ -437,7 +443,7 @@ def cmd_bench_serve(args) -> int:
         raise GammaError(f"--bad-fraction must be in [0, 1), got {args.bad_fraction}")
     options = LoadOptions(args.target, args.clients, args.requests, tuple(args.audio_seconds), args.answer_tokens,
                           args.bad_fraction, not args.no_sequential, args.warmup, args.threads or 2,
-                          ("--max-tokens", str(max(args.answer_tokens, 16)), *runtime_flags(args)))
+                          served_limits(args) + tuple(runtime_flags(args)))
     result = measure(options)
     path, png = write_result(result, args.out)
     print(summary(result))
