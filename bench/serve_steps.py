@@ -37,6 +37,8 @@ import numpy as np
 
 from gamma_rt.errors import GammaError
 
+from .entry import run_module, write_result
+
 RESULT_FORMAT = "gamma-rt-bench-serve-steps/1"
 DEFAULT_OUT = Path("bench") / "results"
 BATCHES = (1, 2, 4, 8)
@@ -190,11 +192,8 @@ def run(bundle: Path, decoder: str, threads: int, cells: int, steps: int, window
         "others_cpu_s": None if busy0 is None else round(busy1 - busy0 - (own1 - own0), 1),
         "machine": {**machine, "load_average_end": load_average()},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"serve-steps-{bundle.resolve().name}-{decoder}-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    path = write_result(out / f"serve-steps-{bundle.resolve().name}-{decoder}-{time.strftime('%Y%m%dT%H%M%S')}.json",
+                        result)
     print(summary(result))
     print(f"wrote {path}")
     return result
@@ -235,16 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=2, help="windows encoded alone and at once (default 2)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
-    command = "python -m gamma_rt.bench.serve_steps " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
+    def job(command: str) -> None:
         for name in ("threads", "cells", "steps", "windows"):
             if getattr(args, name) < 1:
                 raise GammaError(f"--{name} must be at least 1, got {getattr(args, name)}")
         run(args.bundle, args.decoder, args.threads, args.cells, args.steps, args.windows, args.out, command)
-    except GammaError as e:
-        print(f"serve_steps: error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+
+    return run_module("serve_steps", argv, job)
 
 
 if __name__ == "__main__":

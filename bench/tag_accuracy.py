@@ -37,6 +37,8 @@ from gamma_rt.errors import GammaError
 from gamma_rt.synthetic_tasks import (ATTRIBUTES, QUESTION_OF, answers, chance, eval_song, parse_instruments, parse_key,
                                       parse_meter, parse_number, score)
 
+from .entry import run_module, write_result
+
 RESULT_FORMAT = "gamma-rt-tag-accuracy/1"
 DEFAULT_OUT = Path("bench") / "results" / "tag_accuracy.json"
 DEFAULT_SEED = 7  # gamma-rt eval asks seed 0 by default; these tracks are other held-out songs
@@ -313,10 +315,7 @@ def run(bundle: Path | None, n: int, seed: int, work: Path | None, threads: int 
                                         "template answer's tag; caption fields as eval scores them"},
                   **measure(bundle, n, seed, work, threads)}
     result["machine"] = {**machine, "load_average_end": load_average()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_result(out, result)
     print(table(result))
     print(f"wrote {out}")
     return result
@@ -335,13 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, metavar="T", help="CPU threads for gamma-rt tag and eval (default all cores)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON result file (default {DEFAULT_OUT})")
     args = p.parse_args(argv)
-    command = "python -m gamma_rt.bench.tag_accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        run(args.bundle, args.tracks, args.seed, args.work, args.threads, args.out, command)
-    except GammaError as e:
-        print(f"tag_accuracy: error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    return run_module("tag_accuracy", argv, lambda command: run(args.bundle, args.tracks, args.seed, args.work,
+                                                               args.threads, args.out, command))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from gamma_rt.errors import GammaError
 from gamma_rt.evaluation import MAX_ANSWER_TOKENS, accuracy, training_record
 from gamma_rt.synthetic_tasks import ATTRIBUTES, QUESTION_OF, chance, eval_song
 
+from .entry import run_module, write_result
+
 RESULT_FORMAT = "gamma-rt-task-fidelity/1"
 DEFAULT_OUT = Path("bench") / "results" / "task_fidelity.json"
 TARGET_POINTS = 1.0  # issue 16: every attribute within 1 point of PyTorch, down to Q8_0
@@ -337,10 +339,7 @@ def run(checkpoint: Path, n_songs: int, seed: int, options, work: Path | None, o
               **measure(checkpoint, n_songs, seed, options, work)}
     result["machine"] = {**machine, "load_average_end": load_average()}
     result["tools"] = tool_versions()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_result(out, result)
     print(table(result))
     print(f"wrote {out}")
     return result
@@ -406,14 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.songs is None:
         p.error("--songs N is required")
-    try:
-        options = RuntimeOptions(threads=args.threads)
-        command = "python -m gamma_rt.bench.task_fidelity " + " ".join(sys.argv[1:] if argv is None else argv)
-        run(args.checkpoint, args.songs, args.seed, options, args.work, args.out, command)
-    except GammaError as e:
-        print(f"task_fidelity: error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    options = RuntimeOptions(threads=args.threads)
+    return run_module("task_fidelity", argv, lambda command: run(args.checkpoint, args.songs, args.seed, options,
+                                                                args.work, args.out, command))
 
 
 if __name__ == "__main__":
