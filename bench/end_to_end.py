@@ -31,7 +31,7 @@ import numpy as np
 
 from gamma_rt.synth import Music, write
 
-from .timing import summarize
+from .timing import reference_row, summarize
 
 QUESTION = "Describe this piece: genre, mood, instruments and tempo."
 
@@ -212,12 +212,5 @@ def time_reference_pipeline(reference, request: dict) -> dict:
             t = time.perf_counter()
             answer = ref.ask(path, QUESTION, max_tokens=request["n_decode"])
             runs.append({"total_ms": _ms(t), **answer.timings_ms})
-        total = [r["total_ms"] for r in runs]
-        rows[_label(seconds)] = {
-            "seconds": seconds,
-            "total_ms": summarize(total).to_dict(),
-            "rtf": summarize([x / (1000 * seconds) for x in total]).to_dict(),
-            "ttft_ms": None,
-            "parts_ms": {k: summarize([r[k] for r in runs]).to_dict() for k in ("audio_side", "generate")},
-        }
+        rows[_label(seconds)] = reference_row(seconds, runs, ("audio_side", "generate"))
     return rows

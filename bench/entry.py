@@ -22,7 +22,7 @@ def run_module(name: str, argv: list[str] | None, job: Callable[[str], object]) 
     return 0
 
 
-def write_result(path: Path, result: dict) -> Path:
+def write_json(path: Path, result: dict) -> Path:
     """Write ``result`` as indented JSON to ``path``, whole or not at all (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

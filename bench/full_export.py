@@ -24,6 +24,8 @@ from pathlib import Path
 
 from gamma_rt.machine import describe
 
+from .entry import write_json
+
 TIME = "/usr/bin/time"
 
 
@@ -109,10 +111,7 @@ def save(result: dict, ckpt: Path, bundle: Path, out: Path) -> None:
     """Write the result so far (after every step, so an interrupted run keeps what it measured)."""
     result["checkpoint_bytes"] = file_sizes(ckpt) if ckpt.is_dir() else {}
     result["bundle_bytes"] = file_sizes(bundle) if bundle.is_dir() else {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(out, result)
 
 
 def main(argv: list[str] | None = None) -> int:

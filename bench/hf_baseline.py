@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import measure, summarize
+from .timing import measure, reference_row, summarize
 
 
 def model_class(folder: str | Path):
@@ -116,12 +116,5 @@ def time_reference(model, processor, request: dict, question: str) -> dict:
     rows = {}
     for seconds, path in sorted(files.items()):
         runs = [ask(path) for _ in range(request["repeat"])]
-        total = [r["total_ms"] for r in runs]
-        rows[f"{seconds:g}s"] = {
-            "seconds": seconds,
-            "total_ms": summarize(total).to_dict(),
-            "rtf": summarize([x / (1000 * seconds) for x in total]).to_dict(),
-            "ttft_ms": None,
-            "parts_ms": {k: summarize([r[k] for r in runs]).to_dict() for k in ("processor", "generate")},
-        }
+        rows[f"{seconds:g}s"] = reference_row(seconds, runs, ("processor", "generate"))
     return rows

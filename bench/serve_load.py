@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 import re
 import subprocess
@@ -22,6 +21,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .entry import write_json
 
 RESULT_FORMAT = "gamma-rt-bench-serve/1"
 QUESTIONS = ["What genre is this?", "Which instruments play?", "What is the tempo?", "Describe the mood.",
@@ -356,10 +357,7 @@ def write_result(result: dict, folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(result["target"].rstrip("/")).name or "server")
     stem = f"serve-{name}-{time.strftime('%Y%m%dT%H%M%S')}"
-    path = folder / f"{stem}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    path = write_json(folder / f"{stem}.json", result)
     return path, plot(result, folder / f"{stem}.png")
 
 

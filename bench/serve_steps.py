@@ -37,7 +37,7 @@ import numpy as np
 
 from gamma_rt.errors import GammaError
 
-from .entry import run_module, write_result
+from .entry import run_module, write_json
 
 RESULT_FORMAT = "gamma-rt-bench-serve-steps/1"
 DEFAULT_OUT = Path("bench") / "results"
@@ -192,7 +192,7 @@ def run(bundle: Path, decoder: str, threads: int, cells: int, steps: int, window
         "others_cpu_s": None if busy0 is None else round(busy1 - busy0 - (own1 - own0), 1),
         "machine": {**machine, "load_average_end": load_average()},
     }
-    path = write_result(out / f"serve-steps-{bundle.resolve().name}-{decoder}-{time.strftime('%Y%m%dT%H%M%S')}.json",
+    path = write_json(out / f"serve-steps-{bundle.resolve().name}-{decoder}-{time.strftime('%Y%m%dT%H%M%S')}.json",
                         result)
     print(summary(result))
     print(f"wrote {path}")

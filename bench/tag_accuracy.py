@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 
 from gamma_rt.errors import GammaError
-from gamma_rt.synthetic_tasks import (ATTRIBUTES, QUESTION_OF, answers, chance, eval_song, parse_instruments, parse_key,
+from gamma_rt.synthetic_tasks import (ATTRIBUTES, answers, chance, eval_song, parse_instruments, parse_key,
                                       parse_meter, parse_number, score)
 
-from .entry import run_module, write_result
+from .entry import run_module, write_json
 
 RESULT_FORMAT = "gamma-rt-tag-accuracy/1"
 DEFAULT_OUT = Path("bench") / "results" / "tag_accuracy.json"
@@ -190,15 +190,11 @@ def parsed(attribute: str, text: str):
 
 def eval_replies(bundle: Path, songs, paths: list[Path], options) -> tuple[list[dict], list[dict]]:
     """The eval questions, greedily, about each song rendered in memory (as ``gamma-rt eval``) and about its file."""
-    from gamma_rt.evaluation import MAX_ANSWER_TOKENS, pipeline_replies
+    from gamma_rt.evaluation import pipeline_replies, scored_replies
     from gamma_rt.runtime.pipeline import Pipeline
 
-    questions = [QUESTION_OF[a].text for a in ATTRIBUTES]
     with Pipeline.open(bundle, options) as pipe:
-        rendered = pipeline_replies(pipe, songs)
-        files = [{a: r.text for a, r in zip(ATTRIBUTES, pipe.ask(p, questions, max_tokens=MAX_ANSWER_TOKENS))}
-                 for p in paths]
-    return rendered, files
+        return pipeline_replies(pipe, songs), [scored_replies(pipe, p) for p in paths]
 
 
 # --- the measurement -----------------------------------------------------------------------------------------
@@ -315,7 +311,7 @@ def run(bundle: Path | None, n: int, seed: int, work: Path | None, threads: int 
                                         "template answer's tag; caption fields as eval scores them"},
                   **measure(bundle, n, seed, work, threads)}
     result["machine"] = {**machine, "load_average_end": load_average()}
-    write_result(out, result)
+    write_json(out, result)
     print(table(result))
     print(f"wrote {out}")
     return result

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gamma_rt.errors import GammaError
-from gamma_rt.evaluation import MAX_ANSWER_TOKENS, accuracy, training_record
+from gamma_rt.evaluation import MAX_ANSWER_TOKENS, accuracy, checkpoint_scored_replies, training_record
 from gamma_rt.synthetic_tasks import ATTRIBUTES, QUESTION_OF, chance, eval_song
 
-from .entry import run_module, write_result
+from .entry import run_module, write_json
 
 RESULT_FORMAT = "gamma-rt-task-fidelity/1"
 DEFAULT_OUT = Path("bench") / "results" / "task_fidelity.json"
@@ -170,12 +170,9 @@ def runtime_replies(bundle: Path, songs, options) -> tuple[list[dict[str, str]],
 def pytorch_replies(checkpoint: Path, songs, threads: int | None) -> list[dict[str, str]]:
     import torch
 
-    from gamma_rt.export.train import checkpoint_replies
-
     if threads:
         torch.set_num_threads(threads)
-    questions = [QUESTION_OF[a].text for a in ATTRIBUTES]
-    return [dict(zip(ATTRIBUTES, r)) for r in checkpoint_replies(checkpoint, songs, questions, MAX_ANSWER_TOKENS)]
+    return checkpoint_scored_replies(checkpoint, songs)
 
 
 def score_row(songs, replies, reference: dict | None) -> dict:
@@ -339,7 +336,7 @@ def run(checkpoint: Path, n_songs: int, seed: int, options, work: Path | None, o
               **measure(checkpoint, n_songs, seed, options, work)}
     result["machine"] = {**machine, "load_average_end": load_average()}
     result["tools"] = tool_versions()
-    write_result(out, result)
+    write_json(out, result)
     print(table(result))
     print(f"wrote {out}")
     return result

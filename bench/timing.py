@@ -65,3 +65,15 @@ def measure(fn: Callable[[], object], repeat: int, warmup: int = 1) -> Stats:
         times.append((time.perf_counter() - t0) * 1e3)
     return summarize(times)
 
+
+def reference_row(seconds: float, runs: list[dict], parts: tuple[str, ...]) -> dict:
+    """One audio length's row for a whole-file (non-streaming) reference: each run's ``total_ms`` and ``parts``
+    summarized, and the real-time factor; no time to first token, as its first token comes at the end."""
+    total = [r["total_ms"] for r in runs]
+    return {
+        "seconds": seconds,
+        "total_ms": summarize(total).to_dict(),
+        "rtf": summarize([x / (1000 * seconds) for x in total]).to_dict(),
+        "ttft_ms": None,
+        "parts_ms": {k: summarize([r[k] for r in runs]).to_dict() for k in parts},
+    }

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from gamma_rt.synthetic_tasks import ATTRIBUTES, QUESTION_OF, chance, eval_song, score
+from gamma_rt.synthetic_tasks import ATTRIBUTES, SCORED_QUESTIONS, chance, eval_song, score
 
 MAX_ANSWER_TOKENS = 32
 DESCRIPTION = """\
@@ -55,12 +55,21 @@ def pipeline_replies(pipe, songs) -> list[dict[str, str]]:
     """:func:`bundle_replies` on an open ``Pipeline``, so a caller can read its state afterwards (its cache)."""
     from gamma_rt.synth import render
 
-    questions = [QUESTION_OF[a].text for a in ATTRIBUTES]
-    out = []
-    for song in songs:
-        replies = pipe.ask(render(song, pipe.layout.sample_rate), questions, max_tokens=MAX_ANSWER_TOKENS)
-        out.append({a: r.text for a, r in zip(ATTRIBUTES, replies)})
-    return out
+    return [scored_replies(pipe, render(song, pipe.layout.sample_rate)) for song in songs]
+
+
+def scored_replies(pipe, audio) -> dict[str, str]:
+    """An open ``Pipeline``'s greedy reply to each scored question about ``audio`` (samples or a file)."""
+    replies = pipe.ask(audio, list(SCORED_QUESTIONS), max_tokens=MAX_ANSWER_TOKENS)
+    return {a: r.text for a, r in zip(ATTRIBUTES, replies)}
+
+
+def checkpoint_scored_replies(checkpoint: Path, songs) -> list[dict[str, str]]:
+    """Per song, the PyTorch checkpoint's greedy reply to each scored question, by attribute (needs torch)."""
+    from gamma_rt.export.train import checkpoint_replies
+
+    replies = checkpoint_replies(checkpoint, songs, list(SCORED_QUESTIONS), MAX_ANSWER_TOKENS)
+    return [dict(zip(ATTRIBUTES, r)) for r in replies]
 
 
 def accuracy(songs, replies: list[dict[str, str]]) -> dict[str, float]:
@@ -83,13 +92,9 @@ def evaluate(bundle: Path, n: int, seed: int = 0, options=None, checkpoint: Path
               "seconds": round(time.perf_counter() - start, 1),
               "example": {"song": songs[0].__dict__, "replies": replies[0]} if songs else None}
     if checkpoint is not None:
-        from gamma_rt.export.train import checkpoint_replies
-
         say(f"asking the same songs through the PyTorch checkpoint {checkpoint}")
-        torch_replies = checkpoint_replies(checkpoint, songs, [QUESTION_OF[a].text for a in ATTRIBUTES],
-                                           MAX_ANSWER_TOKENS)
         record["checkpoint"] = str(checkpoint)
-        record["checkpoint_accuracy"] = accuracy(songs, [dict(zip(ATTRIBUTES, r)) for r in torch_replies])
+        record["checkpoint_accuracy"] = accuracy(songs, checkpoint_scored_replies(checkpoint, songs))
         record["training"] = training_record(checkpoint)
     return record
 

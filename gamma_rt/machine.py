@@ -70,12 +70,19 @@ def gpu() -> dict | None:
             "driver": _nvidia_smi("driver_version")}
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity, as taskset or a container sets it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def describe(threads: int) -> dict:
     """The machine block of a result file."""
     return {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "affinity_cpus": available_cores(),
         "threads": threads,
         "memory_gib": _memory_gib(),
         "os": f"{platform.system()} {platform.release()}",

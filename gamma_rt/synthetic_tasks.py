@@ -41,6 +41,7 @@ QUESTIONS = (
     Question("caption", "Describe this track in one sentence."),
 )
 QUESTION_OF = {q.name: q for q in QUESTIONS}
+SCORED_QUESTIONS = tuple(QUESTION_OF[a].text for a in ATTRIBUTES)  # asked by eval, in ATTRIBUTES order
 
 
 def train_song(index: int, seed: int = 0) -> Song:

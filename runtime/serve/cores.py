@@ -13,17 +13,11 @@ that wait for a window meanwhile gather more sequences per batch.
 
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-
-def available_cores() -> int:
-    """Cores this process may run on (its affinity, as taskset or a container sets it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+from gamma_rt.machine import available_cores
 
 
 def cores_shared(backend_name: str, decoder_gpu_layers: int, threads: int | None) -> bool:
