@@ -251,12 +251,12 @@ def _open_file(file: str | BinaryIO, name: str, raw: RawFormat | None, block_sec
     except _NotForLibsndfile as refused:
         if isinstance(file, str):
             _check_magic(Path(file))
-        from .audio_ffmpeg import FFmpegSource
+        from .audio_ffmpeg import open_ffmpeg
 
         if not isinstance(file, str):
             file.seek(0)
         try:
-            return FFmpegSource(file, name, block_seconds)
+            return open_ffmpeg(file, name, block_seconds)
         except AudioError as err:
             if "not a decodable audio file" in str(err):  # neither could open it: say what both said
                 raise AudioError(f"{err}; libsndfile: {refused}") from None

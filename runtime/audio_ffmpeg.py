@@ -2,7 +2,9 @@
 Vorbis in Ogg/WebM/Matroska, WMA, WavPack, APE, the audio track of a video, and whatever else the wheel's
 FFmpeg knows.
 
-The first audio stream is demuxed and decoded packet by packet; decoded frames are gathered into blocks of
+A plain MP4/M4A's AAC or ALAC is demuxed by mp4_audio.py, which holds no per-packet index (FFmpeg's mov
+demuxer builds one at open, 5.4 MiB an hour); elsewhere the first audio stream is demuxed by FFmpeg. Either
+way it is decoded packet by packet; decoded frames are gathered into blocks of
 ``block_seconds``, so memory is bounded by the block, never by the file. Samples come out as libsndfile
 gives them: float32 in [-1, 1], integer PCM divided by 2**(bits-1). What the container declares (rate,
 channels, duration) goes into AudioInfo. A bad file raises AudioError with one line naming it: no audio
@@ -20,6 +22,7 @@ import numpy as np
 from gamma_rt.errors import AudioError
 
 from .audio import AudioInfo
+from .mp4_audio import PREROLL_PACKETS, Mp4Packets, Mp4Track, read_track
 from .truncation import asf_declared_seconds, end_problem
 
 # Samples a lossy codec may legitimately add or drop at the ends (encoder priming and padding to whole
@@ -35,6 +38,23 @@ _INT_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 922337203
 _ESTIMATED_LENGTH = {"mp3", "aac", "adts"}
 # FFmpeg demuxer -> the name users know the container by
 _CONTAINER_NAMES = {"mov": "MP4", "matroska": "Matroska/WebM", "asf": "ASF (WMA)", "wv": "WavPack", "ogg": "Ogg"}
+
+
+def frame_samples(frame, channels: int, name: str) -> np.ndarray:
+    """One decoded frame as (frames, channels) float32, integers scaled as libsndfile scales them."""
+    array = frame.to_ndarray()
+    fmt = frame.format
+    got = len(frame.layout.channels)
+    if got != channels:
+        raise AudioError(f"{name}: the channel count changes mid-stream ({channels} -> {got})")
+    array = array.T if fmt.is_planar else array.reshape(-1, got)
+    base = fmt.name.rstrip("p")
+    if base in _INT_SCALE:
+        scaled = array.astype(np.float32)
+        if base == "u8":
+            scaled -= 128.0
+        return scaled / np.float32(_INT_SCALE[base])
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _reason(err: Exception) -> str:
@@ -161,21 +181,7 @@ class FFmpegSource:
         return target if start_frame else None
 
     def _samples(self, frame) -> np.ndarray:
-        """One decoded frame as (frames, channels) float32, integers scaled as libsndfile scales them."""
-        array = frame.to_ndarray()
-        fmt = frame.format
-        channels = len(frame.layout.channels)
-        if channels != self.info.channels:
-            raise AudioError(f"{self._name}: the channel count changes mid-stream "
-                             f"({self.info.channels} -> {channels})")
-        array = array.T if fmt.is_planar else array.reshape(-1, channels)
-        base = fmt.name.rstrip("p")
-        if base in _INT_SCALE:
-            scaled = array.astype(np.float32)
-            if base == "u8":
-                scaled -= 128.0
-            return scaled / np.float32(_INT_SCALE[base])
-        return np.ascontiguousarray(array, dtype=np.float32)
+        return frame_samples(frame, self.info.channels, self._name)
 
     def _format_name(self) -> str:
         return self._container.format.name.split(",")[0]
@@ -197,3 +203,132 @@ class FFmpegSource:
     def close(self) -> None:
         self._container.close()
 
+
+def open_ffmpeg(file: str | Path | BinaryIO, name: str, block_seconds: float):
+    """A plain MP4/M4A's audio through the streaming reader (mp4_audio.py), everything else through
+    FFmpeg's own demuxers."""
+    source = Mp4Source.open(file, name, block_seconds)
+    return source if source is not None else FFmpegSource(file, name, block_seconds)
+
+
+class Mp4Source:
+    """An MP4's AAC or ALAC track: packets from mp4_audio.Mp4Packets, decoded by FFmpeg's decoder. The
+    encoder's priming is dropped as the edit says (the same samples FFmpeg's mov demuxer gives), and the
+    decode stops at the edit's end, the encoder's input length (FFmpeg keeps the last frame's padding)."""
+
+    @classmethod
+    def open(cls, file: str | Path | BinaryIO, name: str, block_seconds: float) -> "Mp4Source | None":
+        owned = isinstance(file, (str, Path))
+        f = open(file, "rb") if owned else file
+        start = None if owned else f.tell()
+        track = read_track(f)
+        if track is None:
+            if owned:
+                f.close()
+            else:
+                f.seek(start)
+            return None
+        try:
+            return cls(f, owned, str(name), track, block_seconds)
+        except BaseException:
+            if owned:
+                f.close()
+            raise
+
+    def __init__(self, f: BinaryIO, owned: bool, name: str, track: Mp4Track, block_seconds: float):
+        import av
+
+        av.logging.set_level(None)
+        self._f, self._owned, self._name, self._track = f, owned, name, track
+        self._packets = Mp4Packets(f, track)
+        self._format = f"{track.codec.upper()} in MP4"
+        rate, channels = self._probe()
+        self._ratio = rate / track.timescale
+        self._skip = round(track.skip * self._ratio)
+        self._keep = None if track.edit_duration_s is None else round(track.edit_duration_s * rate)
+        frames = self._keep if self._keep is not None else round(track.media_duration * self._ratio) - self._skip
+        if frames <= 0:
+            raise AudioError(f"{name}: holds no decodable audio (0 s of {track.codec} declared)")
+        self.info = AudioInfo(name, rate, channels, frames, frames / rate, self._format, codec=track.codec)
+        self._block_frames = max(1, int(block_seconds * rate))
+
+    def _decoder(self):
+        import av
+
+        ctx = av.CodecContext.create(self._track.codec, "r")
+        ctx.extradata = self._track.extradata
+        return ctx
+
+    def _probe(self) -> tuple[int, int]:
+        """Rate and channels as the decoder gives them (HE-AAC doubles the declared rate)."""
+        import av
+
+        ctx = self._decoder()
+        try:
+            for i, data in enumerate(self._packets.read(0)):
+                for frame in ctx.decode(av.Packet(data)):
+                    return frame.sample_rate, len(frame.layout.channels)
+                if i > 16:
+                    break
+        except (av.error.FFmpegError, EOFError) as err:
+            raise AudioError(f"{self._name}: not a decodable audio file ({_reason(err)})") from None
+        raise AudioError(f"{self._name}: holds no decodable audio (its first packets decode to nothing)")
+
+    def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
+        """(frames, channels) float32 blocks from ``start_frame`` to the end."""
+        pending: list[np.ndarray] = []
+        held = 0
+        for block in self._frames(start_frame):
+            pending.append(block)
+            held += len(block)
+            if held >= self._block_frames:
+                yield np.concatenate(pending)
+                pending, held = [], 0
+        if pending:
+            yield np.concatenate(pending)
+
+    def _frames(self, start_frame: int) -> Iterator[np.ndarray]:
+        """Decoded samples in [start_frame, frames), counted after the priming."""
+        import av
+
+        first = self._skip + start_frame  # in decoded samples, priming included
+        end = self._skip + self.info.frames
+        target, _ = self._packets.sample_at(int(first / self._ratio))
+        begin = max(0, target - PREROLL_PACKETS)
+        position = round(self._packets.media_start(begin) * self._ratio)
+        try:
+            for frame in self._decoded(begin):
+                block = frame_samples(frame, self.info.channels, self._name)
+                lo, hi = max(first, position), min(end, position + len(block))
+                if hi > lo:
+                    yield block[lo - position:hi - position]
+                position += len(block)
+                if position >= end:
+                    return
+        except av.error.FFmpegError as err:
+            seconds = max(0, position - self._skip) / self.info.sample_rate
+            raise AudioError(f"{self._name}: corrupt {self._format} data after {seconds:.1f} s of audio "
+                             f"({_reason(err)})") from None
+        except EOFError:  # the file ends inside its packets: certainly cut, however little is missing
+            raise self._short(position - self._skip) from None
+        if position - self._skip < self.info.frames - max(LENGTH_SLACK_FRAMES,
+                                                          int(self.info.frames * LENGTH_SLACK_FRACTION)):
+            raise self._short(position - self._skip)
+
+    def _decoded(self, begin: int):
+        """Decoded frames from packet ``begin`` on, the decoder's held frames last."""
+        import av
+
+        ctx = self._decoder()
+        for data in self._packets.read(begin):
+            yield from ctx.decode(av.Packet(data))
+        yield from ctx.decode(None)
+
+    def _short(self, decoded: int) -> AudioError:
+        rate = self.info.sample_rate
+        return AudioError(f"{self._name}: truncated or corrupt {self._format}: the container promises "
+                          f"{self.info.frames / rate:.2f} s, only {max(0, decoded) / rate:.2f} s could be decoded")
+
+    def close(self) -> None:
+        if self._owned:
+            self._f.close()

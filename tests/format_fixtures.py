@@ -41,6 +41,10 @@ class Format:
 
 FORMATS = {
     "aac.m4a": Format(".m4a", "ipod", "aac", tags="MP4", slack=2048 + 1024),
+    # the index at the front, as iTunes and `-movflags faststart` write it: a cut then leaves the
+    # tables whole and loses packets (the other .m4a keep their index at the end)
+    "aac-faststart.m4a": Format(".m4a", "ipod", "aac", options={"movflags": "faststart"}, tags="MP4",
+                                slack=2048 + 1024),
     "alac.m4a": Format(".m4a", "ipod", "alac", tags="MP4", slack=4096),
     "aac-5.1.m4a": Format(".m4a", "ipod", "aac", channels=6, tags="MP4", slack=2048 + 1024),
     "opus.ogg": Format(".opus", "ogg", "libopus", rate=48000, tags="OggOpus", slack=960 + 312),

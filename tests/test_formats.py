@@ -10,7 +10,8 @@ from format_fixtures import FORMATS, MissingCodec, damage, music, write_format, 
 
 from gamma_rt.errors import AudioError
 from gamma_rt.runtime.audio import load_audio, open_audio
-from gamma_rt.runtime.audio_ffmpeg import FFmpegSource
+from gamma_rt.runtime import mp4_audio
+from gamma_rt.runtime.audio_ffmpeg import FFmpegSource, Mp4Source, frame_samples, open_ffmpeg
 
 SECONDS = 2.0
 # PCM has no redundancy: noise written over it is valid (louder) audio, so only a cut can be told.
@@ -129,3 +130,66 @@ class _Unseekable:
 
     def seekable(self):
         return False
+
+
+MP4_KEYS = ["aac.m4a", "aac-faststart.m4a", "alac.m4a", "aac-5.1.m4a", "aac-video.mp4"]
+
+
+def _ffmpeg_demuxed(path) -> np.ndarray:
+    """(frames, channels) as FFmpeg's own mov demuxer and a fresh decoder give them."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        channels = stream.codec_context.channels
+        return np.concatenate([frame_samples(frame, channels, str(path))
+                               for packet in container.demux(stream) for frame in packet.decode()])
+
+
+@pytest.mark.parametrize("key", MP4_KEYS)
+def test_the_streaming_mp4_reader_gives_ffmpegs_own_samples(tmp_path, key, monkeypatch):
+    monkeypatch.setattr(mp4_audio, "WINDOW_ENTRIES", 7)  # the size table is re-read every 7 packets
+    fmt = FORMATS[key]
+    path = _write(tmp_path, key, seconds=3.0)
+    with open(path, "rb") as f:
+        assert mp4_audio.read_track(f) is not None, "the plain MP4 went to FFmpeg's demuxer"
+    source = open_ffmpeg(str(path), str(path), block_seconds=0.25)
+    assert isinstance(source, Mp4Source)
+    got = np.concatenate(list(source.blocks()))
+    source.close()
+    expected = _ffmpeg_demuxed(path)
+    # FFmpeg drops the priming as the edit says and keeps the last frame's padding; the edit's end is
+    # the encoder's input length, where the reader stops
+    assert len(got) == round(3.0 * fmt.rate) == source.info.frames
+    assert np.array_equal(got, expected[:len(got)])
+
+
+def test_mp4_files_the_reader_does_not_take_still_decode_through_ffmpeg(tmp_path):
+    fmt = FORMATS["aac.m4a"].__class__(".m4a", "mp4", "aac", options={"movflags": "frag_keyframe+empty_moov"})
+    path = write_format(tmp_path / "fragmented.m4a", fmt, 2.0)
+    with open(path, "rb") as f:
+        assert mp4_audio.read_track(f) is None
+    with open_audio(path, target_rate=44100) as stream:
+        assert stream.info.format == "AAC in MP4"
+        assert abs(sum(len(b) for b in stream.source_blocks()) - 2 * 44100) <= 2048 + 1024
+
+
+def test_a_cut_inside_the_packets_of_a_front_indexed_m4a_names_what_is_missing(tmp_path):
+    path = damage(_write(tmp_path, "aac-faststart.m4a"), "truncated")
+    with pytest.raises(AudioError, match=r"truncated or corrupt AAC in MP4: the container promises 2\.00 s, "
+                                         r"only 1\.\d+ s could be decoded") as err:
+        load_audio(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_an_aac_clip_starts_where_the_whole_decode_has_that_sample(tmp_path):
+    """AAC's overlapped frames and its noise filler make a decode started mid-stream differ slightly from
+    the whole decode (FFmpeg's own seek does the same): the clip is aligned, and close."""
+    path = _write(tmp_path, "aac-faststart.m4a", seconds=3.0)
+    with open_audio(path, target_rate=44100, block_seconds=0.5) as stream:
+        whole = np.concatenate(list(stream))
+        part = np.concatenate(list(stream.clip(1.25, 1.0)))
+    start = round(1.25 * 44100)
+    assert len(part) == 44100
+    error = np.sqrt(np.mean((part - whole[start:start + 44100]) ** 2))
+    assert error < 0.05 * np.sqrt(np.mean(part ** 2)), error
