@@ -35,7 +35,8 @@ class RuntimeOptions:
     gpu_layers: int | None = None
     # keep audio embeddings here, keyed by audio content and bundle, so a song is encoded once
     cache_dir: Path | None = None
-    # encode window k+1 on a worker thread while window k is prefilled
+    # encode window k+1 on a worker thread while window k is prefilled (not where the encoders and the
+    # decoder would share too few CPU cores: cores.py)
     overlap: bool = True
     # the manifest's GGUF component: "decoder" (F32), "decoder.f16", "decoder.q4_k_m", ...; "auto" takes the
     # most faithful one the bundle has (F32, then F16, BF16, Q8_0, ... down to the smallest k-quant)
@@ -102,4 +103,5 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
                    help="30 s windows per audio-backend call (default 1: each as soon as it arrives; 4 or 8 "
                    "keep a GPU busier on whole files)")
     g.add_argument("--no-overlap", action="store_true",
-                   help="encode each window only after the previous one is prefilled (no worker thread)")
+                   help="encode each window only after the previous one is prefilled (no worker thread); "
+                        "always so where the encoders and the decoder would share too few CPU cores")

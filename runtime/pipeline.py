@@ -33,6 +33,7 @@ from gamma_rt.manifest import MANIFEST_NAME, Manifest
 
 from .audio import AudioStream, open_audio
 from .backends import AudioBackend, open_backend
+from .cores import cores_shared
 from .decoder import ALL_LAYERS, DecoderSession, Sampling, context_size_for
 from .embed import AudioLayout, WindowEmbedding, embed_windows
 from .embed_cache import EmbeddingCache
@@ -120,6 +121,12 @@ class Pipeline:
         yield from embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.options.overlap,
                                  self.options.batch_windows)
 
+    def _overlap(self) -> bool:
+        """Encode the next window on a worker thread while this one is prefilled: asked for, and not where
+        the encoders and the decoder would share too few CPU cores (cores.py)."""
+        layers = self.session.gpu_layers if self.session is not None else 0
+        return self.options.overlap and not cores_shared(self.backend.name, layers, self.options.threads)
+
     def _blocks(self, audio: AudioSource) -> tuple[object, float | None]:
         """(iterable of 1-D float32 blocks at the bundle's rate, duration in s or None when unknown)."""
         rate = self.layout.sample_rate
@@ -176,7 +183,7 @@ class Pipeline:
         with self.times.stage("prefill"):
             s.eval_tokens(self.tokens(self.prompt.head()))
         n_windows = 0
-        embeddings = embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self.options.overlap,
+        embeddings = embed_windows(blocks, self.backend, self.layout, self.times, self.cache, self._overlap(),
                                    self.options.batch_windows)
         if self.progress is not None and duration:
             total = math.ceil(duration / self.layout.window_seconds)

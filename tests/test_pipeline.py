@@ -75,6 +75,28 @@ def test_encode_ahead_thread_gives_the_same_answer_as_no_overlap(tiny_bundle, so
     assert answers[True] == answers[False]
 
 
+def test_encoders_and_decoder_that_would_share_too_few_cores_take_turns(tiny_bundle, song, monkeypatch):
+    """Where both engines' threads would oversubscribe the cores (cores.py), no window is encoded while
+    another is prefilled: the same answers, without the worker thread."""
+    from gamma_rt.runtime import pipeline as pipeline_module
+
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(args[5])  # overlap
+        return real(*args, **kwargs)
+
+    real = pipeline_module.embed_windows
+    answers = {}
+    for shared in (False, True):
+        monkeypatch.setattr(pipeline_module, "cores_shared", lambda *_, shared=shared: shared)
+        monkeypatch.setattr(pipeline_module, "embed_windows", spy)
+        with Pipeline.open(tiny_bundle, threads=1) as p:
+            answers[shared] = [a.text for a in p.ask(song, QUESTIONS[:2], VARIED, 24)]
+    assert asked == [True, False]
+    assert answers[True] == answers[False]
+
+
 def test_batched_questions_equal_sequential(pipe, song):
     batched = [a.text for a in pipe.ask(song, QUESTIONS, VARIED, 24)]
     one_by_one = [pipe.ask(song, [q], VARIED, 24)[0].text for q in QUESTIONS]

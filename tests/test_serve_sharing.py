@@ -1,4 +1,4 @@
-"""What a server's requests share. The CPU cores (runtime/serve/cores.py): the listener's windows and the
+"""What a server's requests share. The CPU cores (runtime/cores.py): the listener's windows and the
 scheduler's decode steps never overlap where they would oversubscribe the cores, are served in the order
 asked, and change no answer. The KV cache: each sequence has its own cells, and a request that cannot fit
 them is refused before it takes a sequence."""
@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("fastapi", reason="gamma-rt serve needs the serve extra")
 
 from gamma_rt.runtime.options import RuntimeOptions  # noqa: E402
-from gamma_rt.runtime.serve import cores as cores_module  # noqa: E402
+from gamma_rt.runtime import cores as cores_module  # noqa: E402
+from gamma_rt.runtime.cores import Cores, cores_shared  # noqa: E402
 from gamma_rt.runtime.serve import service as service_module  # noqa: E402
-from gamma_rt.runtime.serve.cores import Cores, cores_shared  # noqa: E402
 from gamma_rt.runtime.serve.listen import open_request_audio  # noqa: E402
 from gamma_rt.runtime.serve.protocol import parse_chat_request  # noqa: E402
 from gamma_rt.runtime.serve.scheduler import Done, Failed, Job, Piece  # noqa: E402

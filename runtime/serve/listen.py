@@ -22,7 +22,7 @@ from ..audio import AudioStream, open_audio
 from ..embed import AudioLayout, WindowEmbedding, embed_windows
 from ..embed_cache import EmbeddingCache
 from ..timings import StageTimes
-from .cores import Cores
+from ..cores import Cores
 from .protocol import AudioInput, Limits, RequestError
 
 WINDOWS_AHEAD = 2  # encoded windows a request may hold before the scheduler has prefilled them

@@ -13,7 +13,7 @@ from gamma_rt.errors import GammaError
 from ..decoder import DecoderSession
 from ..options import RuntimeOptions
 from ..pipeline import MARKER_TOKENS, PROMPT_SLACK_TOKENS, Pipeline
-from .cores import Cores, cores_shared
+from ..cores import Cores, cores_shared
 from .listen import Listener
 from .metrics import Metrics
 from .protocol import Limits
