@@ -8,7 +8,9 @@ The same music also goes through FFmpeg (runtime/audio_ffmpeg.py) in the same ru
 encodes one minute of it as AAC with PyAV and repeats those packets to the long and the short length in an
 MP4 (.m4a) and a Matroska (.mka) container, so the two differ only by their container. Each child also
 reports its RSS right after open (the FFmpeg libraries and the container's index are loaded there), so
-growth with the file's length (MiB per hour) is told apart from a fixed cost.
+growth with the file's length (MiB per hour) is told apart from a fixed cost; and the long FLAC is streamed
+once more by a process that imports PyAV first, so the libraries' own cost is told apart from the demuxer's
+and the decoder's.
 
     python -m gamma_rt.bench.memory_long_audio --hours 3 --out bench/results/memory_long_audio.json
 
@@ -48,6 +50,8 @@ def status_mib(field):
             return int(line.split()[1]) / 1024
 
 baseline = status_mib("VmRSS")
+if "--import-av" in sys.argv:  # FFmpeg's libraries loaded, as any file libsndfile refuses loads them
+    import av
 t0 = time.perf_counter()
 n_windows, checksum, seconds = 0, 0.0, 0.0
 stream = open_audio(sys.argv[1])
@@ -102,9 +106,11 @@ def repeat_packets(unit: Path, path: Path, container: str, seconds: float) -> Pa
     return path
 
 
-def stream_peak(path: Path) -> dict:
-    """Stream ``path`` through the front half in a fresh process; its peak RSS and timings."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True)
+def stream_peak(path: Path, import_av: bool = False) -> dict:
+    """Stream ``path`` through the front half in a fresh process; its peak RSS and timings. ``import_av``:
+    the process imports PyAV first (FFmpeg's libraries in memory, whatever decodes the file)."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), *(["--import-av"] if import_av else [])],
+                         capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"streaming {path.name} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -121,8 +127,12 @@ def measure(hours: float, short_minutes: float, rate: int, channels: int, workdi
     short = stream_peak(short_path)
     long = stream_peak(long_path)
     ffmpeg = {}
+    long_av = None
     if ffmpeg_formats:
         import av
+
+        # the same FLAC with PyAV imported: what FFmpeg's libraries cost before any file is decoded by them
+        long_av = stream_peak(long_path, import_av=True)
 
         unit = encode_unit(workdir / "unit.m4a", UNIT_SECONDS, rate, channels)
         for name in ffmpeg_formats:
@@ -137,6 +147,8 @@ def measure(hours: float, short_minutes: float, rate: int, channels: int, workdi
                 "peak_rss_ratio_long_over_short": round(ff["long"]["peak_rss_mib"] / ff["short"]["peak_rss_mib"], 3),
                 "peak_over_flac_long_mib": round(ff["long"]["peak_rss_mib"] - long["peak_rss_mib"], 1),
                 "peak_over_flac_short_mib": round(ff["short"]["peak_rss_mib"] - short["peak_rss_mib"], 1),
+                # against the FLAC streamed with PyAV imported: the demuxer and decoder, the libraries aside
+                "peak_over_flac_with_av_long_mib": round(ff["long"]["peak_rss_mib"] - long_av["peak_rss_mib"], 1),
                 # what the open costs more on the long file (the container's index) per hour of audio
                 "open_growth_mib_per_hour": round(grow / (hours - short_minutes / 60), 2),
                 # what streaming adds after the open, long vs short (bounded decoding: about 0)
@@ -153,6 +165,8 @@ def measure(hours: float, short_minutes: float, rate: int, channels: int, workdi
         "peak_rss_ratio_long_over_short": round(long["peak_rss_mib"] / short["peak_rss_mib"], 3),
         "long_audio_x_realtime": round(long["audio_seconds"] / long["wall_s"], 1),
         "write_long_s": round(write_long_s, 1),
+        "long_with_av_imported": long_av,
+        "import_av_mib": None if long_av is None else round(long_av["peak_rss_mib"] - long["peak_rss_mib"], 1),
         "ffmpeg": ffmpeg,
         "machine": describe(threads=1),  # the child streams on one thread
         "versions": {"numpy": np.__version__, "soundfile": soundfile.__version__,
