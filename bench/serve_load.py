@@ -83,6 +83,7 @@ class Outcome:
     e2e_s: float | None = None
     tokens: int = 0
     text: str = ""
+    token_bytes: tuple[bytes, ...] = ()  # each answer token's bytes (logprobs), printable or not
     status: int = 200
     error: str | None = None
 
@@ -131,16 +132,18 @@ def send(client, model: str, index: int, kind: str, songs, answer_tokens: int, t
 
     out = Outcome(index, kind, time.perf_counter() - t0)
     start = time.perf_counter()
-    pieces = []
+    pieces, tokens = [], []
     try:
         stream = client.chat.completions.create(
             model=model, messages=messages(index, kind, songs), max_tokens=answer_tokens, temperature=0.9,
-            seed=index, stream=True, stream_options={"include_usage": True})
+            seed=index, stream=True, stream_options={"include_usage": True}, logprobs=True)
         for chunk in stream:
             if out.ttft_s is None:
                 out.ttft_s = time.perf_counter() - start
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
+            if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+                tokens += [bytes(e.bytes) for e in chunk.choices[0].logprobs.content]
             if chunk.usage is not None:
                 out.tokens = chunk.usage.completion_tokens
     except openai.APIStatusError as e:
@@ -148,7 +151,7 @@ def send(client, model: str, index: int, kind: str, songs, answer_tokens: int, t
     except openai.APIError as e:  # connection refused, reset, timeout
         out.status, out.error = 0, f"{type(e).__name__}: {str(e)[:200]}"
     out.e2e_s = time.perf_counter() - start
-    out.text = "".join(pieces)
+    out.text, out.token_bytes = "".join(pieces), tuple(tokens)
     return out
 
 
@@ -326,15 +329,18 @@ def run(options: LoadOptions, url: str) -> dict:
             outcomes, wall = run_load(url, model, options, songs, concurrency)
             warm_at = rss.mark() - wall  # the last run's start: RSS is judged within the concurrent run
             runs[name] = summarize(outcomes, wall, concurrency)
-            answers[name] = {o.index: o.text for o in outcomes if o.kind == "good" and o.status == 200}
+            answers[name] = {o.index: (o.text, o.token_bytes) for o in outcomes if o.kind == "good" and o.status == 200}
         time.sleep(2 * rss.interval)
     result = {"format": RESULT_FORMAT, "machine": describe(options.threads), "target": options.target,
               "model": model, "inputs": {k: v for k, v in asdict(options).items() if k != "target"}, "runs": runs,
               "rss_mib": rss_figures(rss.samples, warm_at or 0.0)}
     if "sequential" in answers:
         seq, con = answers["sequential"], answers["concurrent"]
-        result["same_answers"] = {"compared": len(set(seq) & set(con)),
-                                  "different": sum(1 for i in set(seq) & set(con) if seq[i] != con[i])}
+        both = sorted(set(seq) & set(con))
+        # token for token: the bytes of every answer token (a random model's tokens often print as nothing)
+        result["same_answers"] = {"compared": len(both), "different": sum(1 for i in both if seq[i] != con[i]),
+                                  "tokens_compared": sum(len(seq[i][1]) for i in both),
+                                  "empty_texts": sum(1 for i in both if not seq[i][0])}
         result["throughput_ratio"] = round(runs["concurrent"]["requests_per_s"] / runs["sequential"]["requests_per_s"], 3)
     return result
 
@@ -402,7 +408,8 @@ def summary(result: dict) -> str:
                      f"5xx {r['server_errors_5xx']}, hostile 4xx {r['hostile_answered_4xx']}/{r['hostile']}")
     if "same_answers" in result:
         s = result["same_answers"]
-        lines.append(f"same answers: {s['compared'] - s['different']}/{s['compared']}; throughput "
+        lines.append(f"same answers, token for token: {s['compared'] - s['different']}/{s['compared']} "
+                     f"({s['tokens_compared']} tokens); throughput "
                      f"x{result['throughput_ratio']} at c={result['runs']['concurrent']['concurrency']}")
     lines.append(f"server RSS growth after warm-up: {result['rss_mib'].get('growth_pct')} %")
     return "\n".join(lines)

@@ -311,6 +311,19 @@ class DecoderSession:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
         return int(logits.argmax())
 
+    def logprobs(self, index: int, token: int, top: int = 0) -> tuple[float, list[tuple[int, float]]]:
+        """Log-probability of ``token`` under output ``index`` of the last batch (the model's distribution,
+        before temperature or grammar), and the ``top`` most likely tokens with theirs, most likely first."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+        best: list[tuple[int, float]] = []
+        if top > 0:
+            ids = np.argpartition(-logits, min(top, self.n_vocab) - 1)[:top]
+            ids = ids[np.argsort(-logits[ids], kind="stable")]
+            best = [(int(i), float(logits[i]) - norm) for i in ids]
+        return float(logits[token]) - norm, best
+
     @staticmethod
     def _free(chain) -> None:
         if chain is not None:

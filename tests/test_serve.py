@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import socket
 import threading
 import time
@@ -145,6 +146,23 @@ def test_streamed_chunks_join_to_the_whole_answer(client, songs):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].usage.completion_tokens > 0 and not chunks[-1].choices
+
+
+def test_logprobs_carry_each_answer_tokens_bytes_and_log_probability(client, pipe, songs):
+    reply = ask(client, songs["short"], logprobs=True, top_logprobs=3)  # greedy
+    expected = pipe.ask(songs["short"], QUESTION, Sampling(), max_tokens=24)[0]
+    entries = reply.choices[0].logprobs.content
+    assert len(entries) == reply.usage.completion_tokens == len(expected.tokens)
+    # the tokens' own bytes, even where a token is part of a UTF-8 character or prints as nothing
+    assert [bytes(e.bytes) for e in entries] == [pipe.session.token_bytes(t) for t in expected.tokens]
+    for e in entries:
+        tops = [t.logprob for t in e.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and sum(math.exp(t) for t in tops) <= 1 + 1e-9
+        assert e.logprob <= 0 and e.logprob == tops[0] and e.bytes == e.top_logprobs[0].bytes  # greedy: the top one
+    stream = ask(client, songs["short"], logprobs=True, top_logprobs=3, stream=True)
+    streamed = [e for c in stream if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.bytes, e.logprob) for e in streamed] == [(e.bytes, e.logprob) for e in entries]
+    assert ask(client, songs["short"]).choices[0].logprobs is None  # not asked: none
 
 
 def test_stream_ends_with_done_in_openais_sse_format(server, songs):
@@ -333,6 +351,8 @@ def test_audio_past_the_length_limit_is_413(server, songs):
                                                                  "one song"),
     ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "number"}}}}, "not supported"),
     ({"response_format": {"type": "xml"}}, "response_format"), ({"n": 3}, "n"), ({"model": 5}, "model"),
+    ({"logprobs": "yes"}, "logprobs"), ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
 ])
 def test_wrong_types_and_values_are_400_naming_the_field(server, songs, change, field):
     assert field in error_of(post(server, json={**body(songs["short"]), **change}), 400)

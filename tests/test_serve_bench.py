@@ -27,7 +27,10 @@ def test_bench_serve_runs_both_ways_and_writes_json_and_a_plot(tiny_bundle, tmp_
         assert run["errors"] == 0 and run["server_errors_5xx"] == 0
         assert run["hostile"] > 0 and run["hostile_answered_4xx"] == run["hostile"]
         assert set(run["ttft_ms"]) == {"p50", "p95", "p99", "mean"} and run["tokens_per_s"] > 0
-    assert result["same_answers"]["compared"] > 0 and result["same_answers"]["different"] == 0
+    same = result["same_answers"]
+    assert same["compared"] > 0 and same["different"] == 0
+    assert same["tokens_compared"] == sum(o["tokens"] for o in result["runs"]["sequential"]["per_request"]
+                                          if o["kind"] == "good")  # every token's bytes came back
     assert result["rss_mib"]["samples"] and "same answers" in capsys.readouterr().out
     # the served bundle's limits fit the load, and its runtime flags are the command's
     assert result["inputs"]["server_args"] == ["--max-tokens", "16", "--max-audio-seconds", "3", "--decoder", "decoder"]

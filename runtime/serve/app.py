@@ -160,20 +160,22 @@ class _Answer(Response):
         return None
 
     async def _whole(self, send, gone) -> None:
-        text = []
+        text, logprobs = [], ([] if self.chat.logprobs else None)
         while True:
             event = await self._next(gone)
             if event is None:
                 return
             if isinstance(event, Piece):
                 text.append(event.text)
+                if event.logprob is not None:
+                    logprobs.append(event.logprob)
                 continue
             self.finished = True
             if isinstance(event, Failed):
                 await _send_json(send, event.status, error_body(event.status, event.message))
             else:
                 await _send_json(send, 200, completion(self.id, self.model, "".join(text), event.finish_reason,
-                                                       event.prompt_tokens, event.completion_tokens))
+                                                       event.prompt_tokens, event.completion_tokens, logprobs))
             return
 
     async def _stream(self, send, gone) -> None:
@@ -190,7 +192,10 @@ class _Answer(Response):
         await self._sse(send, chunk(self.id, self.model, {"role": "assistant", "content": ""}))
         while event is not None:
             if isinstance(event, Piece):
-                if event.text:
+                if event.logprob is not None:  # every token, its text held back or not
+                    await self._sse(send, chunk(self.id, self.model, {"content": event.text},
+                                                logprobs=[event.logprob]))
+                elif event.text:
                     await self._sse(send, chunk(self.id, self.model, {"content": event.text}))
             elif isinstance(event, Failed):
                 self.finished = True

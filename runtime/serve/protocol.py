@@ -27,6 +27,7 @@ from ..sampling import Sampling
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "oga", "opus", "m4a", "mp4", "aac", "webm", "aiff", "aif", "wma",
                  "wv", "caf", "mka")
 MAX_STOP_STRINGS = 4  # as OpenAI's API
+MAX_TOP_LOGPROBS = 20  # as OpenAI's API
 ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
                429: "rate_limit_error", 499: "client_closed_request", 503: "server_error", 500: "server_error"}
 
@@ -80,6 +81,8 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     schema: dict | None = None  # response_format's JSON schema, normalized; sampling.grammar holds its GBNF
+    logprobs: bool = False  # each answer token's log-probability (and its bytes) in the response
+    top_logprobs: int = 0  # and that many most likely tokens at each position
 
 
 def parse_chat_request(body: object, model: str, limits: Limits) -> ChatRequest:
@@ -90,8 +93,7 @@ def parse_chat_request(body: object, model: str, limits: Limits) -> ChatRequest:
     if asked != model:
         raise RequestError(404, f"model {asked!r} is not served here; this server serves {model!r}", "model",
                            "model_not_found")
-    for name, ok in (("n", lambda v: v in (None, 1)), ("logprobs", lambda v: not v), ("tools", lambda v: not v),
-                     ("audio", lambda v: v is None)):
+    for name, ok in (("n", lambda v: v in (None, 1)), ("tools", lambda v: not v), ("audio", lambda v: v is None)):
         if not ok(body.get(name)):
             raise RequestError(400, f"{name}: not supported by gamma-rt serve", name)
     system, turns, audio = _read_messages(body.get("messages"), limits)
@@ -105,9 +107,13 @@ def parse_chat_request(body: object, model: str, limits: Limits) -> ChatRequest:
                         top_p=_number(body, "top_p", 0.95, 0.0, 1.0, low_open=True),
                         top_k=_get(body, "top_k", int) or 40, seed=_get(body, "seed", int) or 0, grammar=grammar)
     options = _get(body, "stream_options", dict) or {}
+    logprobs = bool(_get(body, "logprobs", bool))
+    top = _get(body, "top_logprobs", int)
+    if top is not None and not (logprobs and 0 <= top <= MAX_TOP_LOGPROBS):
+        raise RequestError(400, f"top_logprobs: 0..{MAX_TOP_LOGPROBS}, with logprobs true", "top_logprobs")
     return ChatRequest(asked, audio, turns, system, max_tokens, sampling, tuple(stop),
                        stream=bool(_get(body, "stream", bool)), include_usage=bool(options.get("include_usage")),
-                       schema=schema)
+                       schema=schema, logprobs=logprobs, top_logprobs=top or 0)
 
 
 def _read_messages(messages: object, limits: Limits) -> tuple[str | None, list[tuple[str, str | None]], AudioInput]:
@@ -294,18 +300,30 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def token_logprob(token: bytes, logprob: float, top: list[tuple[bytes, float]] = ()) -> dict:
+    """One entry of ``logprobs.content``: the token (its text, and its bytes, which may be part of a UTF-8
+    character), its log-probability, and the most likely tokens at its position."""
+    def entry(b: bytes, lp: float) -> dict:
+        return {"token": b.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(b)}
+
+    return {**entry(token, logprob), "top_logprobs": [entry(b, lp) for b, lp in top]}
+
+
 def completion(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
-               completion_tokens: int) -> dict:
-    """A ``chat.completion`` object with one choice."""
+               completion_tokens: int, logprobs: list[dict] | None = None) -> dict:
+    """A ``chat.completion`` object with one choice; ``logprobs``: its token_logprob entries, if asked."""
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": None if logprobs is None else {"content": logprobs},
                          "finish_reason": finish_reason}],
             "usage": usage(prompt_tokens, completion_tokens)}
 
 
-def chunk(cid: str, model: str, delta: dict, finish_reason: str | None = None, usage_: dict | None = None) -> dict:
+def chunk(cid: str, model: str, delta: dict, finish_reason: str | None = None, usage_: dict | None = None,
+          logprobs: list[dict] | None = None) -> dict:
     """A ``chat.completion.chunk`` (one SSE event of a streamed answer); the usage chunk has no choices."""
-    choices = [] if usage_ is not None else [{"index": 0, "delta": delta, "logprobs": None,
+    choices = [] if usage_ is not None else [{"index": 0, "delta": delta,
+                                              "logprobs": None if logprobs is None else {"content": logprobs},
                                               "finish_reason": finish_reason}]
     out = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
            "choices": choices}

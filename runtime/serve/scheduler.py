@@ -40,16 +40,18 @@ from ..decoder import AnswerText, DecoderSession
 from ..embed import AudioLayout, WindowEmbedding
 from ..pipeline import MARKER_TOKENS
 from .listen import Heard, Listener, Listening
-from .protocol import ChatRequest, Limits, RequestError
+from .protocol import ChatRequest, Limits, RequestError, token_logprob
 
 log = logging.getLogger("gamma_rt.serve")
 
 
 @dataclass
 class Piece:
-    """Text of the answer's next token ("" while a UTF-8 character or a possible stop string is held back)."""
+    """Text of the answer's next token ("" while a UTF-8 character or a possible stop string is held back),
+    and the token's logprobs entry (protocol.token_logprob) when the request asked for them."""
 
     text: str
+    logprob: dict | None = None
 
 
 @dataclass
@@ -300,11 +302,20 @@ class Scheduler:
                 self._end(lane, Failed(503, str(e)))
             return True
         now = time.perf_counter()
-        for lane, token in zip(lanes, drawn):
-            self._accept(lane, token, now)
+        for i, (lane, token) in enumerate(zip(lanes, drawn)):
+            self._accept(lane, token, now, self._logprob(lane, i, token))
         return True
 
-    def _accept(self, lane: _Lane, token: int, now: float) -> None:
+    def _logprob(self, lane: _Lane, index: int, token: int) -> dict | None:
+        """The logprobs entry of ``token``, drawn from output ``index`` of the step, if its request asked."""
+        request = lane.job.request
+        if not request.logprobs or self.session.is_end(token):
+            return None
+        logprob, top = self.session.logprobs(index, token, request.top_logprobs)
+        as_bytes = self.session.token_bytes
+        return token_logprob(as_bytes(token), logprob, [(as_bytes(t), lp) for t, lp in top])
+
+    def _accept(self, lane: _Lane, token: int, now: float, logprob: dict | None = None) -> None:
         if lane.last_token_at is None:
             lane.prompt_tokens += 1
             self.metrics.first_token(now - lane.job.arrived)
@@ -315,7 +326,7 @@ class Scheduler:
             self._end(lane, "stop")
             return
         lane.ids.append(token)
-        lane.job.emit(Piece(lane.answer.feed(self.session.token_bytes(token))))
+        lane.job.emit(Piece(lane.answer.feed(self.session.token_bytes(token)), logprob))
         if lane.answer.stopped:
             self._end(lane, "stop")
         elif len(lane.ids) >= lane.job.request.max_tokens:
