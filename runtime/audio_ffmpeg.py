@@ -57,6 +57,20 @@ def frame_samples(frame, channels: int, name: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def gathered(pieces: Iterator[np.ndarray], frames: int) -> Iterator[np.ndarray]:
+    """Decoded frames joined into blocks of at least ``frames`` frames (the last one may be shorter)."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for piece in pieces:
+        pending.append(piece)
+        held += len(piece)
+        if held >= frames:
+            yield np.concatenate(pending)
+            pending, held = [], 0
+    if pending:
+        yield np.concatenate(pending)
+
+
 def _reason(err: Exception) -> str:
     """FFmpeg's own words for an error, without the call it came from."""
     text = getattr(err, "strerror", None) or str(err)
@@ -127,27 +141,16 @@ class FFmpegSource:
 
     def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
         """(frames, channels) float32 blocks from ``start_frame`` to the end."""
-        pending: list[np.ndarray] = []
-        held = 0
-        decoded = start_frame
-        for frame in self._frames(start_frame):
-            pending.append(frame)
-            held += len(frame)
-            decoded += len(frame)
-            if held >= self._block_frames:
-                yield np.concatenate(pending)
-                pending, held = [], 0
-        if pending:
-            yield np.concatenate(pending)
-        if start_frame == 0 or decoded > start_frame:
-            self._check_length(decoded)
+        return gathered(self._frames(start_frame), self._block_frames)
 
     def _frames(self, start_frame: int) -> Iterator[np.ndarray]:
+        """Decoded samples from ``start_frame`` on; the length is checked at the end."""
         import av
 
         rate = self.info.sample_rate
         skip = self._seek(start_frame)
         decoded_s = start_frame / rate
+        decoded = start_frame
         packet_checks = self._format_name() == "mov"
         try:
             for packet in self._container.demux(self._stream):
@@ -160,10 +163,13 @@ class FFmpegSource:
                         block = block[max(0, drop):]
                     if len(block):
                         decoded_s += len(block) / rate
+                        decoded += len(block)
                         yield block
         except av.error.FFmpegError as err:
             raise AudioError(f"{self._name}: corrupt {self.info.format} data after {decoded_s:.1f} s of audio "
                              f"({_reason(err)})") from None
+        if start_frame == 0 or decoded > start_frame:
+            self._check_length(decoded)
 
     def _seek(self, start_frame: int) -> float | None:
         """Go to the start (every pass begins there) or near ``start_frame``; returns the time in s before
@@ -276,16 +282,7 @@ class Mp4Source:
 
     def blocks(self, start_frame: int = 0) -> Iterator[np.ndarray]:
         """(frames, channels) float32 blocks from ``start_frame`` to the end."""
-        pending: list[np.ndarray] = []
-        held = 0
-        for block in self._frames(start_frame):
-            pending.append(block)
-            held += len(block)
-            if held >= self._block_frames:
-                yield np.concatenate(pending)
-                pending, held = [], 0
-        if pending:
-            yield np.concatenate(pending)
+        return gathered(self._frames(start_frame), self._block_frames)
 
     def _frames(self, start_frame: int) -> Iterator[np.ndarray]:
         """Decoded samples in [start_frame, frames), counted after the priming."""
