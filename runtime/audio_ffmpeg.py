@@ -112,7 +112,10 @@ class FFmpegSource:
             raise AudioError(f"{self._name}: holds {kind} ({self._container_name()} container)")
         stream = c.streams.audio[0]
         ctx = stream.codec_context
-        tag = ((ctx.codec_tag if ctx is not None else None) or "").strip().lower()
+        try:
+            tag = ((ctx.codec_tag if ctx is not None else None) or "").strip().lower()
+        except UnicodeDecodeError:  # PyAV reads the fourcc as ASCII; a damaged one is not a DRM entry
+            tag = ""
         if tag in _DRM_TAGS:
             raise AudioError(f"{self._name}: DRM-protected audio ({tag} sample entry); it cannot be decoded")
         if ctx is None or ctx.codec is None or not ctx.sample_rate or not ctx.channels:

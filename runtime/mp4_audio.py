@@ -57,7 +57,7 @@ def read_track(f: BinaryIO) -> Mp4Track | None:
     then reads the file). Never raises for a malformed file: FFmpeg says what is wrong with it."""
     try:
         return _read_track(f)
-    except (struct.error, ValueError, _Refused):
+    except (struct.error, ValueError, IndexError, OverflowError, _Refused):
         return None
 
 
