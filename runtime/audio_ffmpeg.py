@@ -42,11 +42,17 @@ _CONTAINER_NAMES = {"mov": "MP4", "matroska": "Matroska/WebM", "asf": "ASF (WMA)
 
 def frame_samples(frame, channels: int, name: str) -> np.ndarray:
     """One decoded frame as (frames, channels) float32, integers scaled as libsndfile scales them."""
-    array = frame.to_ndarray()
     fmt = frame.format
     got = len(frame.layout.channels)
     if got != channels:
         raise AudioError(f"{name}: the channel count changes mid-stream ({channels} -> {got})")
+    # a damaged stream can decode to a frame whose planes disagree with its layout, and PyAV's to_ndarray
+    # then reads past them (a segfault, found by fuzzing): check before reading
+    need = frame.samples * fmt.bytes * (1 if fmt.is_planar else got)
+    planes = frame.planes
+    if len(planes) != (got if fmt.is_planar else 1) or any(p.buffer_size < need for p in planes):
+        raise AudioError(f"{name}: corrupt audio: a decoded frame's buffers do not hold its {got} channels")
+    array = frame.to_ndarray()
     array = array.T if fmt.is_planar else array.reshape(-1, got)
     base = fmt.name.rstrip("p")
     if base in _INT_SCALE:

@@ -3,6 +3,9 @@ every damaged copy fails with one line naming the file. Files are written by the
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -212,3 +215,32 @@ def test_random_damage_to_an_mp4_index_gives_audio_or_one_line_never_another_err
             load_audio(path)
         except AudioError as err:
             assert str(err).startswith(str(path)) and "\n" not in str(err)
+
+
+_DECODE_EACH = r"""
+import sys
+from gamma_rt.errors import AudioError
+from gamma_rt.runtime.audio import load_audio
+for path in sys.argv[1:]:
+    try:
+        load_audio(path)
+    except AudioError as err:
+        assert str(err).startswith(path) and "\n" not in str(err), str(err)
+"""
+
+
+def test_random_damage_anywhere_in_a_surround_m4a_never_crashes_the_process(tmp_path):
+    """Damaged AAC 5.1 packets can decode to a frame whose layout claims more channels than it has planes;
+    PyAV's to_ndarray then read past them and the process died (a segfault: in `gamma-rt tag` the whole run).
+    Copy 18 of this seed did that before frames were checked. In a child process, so a crash is a failure."""
+    data = _write(tmp_path, "aac-5.1.m4a", seconds=1.0).read_bytes()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(24):
+        copy = bytearray(data)
+        for pos in rng.integers(0, len(data), size=rng.integers(1, 9)):
+            copy[pos] = rng.integers(0, 256)
+        paths.append(tmp_path / f"damaged{i}.m4a")
+        paths[-1].write_bytes(bytes(copy))
+    child = subprocess.run([sys.executable, "-c", _DECODE_EACH, *map(str, paths)], capture_output=True, text=True)
+    assert child.returncode == 0, f"exit {child.returncode}: {child.stderr[-500:]}"
