@@ -77,6 +77,16 @@ def gathered(pieces: Iterator[np.ndarray], frames: int) -> Iterator[np.ndarray]:
         yield np.concatenate(pending)
 
 
+def too_short(decoded: int, declared: int) -> bool:
+    """Fewer frames decoded than declared, beyond what codec priming, padding and rounding explain."""
+    return decoded < declared - max(LENGTH_SLACK_FRAMES, int(declared * LENGTH_SLACK_FRACTION))
+
+
+def short_decode(name: str, fmt: str, decoded: int, declared: int, rate: int) -> AudioError:
+    return AudioError(f"{name}: truncated or corrupt {fmt}: the container promises {declared / rate:.2f} s, "
+                      f"only {max(0, decoded) / rate:.2f} s could be decoded")
+
+
 def _reason(err: Exception) -> str:
     """FFmpeg's own words for an error, without the call it came from."""
     text = getattr(err, "strerror", None) or str(err)
@@ -209,11 +219,8 @@ class FFmpegSource:
         declared = self.info.frames
         if declared is None or self._format_name() in _ESTIMATED_LENGTH:
             return
-        slack = max(LENGTH_SLACK_FRAMES, int(declared * LENGTH_SLACK_FRACTION))
-        if decoded < declared - slack:
-            rate = self.info.sample_rate
-            raise AudioError(f"{self._name}: truncated or corrupt {self.info.format}: the container promises "
-                             f"{declared / rate:.2f} s, only {decoded / rate:.2f} s could be decoded")
+        if too_short(decoded, declared):
+            raise short_decode(self._name, self.info.format, decoded, declared, self.info.sample_rate)
 
     def close(self) -> None:
         self._container.close()
@@ -260,8 +267,10 @@ class Mp4Source:
         rate, channels = self._probe()
         self._ratio = rate / track.timescale
         self._skip = round(track.skip * self._ratio)
-        self._keep = None if track.edit_duration_s is None else round(track.edit_duration_s * rate)
-        frames = self._keep if self._keep is not None else round(track.media_duration * self._ratio) - self._skip
+        if track.edit_duration_s is not None:
+            frames = round(track.edit_duration_s * rate)
+        else:
+            frames = round(track.media_duration * self._ratio) - self._skip
         if frames <= 0:
             raise AudioError(f"{name}: holds no decodable audio (0 s of {track.codec} declared)")
         self.info = AudioInfo(name, rate, channels, frames, frames / rate, self._format, codec=track.codec)
@@ -299,7 +308,7 @@ class Mp4Source:
 
         first = self._skip + start_frame  # in decoded samples, priming included
         end = self._skip + self.info.frames
-        target, _ = self._packets.sample_at(int(first / self._ratio))
+        target = self._packets.sample_at(int(first / self._ratio))
         begin = max(0, target - PREROLL_PACKETS)
         position = round(self._packets.media_start(begin) * self._ratio)
         try:
@@ -317,8 +326,7 @@ class Mp4Source:
                              f"({_reason(err)})") from None
         except EOFError:  # the file ends inside its packets: certainly cut, however little is missing
             raise self._short(position - self._skip) from None
-        if position - self._skip < self.info.frames - max(LENGTH_SLACK_FRAMES,
-                                                          int(self.info.frames * LENGTH_SLACK_FRACTION)):
+        if too_short(position - self._skip, self.info.frames):
             raise self._short(position - self._skip)
 
     def _decoded(self, begin: int):
@@ -331,9 +339,7 @@ class Mp4Source:
         yield from ctx.decode(None)
 
     def _short(self, decoded: int) -> AudioError:
-        rate = self.info.sample_rate
-        return AudioError(f"{self._name}: truncated or corrupt {self._format}: the container promises "
-                          f"{self.info.frames / rate:.2f} s, only {max(0, decoded) / rate:.2f} s could be decoded")
+        return short_decode(self._name, self._format, decoded, self.info.frames, self.info.sample_rate)
 
     def close(self) -> None:
         if self._owned:

@@ -45,12 +45,6 @@ class Mp4Track:
     stsz: tuple[int, int]  # (fixed size or 0, file offset of the per-sample sizes)
     chunk_offsets: tuple[int, int, int]  # (count, file offset of the table, bytes per entry)
 
-    @property
-    def duration_s(self) -> float:
-        if self.edit_duration_s is not None:
-            return self.edit_duration_s
-        return (self.media_duration - self.skip) / self.timescale
-
 
 def read_track(f: BinaryIO) -> Mp4Track | None:
     """The first sound track of the MP4 in ``f`` when this reader takes it, else None (FFmpeg's demuxer
@@ -93,12 +87,8 @@ def _boxes(f: BinaryIO, start: int, end: int, cut_ok: bool = False) -> Iterator[
         pos += size
 
 
-def _file_size(f: BinaryIO) -> int:
-    return f.seek(0, 2)
-
-
 def _read_track(f: BinaryIO) -> Mp4Track | None:
-    size = _file_size(f)
+    size = f.seek(0, 2)
     f.seek(0)
     head = f.read(8)
     if len(head) < 8 or head[4:8] != b"ftyp":
@@ -327,15 +317,14 @@ class Mp4Packets:
     def size(self, sample: int) -> int:
         return self._fixed or self._sizes[sample]
 
-    def sample_at(self, media_time: int) -> tuple[int, int]:
-        """(index, media start time) of the sample that holds ``media_time``."""
+    def sample_at(self, media_time: int) -> int:
+        """Index of the sample that holds ``media_time``."""
         sample, t = 0, 0
         for count, duration in self.track.stts:
             if t + count * duration > media_time and duration:
-                k = (media_time - t) // duration
-                return sample + int(k), t + int(k * duration)
+                return sample + int((media_time - t) // duration)
             sample, t = sample + int(count), t + int(count * duration)
-        return self.track.sample_count, t
+        return self.track.sample_count
 
     def media_start(self, sample: int) -> int:
         """Media time at which ``sample`` starts."""

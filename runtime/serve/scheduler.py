@@ -303,19 +303,20 @@ class Scheduler:
             return True
         now = time.perf_counter()
         for i, (lane, token) in enumerate(zip(lanes, drawn)):
-            self._accept(lane, token, now, self._logprob(lane, i, token))
+            self._accept(lane, token, now, i)
         return True
 
     def _logprob(self, lane: _Lane, index: int, token: int) -> dict | None:
         """The logprobs entry of ``token``, drawn from output ``index`` of the step, if its request asked."""
         request = lane.job.request
-        if not request.logprobs or self.session.is_end(token):
+        if not request.logprobs:
             return None
         logprob, top = self.session.logprobs(index, token, request.top_logprobs)
         as_bytes = self.session.token_bytes
         return token_logprob(as_bytes(token), logprob, [(as_bytes(t), lp) for t, lp in top])
 
-    def _accept(self, lane: _Lane, token: int, now: float, logprob: dict | None = None) -> None:
+    def _accept(self, lane: _Lane, token: int, now: float, index: int) -> None:
+        """Take ``token``, drawn from output ``index`` of the step, into ``lane``'s answer."""
         if lane.last_token_at is None:
             lane.prompt_tokens += 1
             self.metrics.first_token(now - lane.job.arrived)
@@ -326,7 +327,8 @@ class Scheduler:
             self._end(lane, "stop")
             return
         lane.ids.append(token)
-        lane.job.emit(Piece(lane.answer.feed(self.session.token_bytes(token)), logprob))
+        text = lane.answer.feed(self.session.token_bytes(token))
+        lane.job.emit(Piece(text, self._logprob(lane, index, token)))
         if lane.answer.stopped:
             self._end(lane, "stop")
         elif len(lane.ids) >= lane.job.request.max_tokens:
