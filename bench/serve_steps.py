@@ -90,9 +90,35 @@ def step_costs(gguf: Path, threads: int, cells: int, steps: int, shared: bool, s
                 if k:
                     times.append((time.perf_counter() - t) * 1e3)
             step_ms[str(b)] = round(float(np.median(times)), 1)
-    return {"step_ms": step_ms, "per_token_ms": {b: round(v / int(b), 1) for b, v in step_ms.items()},
-            "prefill_ms_per_token": round(float(np.median(prefill[1:] or prefill)), 2),
-            "prefill_ms_per_token_by_sequence": [round(p, 2) for p in prefill]}
+        order = None if shared else batch_order(s, last, steps)
+    result = {"step_ms": step_ms, "per_token_ms": {b: round(v / int(b), 1) for b, v in step_ms.items()},
+              "prefill_ms_per_token": round(float(np.median(prefill[1:] or prefill)), 2),
+              "prefill_ms_per_token_by_sequence": [round(p, 2) for p in prefill]}
+    if order is not None:
+        result["batch_order_ms"] = order
+    return result
+
+
+def batch_order(s, last: list[int], steps: int) -> dict:
+    """ms of a step of all sequences in increasing order, in decreasing order, and of all but one in the middle.
+    With cells per sequence, llama.cpp runs a batch as one pass only over consecutive sequence ids in
+    increasing order; any other batch is split into a pass per such run (the weights read once per pass), which
+    is why the server steps its sequences sorted and hands out the lowest free one."""
+    n = len(last)
+    cases = {"increasing": list(range(n)), "decreasing": list(range(n))[::-1],
+             "one_missing": [q for q in range(n) if q != n // 2]}
+    out = {}
+    for name, seqs in cases.items():
+        times = []
+        for k in range(steps + 1):
+            t = time.perf_counter()
+            drawn = s.step([(q, last[q]) for q in seqs], [None] * len(seqs))
+            if k:
+                times.append((time.perf_counter() - t) * 1e3)
+            for q, token in zip(seqs, drawn):
+                last[q] = token
+        out[name] = round(float(np.median(times)), 1)
+    return out
 
 
 def encode_costs(pipeline, gguf: Path, threads: int, windows: int, cells: int = 64) -> dict:
@@ -213,6 +239,10 @@ def summary(result: dict) -> str:
     for name, r in (("own cells", own), ("shared cells", shared)):
         lines.append(f"  step ms, {name}: " + ", ".join(f"B={b} {ms}" for b, ms in r["step_ms"].items())
                      + f"; prefill {r['prefill_ms_per_token']} ms/token")
+    order = own.get("batch_order_ms")
+    if order:
+        lines.append(f"  step of {max(BATCHES)}, own cells: sequences in increasing order {order['increasing']} ms, "
+                     f"decreasing {order['decreasing']} ms; all but one in the middle {order['one_missing']} ms")
     a = enc["at_once"]
     lines.append(f"  window {enc['window_s']} s alone; {a['windows']} windows with {a['steps_of_8']} steps of 8 at "
                  f"once {a['wall_s']} s, one after the other {a['one_after_the_other_s']} s (x{a['speedup']})")

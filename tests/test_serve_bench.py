@@ -57,6 +57,8 @@ def test_serve_steps_writes_step_prefill_and_encode_costs_and_the_ratio_they_all
     result = json.loads(path.read_text())
     for layout in ("own_cells", "shared_cells"):
         assert set(result[layout]["step_ms"]) == {"1", "2", "4", "8"} and result[layout]["prefill_ms_per_token"] > 0
+    assert set(result["own_cells"]["batch_order_ms"]) == {"increasing", "decreasing", "one_missing"}
+    assert "batch_order_ms" not in result["shared_cells"]  # one pool of cells: llama.cpp never splits by order
     assert result["encoders"]["window_s"] > 0 and result["encoders"]["at_once"]["steps_of_8"] >= 1
     assert set(result["predicted"]["ratio_at_8"]) == {"3s", "10s", "30s"} and result["decoder"] == "decoder"
     assert "best ratio at 8" in capsys.readouterr().out

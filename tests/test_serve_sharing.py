@@ -115,3 +115,30 @@ def test_a_request_past_its_sequences_cells_is_400_before_it_takes_one(tiny_bund
         while service.scheduler.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
         assert service.scheduler.in_flight == 0
+
+
+def test_steps_go_in_increasing_sequence_order_and_a_request_takes_the_lowest_free_sequence(tiny_bundle, tmp_path):
+    # llama.cpp runs a batch over cells per sequence as one pass only for consecutive ids in increasing order
+    # (each other run is a pass of its own, reading all the weights again). Before, a request took the
+    # sequence freed longest ago: after one lone request, the next four ran as [1, 2, 3, 0], two passes a step.
+    songs = [write(tmp_path / f"{k}.wav", Music(3.0, rate=16000, seed=k), subtype="PCM_16") for k in range(4)]
+    options = ServeOptions(parallel=4, max_tokens=32, max_audio_seconds=10, model_name="tiny")
+    with Service.open(tiny_bundle, RuntimeOptions(threads=1), options) as service:
+        session, steps = service.scheduler.session, []
+        real_step = session.step
+
+        def step(items, samplers):
+            steps.append([seq for seq, _ in items])
+            time.sleep(0.02)  # the tiny model answers faster than the next song is encoded; this makes them meet
+            return real_step(items, samplers)
+
+        session.step = step
+        jobs = [(song, "What genre is this?", k) for k, song in enumerate(songs)]
+        for _ in range(2):
+            answer(service, *jobs[0])
+            alone = steps[-1]
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                list(pool.map(lambda job: answer(service, *job, max_tokens=32), jobs))
+            assert alone == [0]
+    assert all(seqs == sorted(seqs) for seqs in steps)
+    assert sum(seqs == [0, 1, 2, 3] for seqs in steps) >= 20  # the four answers' steps, as one batch

@@ -9,7 +9,10 @@ Every turn of its loop:
 2. prefill one piece (at most n_batch tokens or embeddings) of one admitted request: the prompt head, an
    audio window as the listener hands it over, then the question;
 3. one decode step: every answering sequence has its last token evaluated and its next token drawn by its
-   own sampler, in one llama_decode batch.
+   own sampler, in one llama_decode batch, in increasing sequence order. Each sequence has cells of its own,
+   and llama.cpp then runs a batch as one pass only over consecutive sequence ids in increasing order: any
+   other order or gap is split into a pass per run, each reading all the weights. So a request takes the
+   lowest free sequence, and the running ones stay packed from sequence 0.
 
 Steps 2 and 3 are one turn on the CPU (cores.py): where the encoders and the decoder would oversubscribe the
 cores, they alternate with the listener's windows instead of running at the same time.
@@ -23,6 +26,7 @@ through its ``emit`` callback: :class:`Piece` per token, then :class:`Done` or :
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
 import math
 import threading
@@ -128,7 +132,7 @@ class Scheduler:
         self._in_flight = 0  # submitted and not finished, waiting or admitted
         self._waiting: deque[Job] = deque()
         self._active: dict[int, _Lane] = {}  # by sequence, in admission order
-        self._free = list(range(session.n_seq_max))
+        self._free = list(range(session.n_seq_max))  # a heap: a request takes the lowest free sequence
         self._reserved = 0
         self._wake = threading.Event()
         self._stopping = False
@@ -213,7 +217,7 @@ class Scheduler:
             if self._reserved + plan.need > self.session.n_ctx:
                 return  # the oldest waits for room; the others wait behind it
             self._waiting.popleft()
-            seq = self._free.pop(0)
+            seq = heapq.heappop(self._free)
             self._reserved += plan.need
             listening = Listening(job.audio, self.limits.max_audio_seconds, job.request.audio.where, self._wake.set)
             self._active[seq] = _Lane(job, seq, plan, listening, self.session.sampler(job.request.sampling))
@@ -291,8 +295,10 @@ class Scheduler:
         lane.prompt_tokens += len(piece)
 
     def _step(self) -> bool:
-        """One token for every answering sequence, in one batch."""
-        lanes = [lane for lane in self._active.values() if lane.next_token is not None]
+        """One token for every answering sequence, in one batch, in increasing sequence order: llama.cpp runs
+        a batch over a cache with cells per sequence as one pass only for consecutive sequence ids in
+        increasing order, and splits it into more passes otherwise (DecoderSession.step)."""
+        lanes = sorted((lane for lane in self._active.values() if lane.next_token is not None), key=lambda l: l.seq)
         if not lanes:
             return False
         try:
@@ -348,7 +354,7 @@ class Scheduler:
         self.session.free_sampler(lane.sampler)
         self.session.clear(lane.seq)
         del self._active[lane.seq]
-        self._free.append(lane.seq)
+        heapq.heappush(self._free, lane.seq)
         self._reserved -= lane.plan.need
         self._drop(lane.job, outcome if isinstance(outcome, Failed) else None, counted=True)
 
