@@ -16,6 +16,8 @@ at best (every step full, nothing else on the cores). This measures, on the serv
 3. E: one window through the audio graphs (front end included), alone;
 4. the same window while 8-sequence steps run on the same cores, as they did in the server before the
    listener and the scheduler took turns: the wall time of both at once against one after the other;
+5. with each sequence's own cells, a step of 8 in increasing sequence order, in decreasing order, and with
+   the middle sequence left out: llama.cpp makes one pass only of consecutive ids in increasing order;
 
 and writes the predicted ratio for a grid of workloads, and the answer length each audio length needs for a
 ratio of 2.5, to ``bench/results/serve-steps-<bundle>-<decoder>-<time>.json``. ``others_cpu_s`` is the CPU
