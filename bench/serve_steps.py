@@ -83,15 +83,7 @@ def step_costs(gguf: Path, threads: int, cells: int, steps: int, shared: bool, s
             s.eval_embeddings(embd, seq)
             prefill.append((time.perf_counter() - t) * 1e3 / cells)
         last = [1] * seqs
-        step_ms = {}
-        for b in BATCHES:
-            times = []
-            for k in range(steps + 1):
-                t = time.perf_counter()
-                last[:b] = s.step([(q, last[q]) for q in range(b)], [None] * b)
-                if k:
-                    times.append((time.perf_counter() - t) * 1e3)
-            step_ms[str(b)] = round(float(np.median(times)), 1)
+        step_ms = {str(b): step_ms_median(s, list(range(b)), last, steps) for b in BATCHES}
         order = None if shared else batch_order(s, last, steps)
     result = {"step_ms": step_ms, "per_token_ms": {b: round(v / int(b), 1) for b, v in step_ms.items()},
               "prefill_ms_per_token": round(float(np.median(prefill[1:] or prefill)), 2),
@@ -109,18 +101,21 @@ def batch_order(s, last: list[int], steps: int) -> dict:
     n = len(last)
     cases = {"increasing": list(range(n)), "decreasing": list(range(n))[::-1],
              "one_missing": [q for q in range(n) if q != n // 2]}
-    out = {}
-    for name, seqs in cases.items():
-        times = []
-        for k in range(steps + 1):
-            t = time.perf_counter()
-            drawn = s.step([(q, last[q]) for q in seqs], [None] * len(seqs))
-            if k:
-                times.append((time.perf_counter() - t) * 1e3)
-            for q, token in zip(seqs, drawn):
-                last[q] = token
-        out[name] = round(float(np.median(times)), 1)
-    return out
+    return {name: step_ms_median(s, seqs, last, steps) for name, seqs in cases.items()}
+
+
+def step_ms_median(s, seqs: list[int], last: list[int], steps: int) -> float:
+    """ms of a greedy step of sequences ``seqs``, in that order (median of ``steps`` after one untimed); each
+    sequence's drawn token goes into ``last``, to be the one it evaluates next."""
+    times = []
+    for k in range(steps + 1):
+        t = time.perf_counter()
+        drawn = s.step([(q, last[q]) for q in seqs], [None] * len(seqs))
+        if k:
+            times.append((time.perf_counter() - t) * 1e3)
+        for q, token in zip(seqs, drawn):
+            last[q] = token
+    return round(float(np.median(times)), 1)
 
 
 def encode_costs(pipeline, gguf: Path, threads: int, windows: int, cells: int = 64) -> dict:
