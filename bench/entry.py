@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from gamma_rt.errors import GammaError
+from gamma_rt.terminal import printable
 
 
 def run_module(name: str, argv: list[str] | None, job: Callable[[str], object]) -> int:
@@ -17,7 +18,7 @@ def run_module(name: str, argv: list[str] | None, job: Callable[[str], object]) 
     try:
         job(command)
     except GammaError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {printable(e)}", file=sys.stderr)
         return e.exit_code
     return 0
 

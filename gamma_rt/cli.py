@@ -8,6 +8,7 @@ import sys
 
 from gamma_rt import __version__
 from gamma_rt.errors import GammaError
+from gamma_rt.terminal import printable
 
 # Each module has ``register(subparsers)``; handlers import their heavy dependencies lazily,
 # so ``gamma-rt ask`` on an edge install never imports torch.
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
     except CommandModuleError as e:
-        print(f"gamma-rt: error: {e}", file=sys.stderr)
+        print(f"gamma-rt: error: {printable(e)}", file=sys.stderr)
         return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -112,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except GammaError as e:
-        print(f"gamma-rt: error: {e}", file=sys.stderr)
+        print(f"gamma-rt: error: {printable(e)}", file=sys.stderr)
         return e.exit_code
     except ModuleNotFoundError as e:
         message = missing_extra(e, args.command)
         if message is None:
             raise
-        print(f"gamma-rt: error: {message}", file=sys.stderr)
+        print(f"gamma-rt: error: {printable(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gamma-rt: interrupted", file=sys.stderr)

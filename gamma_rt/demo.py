@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", type=Path, default=Path("gamma-rt-demo"),
                    help="folder for the checkpoint, bundle and music (default ./gamma-rt-demo)")
     p.add_argument("--fresh", action="store_true", help="rebuild the checkpoint and bundle even if present")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: half the cores for the decoder, all for the encoders; see ask --help)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--random", action="store_true", help="the tiny random-weight model")
     which.add_argument("--trained", action="store_true", help="the trained built-in model")

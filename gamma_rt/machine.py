@@ -7,6 +7,7 @@ a run: a ratio taken in one run holds under load, an absolute figure does not.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -15,9 +16,13 @@ import subprocess
 import sys
 import threading
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 LIBRARIES = ("gamma-rt", "numpy", "onnxruntime", "llama-cpp-python", "torch", "transformers", "onnx", "gguf", "soundfile",
              "soxr", "matplotlib")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+OWN_CGROUP = Path("/proc/self/cgroup")
+DECODER_THREADS_MAX = 8
 
 
 def cpu_model() -> str:
@@ -70,11 +75,44 @@ def gpu() -> dict | None:
             "driver": _nvidia_smi("driver_version")}
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its affinity, as taskset or a container sets it)."""
+def affinity_cores() -> int:
+    """Logical CPUs this process may be scheduled on (its affinity, as taskset or a container's cpuset sets it)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def cpu_quota(cgroup_root: Path = CGROUP_ROOT, own_cgroup: Path = OWN_CGROUP) -> float | None:
+    """The CPU time this process's cgroup may use, in cores (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``
+    over ``cpu.cfs_period_us``): 1.5 for ``150000 100000``; None where there is no limit or no cgroup."""
+    for folder in _cgroup_folders(cgroup_root, own_cgroup):
+        v2 = _read_numbers(folder / "cpu.max")
+        if v2 is not None:
+            return v2[0] / v2[1] if len(v2) == 2 and v2[0] > 0 and v2[1] > 0 else None
+        quota, period = _read_numbers(folder / "cpu.cfs_quota_us"), _read_numbers(folder / "cpu.cfs_period_us")
+        if quota is not None and period is not None:
+            return quota[0] / period[0] if quota[0] > 0 and period[0] > 0 else None
+    return None
+
+
+def available_cores() -> int:
+    """Cores this process can actually use: its affinity, cut to its cgroup's CPU quota (rounded up: 1.5
+    cores of quota spread over 2 CPUs still runs 2 threads at once)."""
+    cores = affinity_cores()
+    quota = cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+
+
+def default_decoder_threads(cores: int | None = None) -> int:
+    """The decoder's (llama.cpp's) threads when --threads is not given: half the available cores, at least
+    1 and at most DECODER_THREADS_MAX. llama.cpp's threads meet at a spinning barrier after every graph
+    node, so one thread without a core stalls all the others: on 2 shared cores 2 threads answered a
+    question 3-4x slower idle and up to 23x slower beside busy processes than 1 (issue 23). Half leaves a
+    core per thread for the audio encoders and whatever else the machine runs, and on a machine with
+    two hyperthreads per core it is one thread per physical core. Past 8 threads a decode step, which is
+    bound by memory bandwidth, gains little. 2 cores: 1 thread; 4: 2; 16: 8; 64: 8."""
+    cores = available_cores() if cores is None else cores
+    return max(1, min(DECODER_THREADS_MAX, cores // 2))
 
 
 def describe(threads: int) -> dict:
@@ -82,7 +120,9 @@ def describe(threads: int) -> dict:
     return {
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
-        "affinity_cpus": available_cores(),
+        "affinity_cpus": affinity_cores(),
+        "cpu_quota_cores": cpu_quota(),
+        "available_cores": available_cores(),
         "threads": threads,
         "memory_gib": _memory_gib(),
         "os": f"{platform.system()} {platform.release()}",
@@ -184,6 +224,41 @@ def _compute_apps() -> str | None:
 def _float(text: str | None) -> float | None:
     try:
         return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _cgroup_folders(cgroup_root: Path, own_cgroup: Path) -> list[Path]:
+    """This process's own cgroup folders (from /proc/self/cgroup), then the root one: inside a container the
+    root is usually the container's own cgroup."""
+    folders = []
+    try:
+        lines = own_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:  # "0::/user.slice/x.scope" (v2) or "4:cpu,cpuacct:/docker/abc" (v1)
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers in ("", "cpu") or "cpu" in controllers.split(","):
+            base = cgroup_root if controllers == "" else _v1_cpu_root(cgroup_root)
+            folders.append(base / path.lstrip("/"))
+    return folders + [cgroup_root, _v1_cpu_root(cgroup_root)]
+
+
+def _v1_cpu_root(cgroup_root: Path) -> Path:
+    for name in ("cpu,cpuacct", "cpu"):
+        if (cgroup_root / name).is_dir():
+            return cgroup_root / name
+    return cgroup_root / "cpu"
+
+
+def _read_numbers(path: Path) -> list[int] | None:
+    """The integers in a cgroup file; [-1] for v2's "max" (no limit); None when it is absent or unreadable."""
+    try:
+        words = path.read_text().split()
+    except OSError:
+        return None
+    try:
+        return [-1 if w == "max" else int(w) for w in words] or None
     except ValueError:
         return None
 

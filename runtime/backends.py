@@ -21,7 +21,6 @@ error, and ``auto`` moves on to the next backend, saying why; ``reason`` names t
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -30,6 +29,7 @@ import numpy as np
 
 from gamma_rt.components import component_key
 from gamma_rt.errors import BundleError, EngineMismatch, GammaError
+from gamma_rt.machine import available_cores
 from gamma_rt.manifest import GAMMA_CHAIN, MANIFEST_NAME, Manifest
 
 from .engine_record import GpuIdentity, find_engines, fitting_precisions
@@ -358,4 +358,4 @@ def _first_clause(error: Exception) -> str:
 
 
 def _default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+    return available_cores()  # ORT without --threads: every core it may use; it does not spin (ort_backend)

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from gamma_rt.terminal import printable
+
 from .options import RuntimeOptions, add_runtime_options
 from .pcm_stream import add_raw_format_options, raw_format_from_options
 
@@ -68,8 +70,9 @@ def _open(args):
         raise GammaError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     pipe = Pipeline.open(args.bundle, RuntimeOptions.from_args(args), progress=track)
     if args.verbose:
-        print(f"audio backend: {pipe.backend.name} {pipe.backend.precision} ({pipe.backend.reason})", file=sys.stderr)
-        print(f"decoder: {pipe.decoder_placement()}", file=sys.stderr)
+        print(printable(f"audio backend: {pipe.backend.name} {pipe.backend.precision} ({pipe.backend.reason})"),
+              file=sys.stderr)
+        print(printable(f"decoder: {pipe.decoder_placement()}"), file=sys.stderr)
     audio = open_audio(args.audio, pipe.layout.sample_rate, raw=raw_format_from_options(args))
     return pipe, audio
 
@@ -99,7 +102,7 @@ def cmd_ask(args) -> int:
     with pipe, audio:
         if args.stream:
             for piece in pipe.stream(audio, args.questions[0], _sampling(args), args.max_tokens):
-                print(piece, end="", flush=True)
+                print(printable(piece, layout=True), end="", flush=True)
             print()
             answers = None
         else:
@@ -114,8 +117,9 @@ def cmd_ask(args) -> int:
         elif answers is not None:
             for a in answers:
                 if len(answers) > 1:
-                    print(f"Q: {a.question}")
-                print(a.text if len(answers) == 1 else f"A: {a.text}")
+                    print(f"Q: {printable(a.question)}")
+                text = printable(a.text, layout=True)  # --json above keeps the answer exact
+                print(text if len(answers) == 1 else f"A: {text}")
         if args.verbose:
             _print_timings(pipe)
     return 0
@@ -139,7 +143,7 @@ def cmd_chat(args) -> int:
             if not line.strip():
                 break
             for piece in talk.say(line.strip(), _sampling(args), args.max_tokens):
-                print(piece, end="", flush=True)
+                print(printable(piece, layout=True), end="", flush=True)
             print(flush=True)
         if args.verbose:
             _print_timings(pipe)

@@ -14,7 +14,6 @@ import codecs
 import ctypes
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +21,7 @@ import llama_cpp
 import numpy as np
 
 from gamma_rt.errors import BundleError, GammaError
+from gamma_rt.machine import default_decoder_threads
 
 from .gguf_check import check_gguf
 from .sampling import Sampling, StopFilter, sampler_chain
@@ -143,7 +143,7 @@ class DecoderSession:
         self.n_embd = llama_cpp.llama_model_n_embd(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
 
-        threads = n_threads or os.cpu_count() or 1
+        threads = n_threads or default_decoder_threads()  # half the cores: the barrier stalls on a busy core
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = n_batch

@@ -20,6 +20,13 @@ from gamma_rt.errors import GammaError
 BACKEND_NAMES = ("auto", "tensorrt", "ort-trt", "ort-cuda", "ort-cpu")
 # fp32/fp16: ONNX graphs; bf16/int8/fp8: TensorRT engines of that precision (--backend tensorrt)
 PRECISION_NAMES = ("auto", "fp32", "fp16", "bf16", "int8", "fp8")
+THREADS_HELP = ("CPU threads for the decoder and ONNX Runtime. Default: the decoder (llama.cpp) takes half the "
+                "cores this process may use (its CPU affinity, cut to its cgroup's CPU quota), at least 1 and at "
+                "most 8, and the audio encoders (ONNX Runtime) all of them, with spin-waiting off so that each "
+                "engine leaves the cores to the other when it waits: 1 decoder thread and 2 encoder threads on 2 "
+                "cores, 8 and 16 on 16 cores. That holds up beside other busy processes; llama.cpp's threads "
+                "wait for each other after every step, so more decoder threads than free cores is the slowest "
+                "choice (python -m gamma_rt.bench.thread_defaults measures it)")
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,8 @@ class RuntimeOptions:
     # audio graphs to run: "auto" is the best TensorRT engines recorded for this GPU, else fp16 on a GPU
     # backend when the bundle has them, else fp32
     precision: str = "auto"
-    # CPU threads for the decoder and ONNX Runtime; None = all cores (1 is best on a busy machine)
+    # CPU threads for the decoder and ONNX Runtime; None = the decoder takes half the available cores (at
+    # most 8: gamma_rt.machine.default_decoder_threads) and ONNX Runtime all of them, without spin-waiting
     threads: int | None = None
     # decoder layers on the GPU; None = all where llama.cpp was built with CUDA, 0 = CPU only
     gpu_layers: int | None = None
@@ -92,7 +100,7 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
                    help="GGUF component of the manifest: decoder (F32), decoder.f16, decoder.q4_k_m, ... (default "
                    "auto: the most faithful one the bundle has; -v says which)")
     g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for the decoder and ONNX Runtime (default: all cores; 1 on a busy machine)")
+                   help=THREADS_HELP)
     g.add_argument("--gpu-layers", type=int, default=None, metavar="N",
                    help="decoder layers on the GPU (default: all of them when llama.cpp was built with CUDA, "
                    "see native/build.sh; 0 keeps the decoder on the CPU)")

@@ -74,6 +74,9 @@ class OrtBackend:
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # ORT's pool spin-waits between parallel sections and after a run; in gamma-rt it always shares the
+        # process, and often the cores, with llama.cpp's threads, which it then starves (issue 23)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types for a file it cannot load

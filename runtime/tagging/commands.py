@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gamma_rt.terminal import printable
+
 from ..options import add_runtime_options
 from .records import FORMATS
 from .segment import Segment
@@ -106,11 +108,11 @@ def _report_plan(job, args) -> int:
     todo, done = plan(job)
     if not args.count_only:
         for track, reason in todo:
-            print(f"would ask ({reason}): {track.path}")
+            print(printable(f"would ask ({reason}): {track.path}"))
     reasons = ", ".join(f"{n} {why}" for why, n in sorted(Counter(why for _, why in todo).items()))
     print(f"{len(todo) + done} tracks: {done} done, {len(todo)} to ask" + (f" ({reasons})" if reasons else ""))
     if args.write_tags and not args.count_only:
-        write_file_tags(job, True, print)
+        write_file_tags(job, True, lambda line: print(printable(line)))
     return 0
 
 
@@ -121,18 +123,18 @@ def _run(job, args) -> int:
     progress = TagProgress(enabled=False if args.quiet else None)
     try:
         summary = run(job, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)),
-                      on_wait=lambda line: print(f"gamma-rt: {line}", file=sys.stderr))
+                      on_wait=lambda line: print(printable(f"gamma-rt: {line}"), file=sys.stderr))
     finally:
         progress.close()
     counts = summary.library_counts
     print(f"this run: {summary.ok} ok, {summary.failed} failed of {summary.todo} to do "
           f"({summary.done_before} already done); all records: {counts['ok']} ok, {counts['failed']} failed; "
-          f"results in {summary.records_file}", file=sys.stderr)
+          f"results in {printable(summary.records_file)}", file=sys.stderr)
     if summary.interrupted:
         print("gamma-rt: interrupted; the finished tracks are journaled, run the same command to finish the rest",
               file=sys.stderr)
         return 130
     tag_failures = 0
     if args.write_tags:
-        tag_failures = write_file_tags(job, False, lambda line: print(line))
+        tag_failures = write_file_tags(job, False, lambda line: print(printable(line)))
     return 1 if counts["failed"] or tag_failures else 0
