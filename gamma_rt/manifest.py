@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from gamma_rt.errors import BundleError
-from gamma_rt.hashing import sha256_file
+from gamma_rt.hashing import VerifiedHashes, sha256_file
 
 # 2: ``audio.chain`` says how the audio graphs connect, ``audio.token_count`` how many tokens a partial
 # window keeps, ``prompt`` may hold the checkpoint's own chat template. Version 1 bundles (GaMMA only)
@@ -50,8 +50,6 @@ MANIFEST_NAME = "manifest.json"
 CHAIN_INPUTS = ("mel", "mel_mask", "window_index")
 EMBEDDINGS = "embeddings"
 TOKEN_COUNTS = ("proportional", "conv_pool")
-# A cache of verified hashes keyed by (size, mtime), so a 16 GB bundle is hashed once, not at every load.
-HASH_CACHE_NAME = ".verified.json"
 
 
 @dataclass(frozen=True)
@@ -320,7 +318,7 @@ class Manifest:
     def verify(self, bundle: str | Path, names: list[str] | None = None) -> None:
         """Every component file exists and matches its recorded size and sha256; widths agree."""
         bundle = Path(bundle)
-        cache = _HashCache(bundle)
+        cache = VerifiedHashes()  # kept outside the bundle, which could forge it
         for name in names or list(self.components):
             c = self.components[name]
             for rel in [c.file, *c.external_data]:
@@ -334,14 +332,15 @@ class Manifest:
                     f"{path}: {size} bytes, manifest field components.{name}.bytes says {c.bytes} "
                     "(truncated or replaced file)"
                 )
-            digest = cache.sha256(path)
+            digest = cache.sha256(path, c.sha256)
             if digest != c.sha256:
                 raise BundleError(
                     f"{path}: sha256 {digest[:12]}... does not match components.{name}.sha256 {c.sha256[:12]}..."
                 )
             # Weights in external data files (ONNX graphs past 2 GiB) are hashed too, when recorded.
             for rel, expected in c.extra.get("external_data_sha256", {}).items():
-                if cache.sha256(bundle_file(bundle, rel, f"components.{name}.extra.external_data_sha256")) != expected:
+                data_file = bundle_file(bundle, rel, f"components.{name}.extra.external_data_sha256")
+                if cache.sha256(data_file, expected) != expected:
                     raise BundleError(
                         f"{bundle / rel}: sha256 does not match components.{name}.extra.external_data_sha256"
                     )
@@ -405,28 +404,3 @@ class Manifest:
         component.bytes = path.stat().st_size
         component.sha256 = sha256_file(path)
         self.components[name] = component
-
-
-class _HashCache:
-    def __init__(self, bundle: Path):
-        self.path = bundle / HASH_CACHE_NAME
-        try:
-            self.entries = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.entries = {}
-        self.dirty = False
-
-    def sha256(self, path: Path) -> str:
-        st = path.stat()
-        key = f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
-        if key not in self.entries:
-            self.entries[key] = sha256_file(path)
-            self.dirty = True
-        return self.entries[key]
-
-    def save(self) -> None:
-        if self.dirty:
-            try:
-                self.path.write_text(json.dumps(self.entries))
-            except OSError:
-                pass  # a read-only bundle still loads; it is hashed again next time

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_hash_cache(tmp_path_factory):
+    """Verified hashes go to this session's own cache file, not the user's (subprocesses inherit it)."""
+    from gamma_rt.hashing import HASH_CACHE_ENV
+
+    path = tmp_path_factory.mktemp("hash_cache") / "verified-sha256.json"
+    old = os.environ.get(HASH_CACHE_ENV)
+    os.environ[HASH_CACHE_ENV] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(HASH_CACHE_ENV, None)
+    else:
+        os.environ[HASH_CACHE_ENV] = old
 
 
 @pytest.fixture(scope="session")
