@@ -21,7 +21,7 @@ from gamma_rt.runtime.cores import Cores, cores_shared  # noqa: E402
 from gamma_rt.runtime.serve import service as service_module  # noqa: E402
 from gamma_rt.runtime.serve.listen import open_request_audio  # noqa: E402
 from gamma_rt.runtime.serve.protocol import parse_chat_request  # noqa: E402
-from gamma_rt.runtime.serve.scheduler import Done, Failed, Job, Piece  # noqa: E402
+from gamma_rt.runtime.engine.scheduler import Done, Failed, Job, Piece  # noqa: E402
 from gamma_rt.runtime.serve.service import ServeOptions, Service  # noqa: E402
 from gamma_rt.synth import Music, write  # noqa: E402
 

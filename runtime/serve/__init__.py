@@ -1,7 +1,7 @@
-"""runtime/serve/: ``gamma-rt serve``, an OpenAI-compatible HTTP server on top of the runtime.
+"""runtime/serve/: ``gamma-rt serve``, an OpenAI-compatible HTTP server, a front end of the runtime's batching
+engine (runtime/engine/).
 
 - ``protocol.py``: the chat-completions request read and checked, the response objects (no model, no web);
-- ``scheduler.py``: the one thread that owns the decoder and steps every running answer together;
 - ``listen.py``: the audio side of a request (decode, encode, cache) on its own thread;
 - ``metrics.py``: the Prometheus counters and histograms;
 - ``app.py``: the ASGI app (FastAPI on uvicorn) and its endpoints;

@@ -29,7 +29,7 @@ from gamma_rt.errors import GammaError
 
 from .listen import open_request_audio
 from .protocol import ChatRequest, RequestError, chunk, completion, completion_id, error_body, parse_chat_request, usage
-from .scheduler import Done, Failed, Job, Piece, QueueFull
+from ..engine.scheduler import Done, Failed, Job, Piece, QueueFull
 from .service import Service
 
 log = logging.getLogger("gamma_rt.serve")

@@ -17,7 +17,7 @@ from ..cores import Cores, cores_shared
 from .listen import Listener
 from .metrics import Metrics
 from .protocol import Limits
-from .scheduler import Scheduler
+from ..engine.scheduler import Scheduler
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,8 @@ from ..audio import AudioStream
 from ..decoder import AnswerText, DecoderSession
 from ..embed import AudioLayout, WindowEmbedding
 from ..pipeline import MARKER_TOKENS
-from .listen import Heard, Listener, Listening
-from .protocol import ChatRequest, Limits, RequestError, token_logprob
+from ..serve.listen import Heard, Listener, Listening
+from ..serve.protocol import ChatRequest, Limits, RequestError, token_logprob
 
 log = logging.getLogger("gamma_rt.serve")
 
