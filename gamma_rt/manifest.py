@@ -50,6 +50,8 @@ MANIFEST_NAME = "manifest.json"
 CHAIN_INPUTS = ("mel", "mel_mask", "window_index")
 EMBEDDINGS = "embeddings"
 TOKEN_COUNTS = ("proportional", "conv_pool")
+# audio.front_end: Whisper's log-mel (runtime/mel.py) or Kaldi's fbank, AudioSet-normalized (runtime/fbank.py)
+FRONT_ENDS = ("whisper_mel", "kaldi_fbank")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class AudioSection:
     tokens_per_window LLM tokens of a full window; max_seconds: audio past it is cut (None: no limit);
     token_count: how many tokens a partial last window keeps (``proportional``: ceil of the share of real
     samples; ``conv_pool``: Whisper's two convolutions then pooling over the frames of real audio).
+    front_end: ``whisper_mel`` or ``kaldi_fbank`` (n_fft is then Kaldi's frame length, window_frames the
+    frames it pads or cuts to; front_end_options its normalization ``mean`` and ``std``).
     ``recorded`` holds the other fields an exporter wrote (kept, never read by the runtime)."""
 
     sample_rate: int = 16000
@@ -96,6 +100,8 @@ class AudioSection:
     tokens_per_window: int = 750
     max_seconds: float | None = None
     token_count: str = "proportional"
+    front_end: str = "whisper_mel"
+    front_end_options: dict = field(default_factory=dict)  # kaldi_fbank: {"mean": ..., "std": ...}
     chain: tuple = GAMMA_CHAIN
     recorded: dict = field(default_factory=dict)
 
@@ -132,6 +138,11 @@ class AudioSection:
         if self.token_count not in TOKEN_COUNTS:
             raise BundleError(f"{where}: field audio.token_count is {self.token_count!r}; this gamma-rt knows "
                               f"{', '.join(TOKEN_COUNTS)}")
+        if self.front_end not in FRONT_ENDS:
+            raise BundleError(f"{where}: field audio.front_end is {self.front_end!r}; this gamma-rt knows "
+                              f"{', '.join(FRONT_ENDS)}")
+        if not isinstance(self.front_end_options, dict):
+            raise BundleError(f"{where}: field audio.front_end_options must be an object")
         if self.window_samples // self.hop_length != self.window_frames:
             raise BundleError(f"{where}: field audio.window_frames is {self.window_frames} but a "
                               f"{self.window_seconds} s window at {self.sample_rate} Hz, hop {self.hop_length}, "

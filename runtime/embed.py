@@ -27,6 +27,7 @@ from gamma_rt.manifest import AudioSection
 
 from .backends import AudioBackend
 from .embed_cache import EmbeddingCache
+from .fbank import KaldiFbank
 from .mel import FrontEnd
 from .timings import StageTimes
 from .windows import Window, windows
@@ -44,6 +45,10 @@ class WindowEmbedding:
     embeddings: np.ndarray
 
 
+# manifest audio.front_end -> the front end it names
+FRONT_ENDS = {"whisper_mel": FrontEnd, "kaldi_fbank": KaldiFbank}
+
+
 @dataclass(frozen=True)
 class AudioLayout:
     """What the embedding path needs from the manifest's ``audio`` section."""
@@ -51,14 +56,14 @@ class AudioLayout:
     sample_rate: int
     window_seconds: float
     tokens_per_window: int
-    front_end: FrontEnd
+    front_end: FrontEnd | KaldiFbank
     token_count: str = "proportional"
     max_seconds: float | None = None
 
     @classmethod
     def from_manifest(cls, audio: AudioSection) -> "AudioLayout":
         return cls(audio.sample_rate, float(audio.window_seconds), audio.tokens_per_window,
-                   FrontEnd.from_manifest(audio), audio.token_count, audio.max_seconds)
+                   FRONT_ENDS[audio.front_end].from_manifest(audio), audio.token_count, audio.max_seconds)
 
     @property
     def max_windows(self) -> int | None:
@@ -105,7 +110,7 @@ def _encode_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout:
 def window_feeds(window: Window, layout: AudioLayout) -> dict[str, np.ndarray]:
     """The values the audio chain reads, for one window: ``mel`` (1, n_mels, frames) float32,
     ``mel_mask`` (1, frames) int64 (1 where the frame holds real audio), ``window_index`` (1,) int64."""
-    mel = layout.front_end(window.samples[None])
+    mel = layout.front_end(window.samples[None], window.n_valid)
     mask = np.zeros((1, mel.shape[-1]), np.int64)
     mask[0, :window.valid_frames(layout.front_end.hop_length)] = 1
     return {"mel": mel, "mel_mask": mask, "window_index": np.array([window.index], np.int64)}

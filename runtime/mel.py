@@ -41,7 +41,8 @@ class FrontEnd:
         """From a :class:`gamma_rt.manifest.AudioSection`."""
         return cls(audio.n_mels, audio.n_fft, audio.hop_length, audio.sample_rate)
 
-    def __call__(self, audio: np.ndarray) -> np.ndarray:
+    def __call__(self, audio: np.ndarray, n_valid: int | None = None) -> np.ndarray:
+        # Whisper's extractor sees the zero-padded window itself: n_valid changes nothing here
         return log_mel_spectrogram(audio, self.n_mels, self.n_fft, self.hop_length, self.sample_rate)
 
 
