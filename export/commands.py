@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import engines, gguf_export, onnx_export, train
 
-FAMILIES = ("gamma", "musicflamingo", "audioflamingo3")
+FAMILIES = ("gamma", "musicflamingo", "audioflamingo3", "mufun")
 EXPORT_HELP = """\
 Export a checkpoint folder into a bundle, one part at a time; every part is recorded in BUNDLE/manifest.json.
 The folder is gamma-rt's own (gamma-rt init) or a published Hugging Face folder of Music Flamingo or
