@@ -13,6 +13,7 @@ naming the file.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 import tempfile
@@ -274,7 +275,8 @@ class _FileSource(_Source):
         self._name = str(name)
         try:
             kwargs = raw.soundfile_kwargs() if raw else {}
-            self._file = sf.SoundFile(file, **kwargs)
+            # a name that is not UTF-8 (surrogateescape'd str) reaches libsndfile as its own bytes
+            self._file = sf.SoundFile(os.fsencode(file) if isinstance(file, str) else file, **kwargs)
         except sf.LibsndfileError as err:
             if raw is None:
                 raise _NotForLibsndfile(_libsndfile_reason(err)) from None

@@ -4,7 +4,8 @@ The key of a window is sha256 over the bundle's identity (sha256 of its manifest
 graph's sha256), the audio-side precision, and the window's 16 kHz samples. Keying by decoded samples
 rather than file bytes means the same music reached through another container, or on stdin, hits too;
 keying per window keeps the cache usable while streaming (no whole-file hash needed before the first
-window). Files are written atomically, so concurrent runs sharing a cache never read half a file.
+window). Files are written atomically, so concurrent runs sharing a cache never read half a file, and a
+full disk raises DiskFull with no temporary left behind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gamma_rt.bundle_id import bundle_identity
+from gamma_rt.errors import stop_on_full_disk
 
 
 class EmbeddingCache:
@@ -54,11 +56,12 @@ class EmbeddingCache:
         return out
 
     def put(self, key: str, embeddings: np.ndarray) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, self.folder / f"{key}.npy")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with stop_on_full_disk(f"writing the embedding cache {self.folder}"):
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
+                os.replace(tmp, self.folder / f"{key}.npy")
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise

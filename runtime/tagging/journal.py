@@ -5,6 +5,9 @@ hash, so a changed file is asked again and an unchanged one never is. The output
 same row, in the same transaction* that marks the track done; output files are derived from the journal
 (see records.py). So a SIGKILL at any point leaves either the whole record or none of it, and a re-run
 neither loses nor duplicates a track.
+
+A path that is not valid UTF-8 is keyed by its bytes (names.py). A full disk raises DiskFull, with the
+transaction rolled back: the journal holds every commit before it, and the next run resumes from there.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import sqlite3
 from pathlib import Path
 from typing import Callable, Iterator
 
+from gamma_rt.errors import stop_on_full_disk
+
 from .library import Track
+from .names import sql_text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
@@ -40,12 +46,14 @@ class Journal:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit survives power loss too, not only a killed process; one fsync per track is cheap.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        self.writing = f"writing the journal {self.path}"
+        with stop_on_full_disk(self.writing):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit survives power loss too, not only a killed process; one fsync per track is cheap.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
 
     def __enter__(self) -> "Journal":
         return self
@@ -69,12 +77,13 @@ class Journal:
         """None when ``track`` has its record for this bundle and prompt set, else why it is to be asked:
         new | changed | failed | other bundle | other prompt set. ``refresh=False`` writes nothing (a touched
         but unchanged file keeps its old size/mtime in the journal: a dry run)."""
+        path = sql_text(track.path)
         row = self.db.execute(
             "SELECT size, mtime_ns, content_sha256, status FROM tracks "
-            "WHERE path=? AND bundle_hash=? AND prompt_set_hash=?", (track.path, bundle_hash, prompt_set_hash),
+            "WHERE path=? AND bundle_hash=? AND prompt_set_hash=?", (path, bundle_hash, prompt_set_hash),
         ).fetchone()
         if row is None:
-            bundles = {b for (b,) in self.db.execute("SELECT bundle_hash FROM tracks WHERE path=?", (track.path,))}
+            bundles = {b for (b,) in self.db.execute("SELECT bundle_hash FROM tracks WHERE path=?", (path,))}
             if not bundles:
                 return "new"
             return "other prompt set" if bundle_hash in bundles else "other bundle"
@@ -82,20 +91,24 @@ class Journal:
             return "failed"
         if (row[0], row[1]) == (track.size, track.mtime_ns):
             return None
-        digest = (content_sha256 or track.content_sha256)()
+        try:
+            digest = (content_sha256 or track.content_sha256)()
+        except OSError:  # unreadable or gone since it was listed: asking again records why, in its own record
+            return "changed"
         if digest != row[2]:
             return "changed"
         if refresh:
-            self.db.execute(
-                "UPDATE tracks SET size=?, mtime_ns=? WHERE path=? AND bundle_hash=? AND prompt_set_hash=?",
-                (track.size, track.mtime_ns, track.path, bundle_hash, prompt_set_hash),
-            )
+            with stop_on_full_disk(self.writing):
+                self.db.execute(
+                    "UPDATE tracks SET size=?, mtime_ns=? WHERE path=? AND bundle_hash=? AND prompt_set_hash=?",
+                    (track.size, track.mtime_ns, path, bundle_hash, prompt_set_hash),
+                )
         return None
 
     def record(self, path: str, bundle_hash: str, prompt_set_hash: str) -> dict | None:
         """The record of one track for this bundle and prompt set, or None."""
         row = self.db.execute("SELECT record FROM tracks WHERE path=? AND bundle_hash=? AND prompt_set_hash=?",
-                              (path, bundle_hash, prompt_set_hash)).fetchone()
+                              (sql_text(path), bundle_hash, prompt_set_hash)).fetchone()
         return json.loads(row[0]) if row else None
 
     def commit(self, record: dict, replace: bool = False) -> bool:
@@ -104,7 +117,11 @@ class Journal:
         Returns False, storing nothing, when a record of the same file content is already there (unless it
         failed and this one is ok, or ``replace``: a forced re-ask): a retried Ray task or a re-delivered
         result is merged once."""
-        key = (record["path"], record["bundle_hash"], record["prompt_set_hash"])
+        key = (sql_text(record["path"]), record["bundle_hash"], record["prompt_set_hash"])
+        with stop_on_full_disk(self.writing):
+            return self._commit(key, record, replace)
+
+    def _commit(self, key: tuple, record: dict, replace: bool) -> bool:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             row = self.db.execute(
@@ -123,7 +140,10 @@ class Journal:
             )
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite has rolled back already after SQLITE_FULL (and a second Ctrl-C may land after COMMIT):
+            # a ROLLBACK then would only hide the real error behind "no transaction is active"
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
         return True
 
@@ -153,9 +173,10 @@ class Journal:
 
     def mark_tags_written(self, record: dict, track: Track, content_sha256: str) -> None:
         """The file now carries the tags: remember its new size/mtime/hash so it is not asked again."""
-        self.db.execute(
-            "UPDATE tracks SET tags_written=1, size=?, mtime_ns=?, content_sha256=? "
-            "WHERE path=? AND bundle_hash=? AND prompt_set_hash=?",
-            (track.size, track.mtime_ns, content_sha256, record["path"], record["bundle_hash"],
-             record["prompt_set_hash"]),
-        )
+        with stop_on_full_disk(self.writing):
+            self.db.execute(
+                "UPDATE tracks SET tags_written=1, size=?, mtime_ns=?, content_sha256=? "
+                "WHERE path=? AND bundle_hash=? AND prompt_set_hash=?",
+                (track.size, track.mtime_ns, content_sha256, sql_text(record["path"]), record["bundle_hash"],
+                 record["prompt_set_hash"]),
+            )

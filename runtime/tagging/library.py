@@ -4,7 +4,9 @@ Files are picked by extension: the containers this libsndfile build reads, and t
 runtime dependency) reads besides: MP4/M4A, WebM/Matroska, WMA, WavPack, APE, Opus, raw AAC. A corrupt
 or mislabelled file is still a track: it fails when decoded and gets an error record, so nothing a user
 expects to be tagged goes missing silently. Hidden files (``.name``, e.g. macOS ``._song.flac`` forks)
-and anything that is not a regular file are skipped.
+and anything that is not a regular file are skipped, as is a file gone before it could be looked at. A
+file that cannot even be looked at (no permission on its folder) is a track of size -1: it fails when read.
+File names that are not UTF-8 are str with surrogates (``surrogateescape``), like everywhere in Python.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ def walk(root: str | os.PathLike) -> Iterator[Track]:
         for name in sorted(files):
             if name.startswith(".") or Path(name).suffix.lower() not in extensions:
                 continue
-            path = Path(folder) / name
-            if path.is_file():
-                yield Track.stat(path)
+            track = _track(Path(folder) / name)
+            if track is not None:
+                yield track
+
+
+def _track(path: Path) -> Track | None:
+    try:
+        return Track.stat(path) if path.is_file() else None
+    except FileNotFoundError:  # deleted while the library was being listed
+        return None
+    except OSError:
+        return Track(str(path.absolute()), -1, -1)

@@ -13,6 +13,10 @@ here (default ``OUT/embedding-cache``).
 SIGINT: no new track is started, the ones being answered finish and are journaled, the run exits 130.
 A second SIGINT interrupts at once (the journal is consistent either way).
 
+A track that cannot be read, or is gone since the library was listed, gets a failed record like a file
+that does not decode. A full disk stops the run with one line (DiskFull, exit code 2); every record
+committed before it stays, and the same command resumes once there is space.
+
 One run per results folder (run_lock.py). A dry run (``plan``) says what would be asked and why, and
 writes nothing.
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Callable, Iterable, Iterator
 
+from gamma_rt.errors import DiskFull, GammaError, stop_on_full_disk
 from gamma_rt.hashing import sha256_file
 
 from gamma_rt.bundle_id import bundle_identity
@@ -182,12 +187,19 @@ def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
     """One tagging run to the end (or to SIGINT). Returns the summary; the journal and the result file in
     ``job.out`` hold the records. Raises ResultsBusy when another run holds ``job.out`` (unless
     ``job.wait``: then ``on_wait`` hears why it waits)."""
-    from gamma_rt.errors import GammaError
     from gamma_rt.manifest import Manifest
 
     Manifest.read(job.bundle)  # a missing or foreign bundle fails here, in one line, before any work
     if not Path(job.library).is_dir():
         raise GammaError(f"{job.library}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
+    try:
+        with stop_on_full_disk(f"writing {job.out}"):
+            return _run(job, on_record, on_start, on_wait)
+    except DiskFull as e:
+        raise DiskFull(f"{e} to resume") from None  # "...; free space and rerun to resume"
+
+
+def _run(job: TagJob, on_record, on_start, on_wait) -> TagSummary:
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     b_hash, ps, key = bundle_identity(job.bundle), job.prompt_set, job.key
@@ -221,6 +233,7 @@ def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
                     on_record(record)
         finally:
             restore()
+            results.close()  # on an error here (a full disk): drop the queued tracks, let the started ones end
         summary.interrupted = bool(stop)
         records.rebuild(journal.records(b_hash, key))
         summary.library_counts = journal.counts(b_hash, key)
@@ -230,7 +243,7 @@ def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
 def write_file_tags(job: TagJob, dry_run: bool, report: Callable[[str], None]) -> int:
     """Write genre/mood/caption of every ok record not yet written (or, dry run, report the diff).
     Returns how many files failed."""
-    from gamma_rt.errors import TagWriteError
+    from gamma_rt.errors import TagWriteError, is_disk_full
 
     from .file_tags import TagsUnsupported, plan, write_tags
 
@@ -243,18 +256,23 @@ def write_file_tags(job: TagJob, dry_run: bool, report: Callable[[str], None]) -
         for record in journal.untagged(b_hash, job.key):
             values = {p.tag: p.tag_value(record["answers"].get(p.name)) for p in tagged}
             values = {k: v for k, v in values.items() if v is not None}
+            path = record["path"]
             try:
-                changes = (plan if dry_run else write_tags)(record["path"], values)
+                changes = (plan if dry_run else write_tags)(path, values)
+                written = None if dry_run else (Track.stat(path), sha256_file(path))
             except TagsUnsupported as e:  # a format without writable tags is a fact, not a failure
                 report(f"tags not written: {e}")
                 continue
             except (TagWriteError, OSError) as e:
+                if is_disk_full(e):
+                    raise DiskFull(f"disk full: writing tags into {path} ({e.strerror}); free space and rerun") \
+                        from None
                 failures += 1
-                report(f"tags not written: {e}")
+                report(f"tags not written: {e}" if isinstance(e, TagWriteError) else
+                       f"tags not written: {path}: {e.strerror or e}")
                 continue
             for name, old, new in changes:
-                report(f"{record['path']}: {name}: {old!r} -> {new!r}" + (" (dry run)" if dry_run else ""))
-            if not dry_run:
-                path = record["path"]
-                journal.mark_tags_written(record, Track.stat(path), sha256_file(path))
+                report(f"{path}: {name}: {old!r} -> {new!r}" + (" (dry run)" if dry_run else ""))
+            if written:
+                journal.mark_tags_written(record, *written)
     return failures

@@ -45,8 +45,12 @@ class RunLock:
             if self.on_wait:
                 self.on_wait(f"waiting for the run with pid {holder} to release {self.path.parent}")
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:  # a full disk: give the lock back, or this process holds it until it exits
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

@@ -2,8 +2,9 @@
 
 Both halves run off the driver: :func:`decode` on CPU prefetch threads (local engine) or in a Ray actor,
 :class:`TrackTagger` wherever a pipeline lives. Neither touches the journal; the driver commits records.
-A user-level problem with one track (undecodable audio, an answer that does not parse, a timeout) becomes
-a ``status: failed`` record with its one-line error; anything else is a bug and propagates.
+A user-level problem with one track (undecodable audio, a file that cannot be read or is gone since it was
+listed, an answer that does not parse, a timeout) becomes a ``status: failed`` record with its one-line
+error; a full disk (DiskFull) stops the run, and anything else is a bug and propagates.
 
 Two controls shape the work per track: a :class:`Segment` (only that span of the song is decoded and
 asked about) and ``timeout_per_minute`` (seconds allowed per minute of audio analysed, decode included;
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gamma_rt.errors import GammaError
+from gamma_rt.errors import DiskFull, GammaError, is_disk_full
 from gamma_rt.hashing import sha256_file
 
 from gamma_rt.bundle_id import bundle_identity
@@ -46,7 +47,7 @@ class Decoded:
     too long to hold (the pipeline reads ``track.path`` itself) or failed to decode (``error`` says why)."""
 
     track: Track
-    content_sha256: str
+    content_sha256: str  # "" when the file could not be read
     duration_s: float | None  # the whole track's
     audio: np.ndarray | None
     error: str | None
@@ -64,9 +65,9 @@ def decode(track: Track, segment: Segment | None = None) -> Decoded:
     from ..audio import open_audio
 
     t0 = time.perf_counter()
-    digest = sha256_file(track.path)
-    span = None
+    digest, span = "", None
     try:
+        digest = sha256_file(track.path)
         with open_audio(track.path) as stream:
             duration = float(stream.info.duration_s)
             if segment is not None:
@@ -76,9 +77,17 @@ def decode(track: Track, segment: Segment | None = None) -> Decoded:
                 if stream.info.duration_s <= PREFETCH_MAX_SECONDS else None
         if audio is not None and audio.size == 0:
             raise GammaError(f"{track.path}: no audio samples")
-    except GammaError as e:
-        return Decoded(track, digest, None, None, f"{type(e).__name__}: {e}", time.perf_counter() - t0, span)
+    except (GammaError, OSError) as e:
+        return Decoded(track, digest, None, None, track_error(track, e), time.perf_counter() - t0, span)
     return Decoded(track, digest, duration, audio, None, time.perf_counter() - t0, span)
+
+
+def track_error(track: Track, e: Exception) -> str:
+    """The one-line error of a failed record: ``AudioError: /x.flac: ...``, ``FileNotFoundError: /x.flac:
+    cannot read it (No such file or directory)``."""
+    if isinstance(e, OSError):
+        return f"{type(e).__name__}: {track.path}: cannot read it ({e.strerror or e})"
+    return f"{type(e).__name__}: {e}"
 
 
 def timeout_for(analysed_s: float | None, per_minute: float) -> float:
@@ -123,8 +132,12 @@ class TrackTagger:
             texts, info = self._ask(item, t0)
             record["answers"] = {p.name: parse_answer(t, p.schema, p.name)
                                  for p, t in zip(self.prompt_set.prompts, texts)}
-        except GammaError as e:
-            record["error"] = f"{type(e).__name__}: {e}"
+        except DiskFull:
+            raise  # not this track's fault: the run stops, and the track is asked again on resume
+        except (GammaError, OSError) as e:  # OSError: a long track streamed from disk, unreadable now
+            if is_disk_full(e):
+                raise
+            record["error"] = track_error(item.track, e)
             return record
         record["timings"].update(info, answer_s=round(time.perf_counter() - t0, 4))
         record.update(status="ok", error=None)

@@ -1,0 +1,52 @@
+"""A real, small file system that can be filled to the last byte: a tmpfs mounted under the test's folder.
+
+Mounting needs root (CAP_SYS_ADMIN); where that is refused the tests that need it skip and say why. The
+disk is full for real: writes fail in the kernel with ENOSPC, SQLite sees SQLITE_FULL."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+class SmallDisk:
+    """A tmpfs of ``size`` at ``root``; :meth:`fill` takes every free byte, :meth:`free` gives them back."""
+
+    def __init__(self, root: Path, size: str = "16m"):
+        self.root = root
+        self.filler = root / ".filler"
+        root.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.strip()}")
+
+    def fill(self) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for chunk in (1 << 20, 4096, 1):  # big writes first, then the last page byte by byte
+                try:
+                    while True:
+                        os.write(fd, bytes(chunk))
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.root)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = SmallDisk(tmp_path / "disk")
+    yield disk
+    disk.unmount()

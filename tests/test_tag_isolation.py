@@ -1,0 +1,244 @@
+"""One track, one name or one full disk never takes a whole `gamma-rt tag` run down: real audio files, the
+real SQLite journal, a real tmpfs filled to the last byte, real signals to a real process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from disk_fixtures import small_disk  # noqa: F401  (a fixture)
+from tag_fixtures import GOOD, make_library, write_good
+from test_tag_run import SMALL_PROMPTS
+
+from gamma_rt.cli import main
+from gamma_rt.errors import DiskFull
+from gamma_rt.runtime.embed_cache import EmbeddingCache
+from gamma_rt.runtime.tagging.journal import Journal
+from gamma_rt.runtime.tagging.library import Track
+from gamma_rt.runtime.tagging.prompt_sets import PromptSet
+from gamma_rt.runtime.tagging.records import FORMATS, RecordFile, read_records, results_path
+from gamma_rt.runtime.tagging.run import TagJob, run
+
+# Not UTF-8 (a Latin-1 é), with an ESC that would turn a terminal red.
+ODD_NAME = b"caf\xe9 \x1b[31mred.wav"
+
+
+@pytest.fixture
+def prompts(tmp_path) -> PromptSet:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL_PROMPTS)
+    return PromptSet.load(path)
+
+
+def _argv(lib: Path, bundle: Path, out: Path, *extra: str) -> list[str]:
+    prompts = out.parent / "argv-prompts.toml"
+    prompts.write_text(SMALL_PROMPTS)
+    return ["tag", str(lib), "--bundle", str(bundle), "--out", str(out), "--prompts", str(prompts), "--quiet", *extra]
+
+
+def _unreadable(lib: Path) -> None:
+    """A listed track that cannot be read: mode 000, or for root (who reads anything) a link to
+    /proc/self/mem, whose first page no process can read (EIO)."""
+    if os.geteuid() != 0:
+        path = write_good(lib, "rock/intro.wav").rename(lib / "locked.wav")
+        path.chmod(0)
+    elif Path("/proc/self/mem").exists():
+        (lib / "locked.wav").symlink_to("/proc/self/mem")
+    else:
+        pytest.skip("running as root without /proc: no way to make a file unreadable")
+
+
+def _record(rec_path: str, n: int = 0) -> dict:
+    return {"path": rec_path, "size": 1, "mtime_ns": 1, "content_sha256": f"{n:064x}", "duration_s": 1.0,
+            "status": "ok", "error": None, "answers": {"genre": {"genre": "x" * 2000}}, "timings": {},
+            "bundle_hash": "b" * 64, "prompt_set_hash": "p" * 64, "segment": None}
+
+
+# --- an unreadable track, or one gone since the listing ----------------------------------------------------
+
+def test_a_track_unreadable_or_deleted_after_listing_gets_a_failed_record_and_the_rest_are_tagged(
+        tmp_path, tiny_bundle, prompts):
+    lib = make_library(tmp_path / "lib", bad=False)
+    _unreadable(lib)
+    doomed = lib / "jazz/solo.mp3"
+    job = TagJob(lib, tiny_bundle, tmp_path / "out", prompts)
+    summary = run(job, on_start=lambda todo: doomed.unlink())  # listed, then deleted before it is read
+
+    records = {r["path"]: r for r in read_records(tmp_path / "out" / "records.jsonl", "jsonl")}
+    assert (summary.ok, summary.failed) == (len(GOOD) - 1, 2)
+    gone = records.pop(str(doomed.resolve()))
+    assert gone["status"] == "failed" and gone["error"].startswith("FileNotFoundError: ")
+    assert "cannot read it (No such file or directory)" in gone["error"]
+    (locked,) = [r for r in records.values() if r["status"] == "failed"]
+    assert "cannot read it" in locked["error"] and "\n" not in locked["error"], locked["error"]
+
+    again = run(job)  # the resume does not die at the same track: it has its record
+    assert (again.todo, again.done_before) == (0, len(GOOD))
+
+
+def test_a_changed_track_that_cannot_be_read_any_more_is_pending_not_an_exception(tmp_path):
+    path = write_good(tmp_path, "rock/intro.wav")
+    track = Track.stat(path)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.commit({**_record(track.path), "size": track.size, "mtime_ns": track.mtime_ns})
+        path.unlink()
+        moved = Track(track.path, track.size + 1, track.mtime_ns)
+        assert journal.why_pending(moved, "b" * 64, "p" * 64) == "changed"
+
+
+# --- file names that are not UTF-8 -------------------------------------------------------------------------
+
+def _odd_library(root: Path) -> tuple[Path, str]:
+    """A library with one plain track and one whose name is ODD_NAME; returns (root, the odd track's path)."""
+    write_good(root, "rock/intro.wav")
+    plain = write_good(root, "rock/live/encore.flac")
+    odd = os.path.join(os.fsencode(root), ODD_NAME)
+    shutil.copyfile(plain, odd)
+    return root, os.fsdecode(odd)
+
+
+def test_a_name_that_is_not_utf8_is_listed_escaped_tagged_once_and_kept_exact_in_jsonl(
+        tmp_path, tiny_bundle, capsys):
+    lib, odd = _odd_library(tmp_path / "lib")
+    argv = _argv(lib, tiny_bundle, tmp_path / "out")
+    assert main([*argv, "--dry-run"]) == 0
+    shown = capsys.readouterr().out
+    assert "caf\\xe9 \\x1b[31mred.wav" in shown and "\x1b" not in shown, shown
+    assert "3 tracks: 0 done, 3 to ask (3 new)" in shown
+
+    assert main(argv) == 0
+    text = (tmp_path / "out" / "records.jsonl").read_bytes().decode("utf-8")  # valid UTF-8, the name escaped
+    assert "caf\\udce9 \\u001b[31mred.wav" in text
+    records = read_records(tmp_path / "out" / "records.jsonl", "jsonl")
+    assert [r["status"] for r in records] == ["ok"] * 3
+    assert odd in {r["path"] for r in records}, "the record's path is the file's own name again"
+
+    assert main([*argv, "--dry-run"]) == 0
+    assert "3 tracks: 3 done, 0 to ask" in capsys.readouterr().out, "the resume matches the odd name"
+    assert main(argv) == 0
+    assert len(read_records(tmp_path / "out" / "records.jsonl", "jsonl")) == 3
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "jsonl"])
+def test_a_name_that_is_not_utf8_keeps_its_bytes_in_csv_and_sqlite(tmp_path, tiny_bundle, fmt):
+    lib, odd = _odd_library(tmp_path / "lib")
+    out = tmp_path / "out"
+    assert main(_argv(lib, tiny_bundle, out, "--format", fmt)) == 0
+    if fmt == "csv":
+        assert os.fsencode(odd) in (out / "records.csv").read_bytes()
+    else:
+        with sqlite3.connect(out / "records.sqlite") as db:
+            assert (os.fsencode(odd),) in db.execute("SELECT path FROM records").fetchall()
+    assert odd in {r["path"] for r in read_records(results_path(out, fmt), fmt)}
+    with sqlite3.connect(out / "journal.sqlite") as db:  # the journal keys the track by its bytes too
+        assert (os.fsencode(odd), "ok") in db.execute("SELECT path, status FROM tracks").fetchall()
+
+
+# --- a full disk -------------------------------------------------------------------------------------------
+
+def test_a_full_disk_fails_a_journal_commit_with_disk_full_and_keeps_every_earlier_commit(small_disk):
+    path = small_disk.root / "journal.sqlite"
+    with Journal(path) as journal:
+        for n in range(3):
+            journal.commit(_record(f"/music/{n}.wav", n))
+        small_disk.fill()
+        with pytest.raises(DiskFull, match=r"^disk full: writing the journal .*database or disk is full\)"):
+            journal.commit(_record("/music/3.wav", 3))
+        small_disk.free()
+        assert journal.commit(_record("/music/4.wav", 4)), "the same journal goes on once there is space"
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert [p for (p,) in db.execute("SELECT path FROM tracks ORDER BY seq")] == \
+            ["/music/0.wav", "/music/1.wav", "/music/2.wav", "/music/4.wav"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_full_disk_fails_a_result_file_write_with_disk_full_and_leaves_no_temporary(small_disk, fmt):
+    records = RecordFile(results_path(small_disk.root, fmt), fmt, ["genre"])
+    records.rebuild([_record("/music/0.wav")])
+    before = records.path.read_bytes()
+    small_disk.fill()
+    with pytest.raises(DiskFull, match=f"^disk full: writing {records.path}"):
+        records.rebuild([_record(f"/music/{n}.wav", n) for n in range(50)])
+    assert records.path.read_bytes() == before
+    assert sorted(p.name for p in small_disk.root.iterdir()) == sorted([".filler", records.path.name])
+    with pytest.raises(DiskFull):
+        records.append(_record("/music/9.wav", 9))
+
+
+def test_a_full_disk_fails_an_embedding_cache_write_with_disk_full_and_leaves_no_temporary(
+        small_disk, tiny_bundle):
+    cache = EmbeddingCache(small_disk.root / "cache", tiny_bundle, "fp32")
+    small_disk.fill()
+    with pytest.raises(DiskFull, match="^disk full: writing the embedding cache "):
+        cache.put("k" * 64, np.ones((64, 1024), np.float32))
+    assert list(cache.folder.iterdir()) == []
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_exit_2_and_the_rerun_resumes(
+        tmp_path, tiny_bundle, prompts, small_disk, capsys):
+    lib = make_library(tmp_path / "lib", bad=False)
+    out = small_disk.root / "out"
+    job = TagJob(lib, tiny_bundle, out, prompts)
+    with pytest.raises(DiskFull, match="^disk full: .*; free space and rerun to resume$"):
+        run(job, on_record=lambda record: small_disk.fill())  # the disk fills after the first record
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        done = db.execute("SELECT COUNT(*) FROM tracks").fetchone()[0]
+    assert 1 <= done < len(GOOD)
+
+    assert main(_argv(lib, tiny_bundle, out)) == 2  # still full: the CLI says so in one line
+    err = capsys.readouterr().err
+    assert err.startswith("gamma-rt: error: disk full: ") and err.endswith("; free space and rerun to resume\n")
+    assert err.count("\n") == 1, err
+
+    small_disk.free()
+    summary = run(job)
+    assert (summary.done_before, summary.todo, summary.ok) == (done, len(GOOD) - done, len(GOOD) - done)
+    records = read_records(out / "records.jsonl", "jsonl")
+    assert sorted(r["path"] for r in records) == sorted(str((lib / rel).resolve()) for rel in GOOD)
+
+
+# --- a second Ctrl-C ---------------------------------------------------------------------------------------
+
+def test_a_second_sigint_stops_at_once_and_leaves_the_journal_valid_for_the_resume(tmp_path, tiny_bundle):
+    lib = make_library(tmp_path / "lib", bad=False)
+    for n in range(6):  # enough tracks that the run is still going when the signals come
+        shutil.copyfile(lib / "rock/intro.wav", lib / f"more{n}.wav")
+    out = tmp_path / "out"
+    argv = _argv(lib, tiny_bundle, out)
+    proc = subprocess.Popen([sys.executable, "-m", "gamma_rt.cli", *argv], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _journaled(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "gamma-rt: interrupted" in err, err
+    assert "this run:" not in err, "the run ended after the first SIGINT; the second one was not tested"
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        done = db.execute("SELECT COUNT(*) FROM tracks").fetchone()[0]
+    assert 1 <= done < len(GOOD) + 6, "the run ended before the signals; the test proved nothing"
+
+    assert main(argv) == 0
+    records = read_records(out / "records.jsonl", "jsonl")
+    assert len(records) == len({r["path"] for r in records}) == len(GOOD) + 6
+
+
+def _journaled(out: Path) -> int:
+    try:
+        with sqlite3.connect(out / "journal.sqlite") as db:
+            return db.execute("SELECT COUNT(*) FROM tracks").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
