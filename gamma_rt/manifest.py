@@ -49,7 +49,7 @@ MANIFEST_NAME = "manifest.json"
 # Value names the runtime feeds into the audio chain; the chain's last value must be EMBEDDINGS.
 CHAIN_INPUTS = ("mel", "mel_mask", "window_index")
 EMBEDDINGS = "embeddings"
-TOKEN_COUNTS = ("proportional", "conv_pool")
+TOKEN_COUNTS = ("proportional", "conv_pool", "all")
 # audio.front_end: Whisper's log-mel (runtime/mel.py) or Kaldi's fbank, AudioSet-normalized (runtime/fbank.py)
 FRONT_ENDS = ("whisper_mel", "kaldi_fbank")
 
@@ -86,7 +86,8 @@ class AudioSection:
     sample_rate Hz; n_fft, hop_length samples; window_seconds s; window_frames mel frames per window;
     tokens_per_window LLM tokens of a full window; max_seconds: audio past it is cut (None: no limit);
     token_count: how many tokens a partial last window keeps (``proportional``: ceil of the share of real
-    samples; ``conv_pool``: Whisper's two convolutions then pooling over the frames of real audio).
+    samples; ``conv_pool``: Whisper's two convolutions then pooling over the frames of real audio;
+    ``all``: every token, padding included, as OpenMU's LLaVA feeds them).
     front_end: ``whisper_mel`` or ``kaldi_fbank`` (n_fft is then Kaldi's frame length, window_frames the
     frames it pads or cuts to; front_end_options its normalization ``mean`` and ``std``).
     ``recorded`` holds the other fields an exporter wrote (kept, never read by the runtime)."""

@@ -53,8 +53,13 @@ def _conv_pool(window: Window, tokens_per_window: int, hop_length: int) -> int:
     return max(0, min(tokens_per_window, (conv - 2) // 2 + 1))
 
 
+def _all(window: Window, tokens_per_window: int, hop_length: int) -> int:
+    """Every token, those of the padding too: the model was trained on fixed-length clips (OpenMU)."""
+    return tokens_per_window
+
+
 # manifest audio.token_count -> rule
-TOKEN_COUNTS = {"proportional": _proportional, "conv_pool": _conv_pool}
+TOKEN_COUNTS = {"proportional": _proportional, "conv_pool": _conv_pool, "all": _all}
 
 
 def windows(blocks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE,

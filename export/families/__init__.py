@@ -26,7 +26,7 @@ def register(cls: type[Family]) -> type[Family]:
 
 def _load_all() -> None:
     # Imported for their @register side effect; the order is the matching order.
-    from . import flamingo, gamma, mufun  # noqa: F401
+    from . import flamingo, gamma, mufun, openmu  # noqa: F401
 
 
 def known() -> str:

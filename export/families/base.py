@@ -45,13 +45,15 @@ class GraphSpec:
 class DecoderSpec:
     """The decoder as the GGUF writer needs it."""
 
-    arch: str  # gguf-py architecture name: "qwen2" | "qwen3"
+    arch: str  # gguf-py architecture name: "qwen2" | "qwen3" | "llama"
     shape: DecoderShape
     tensors: dict[str, tuple[Path, str]]  # HF Qwen key ("model.layers.0...") -> (safetensors file, stored key)
     tokenizer_folder: Path
     chat_template: str | None
     name: str  # general.name
     extra: dict = field(default_factory=dict)
+    # (HF key, float32 weight) -> the weight to write: a LoRA adapter merged in (export/families/openmu)
+    merge: Callable | None = None
 
 
 def chain_step(component: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
