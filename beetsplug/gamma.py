@@ -25,7 +25,8 @@ also fills the fields above (``genre`` goes to ``genres`` where beets has that l
 no beets field, like ``mood``, becomes a flexible attribute); beets writes them into the files only where
 its config says ``import: write: yes``. The answers live in gamma-rt's journal (the same one as ``gamma-rt tag``), so an
 item already asked by this bundle and prompt set is not asked again (``-f`` forces it), and a killed run
-loses nothing: run it again and it does the rest.
+loses nothing: run it again and it does the rest. An item whose file cannot be read fails alone, with one
+line; file names that are not UTF-8 are asked about and journaled like any other (printed escaped).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from pathlib import Path
 from beets import config as beets_config
 from beets import ui, util
 from beets.plugins import BeetsPlugin
+
+from gamma_rt.terminal import printable
 
 DEFAULT_FIELDS = {"genre": "genre.genre", "mood": "mood.moods", "bpm": "tempo.bpm", "initial_key": "key",
                   "comments": "caption.caption"}
@@ -149,8 +152,12 @@ class GammaPlugin(BeetsPlugin):
         from gamma_rt.runtime.tagging.library import Track
         from gamma_rt.runtime.tagging.worker import TrackTagger, decode
 
-        path = util.displayable_path(item.path)
-        track = Track.stat(util.syspath(item.path))
+        path = printable(util.displayable_path(item.path))  # a name's bytes that are not UTF-8 show as \xe9
+        try:
+            track = Track.stat(util.syspath(item.path))
+        except OSError as e:  # moved or deleted behind beets' back: this item fails, the others go on
+            ui.print_(f"gamma: failed: {path}: cannot read it ({e.strerror or e})")
+            return None
         if not force and journal.why_pending(track, b_hash, key) is None:
             ui.print_(f"gamma: already asked: {path}")
             return journal.record(track.path, b_hash, key)
@@ -159,7 +166,7 @@ class GammaPlugin(BeetsPlugin):
         record = self._tagger.tag(decode(track))
         journal.commit(record, replace=force)
         if record["status"] != "ok":
-            ui.print_(f"gamma: failed: {record['error']}")
+            ui.print_(f"gamma: failed: {printable(record['error'])}")
             return record
         ui.print_(f"gamma: asked: {path}")
         return record

@@ -115,3 +115,40 @@ def test_apply_fills_beets_fields_and_beets_writes_them_into_the_files(beets_hom
         assert comments == caption
         on_disk = MediaFile(path)
         assert (on_disk.genre or "") == gamma_genre and (on_disk.comments or "") == caption, path
+
+
+def test_beet_gamma_asks_about_a_name_that_is_not_utf8_and_an_item_whose_file_is_gone_fails_alone(
+        tmp_path, tiny_bundle):
+    music = tmp_path / "incoming"
+    odd = os.path.join(os.fsencode(music), b"caf\xe9 \x1b[31mred.aiff")  # Latin-1, with an ESC
+    for i, key in enumerate(["flac.flac", "vorbis.ogg", "pcm.aiff"]):
+        write_format(music / f"track{i}{FORMATS[key].ext}", FORMATS[key], 1.0, seed=i)
+    os.rename(os.path.join(os.fsencode(music), b"track2.aiff"), odd)
+    home = tmp_path / "beets"
+    home.mkdir()
+    (tmp_path / "small.toml").write_text(SMALL_PROMPTS)
+    (home / "config.yaml").write_text(f"""
+directory: {tmp_path / 'library'}
+library: {home / 'library.db'}
+plugins: gamma
+import:
+    copy: no
+    write: no
+gamma:
+    bundle: {tiny_bundle}
+    prompts: {tmp_path / 'small.toml'}
+    threads: 1
+""")
+    beets = {"env": {**os.environ, "BEETSDIR": str(home), "PYTHONUNBUFFERED": "1"}}
+    subprocess.run([*_beet_command(), "import", "-A", "-q", str(music)], env=beets["env"], check=True,
+                   capture_output=True)
+    (music / "track1.ogg").unlink()  # beets still lists it
+
+    first = _beet(beets, "gamma")
+    assert f"gamma: failed: {music / 'track1.ogg'}: cannot read it (No such file or directory)" in first
+    assert sorted(_asked(first)) == sorted([str(music / "track0.flac"), f"{music}/caf\\xe9 \\x1b[31mred.aiff"])
+    assert "\x1b" not in first
+    again = _beet(beets, "gamma")
+    assert _asked(again) == [] and again.count("gamma: already asked: ") == 2, "the odd name is matched again"
+    vocals = _beet(beets, "ls", "-f", "$gamma_vocals", "path:" + os.fsdecode(odd))
+    assert vocals.strip() in ("True", "False"), vocals
