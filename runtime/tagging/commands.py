@@ -23,8 +23,9 @@ Every answer is JSON constrained by a grammar made from the prompt's JSON schema
 The run is resumable: RESULTS/journal.sqlite remembers each finished track (keyed by path, size, mtime,
 content hash, bundle and prompt set), so running the same command again, after a crash, a kill or Ctrl-C,
 does only the rest. A new prompt set re-asks every track but reuses the cached audio embeddings
-(RESULTS/embedding-cache). A file that cannot be decoded gets a 'failed' record and the run goes on; the
-exit code is 1 if any track failed.
+(RESULTS/embedding-cache). A file that cannot be decoded or read gets a 'failed' record and the run goes on;
+the exit code is 1 if any track failed. A full disk stops the run with one line and exit code 2: free space
+and run the same command to resume.
 
 Formats: whatever libsndfile reads (WAV, FLAC, Ogg, MP3, AIFF) and, through FFmpeg, M4A/MP4 (AAC, ALAC),
 Opus, WebM, WMA, WavPack, APE and the audio of MP4 videos.
