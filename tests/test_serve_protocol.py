@@ -67,7 +67,7 @@ def test_serve_modules_but_the_web_ones_import_without_the_serve_extra():
         "import sys\n"
         "for name in ('fastapi', 'starlette', 'uvicorn', 'prometheus_client', 'openai', 'httpx'): sys.modules[name] = None\n"
         "import gamma_rt.runtime.serve, gamma_rt.runtime.serve.commands, gamma_rt.runtime.serve.protocol\n"
-        "import gamma_rt.runtime.serve.listen, gamma_rt.runtime.engine.scheduler\n"
+        "import gamma_rt.runtime.serve.chat_job, gamma_rt.runtime.engine.scheduler\n"
         "from gamma_rt.cli import build_parser\n"
         "build_parser().parse_args(['serve', 'bundle'])\n"
         "print('ok')\n"

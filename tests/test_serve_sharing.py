@@ -19,9 +19,10 @@ from gamma_rt.runtime.options import RuntimeOptions  # noqa: E402
 from gamma_rt.runtime import cores as cores_module  # noqa: E402
 from gamma_rt.runtime.cores import Cores, cores_shared  # noqa: E402
 from gamma_rt.runtime.serve import service as service_module  # noqa: E402
-from gamma_rt.runtime.serve.listen import open_request_audio  # noqa: E402
+from gamma_rt.runtime.serve.request_audio import open_request_audio  # noqa: E402
 from gamma_rt.runtime.serve.protocol import parse_chat_request  # noqa: E402
-from gamma_rt.runtime.engine.scheduler import Done, Failed, Job, Piece  # noqa: E402
+from gamma_rt.runtime.engine.events import Done, Failed, Piece  # noqa: E402
+from gamma_rt.runtime.serve.chat_job import ChatJob  # noqa: E402
 from gamma_rt.runtime.serve.service import ServeOptions, Service  # noqa: E402
 from gamma_rt.synth import Music, write  # noqa: E402
 
@@ -75,8 +76,8 @@ def answer(service: Service, song, question: str, seed: int, max_tokens: int = 2
             {"type": "text", "text": question}]}]}
     chat = parse_chat_request(body, service.model, service.limits)
     events: queue.Queue = queue.Queue()
-    service.scheduler.submit(Job(chat, open_request_audio(chat.audio, service.sample_rate, service.limits),
-                                 events.put))
+    service.scheduler.submit(ChatJob(chat, open_request_audio(chat.audio, service.sample_rate, service.limits),
+                                     events.put, service.limits))
     text = []
     while True:
         event = events.get(timeout=LIMIT_S)

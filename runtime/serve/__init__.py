@@ -2,7 +2,8 @@
 engine (runtime/engine/).
 
 - ``protocol.py``: the chat-completions request read and checked, the response objects (no model, no web);
-- ``listen.py``: the audio side of a request (decode, encode, cache) on its own thread;
+- ``request_audio.py``: a request's song opened and checked before it is queued;
+- ``chat_job.py``: a request as a job of the engine (its prompt in tokens, its sampling, its logprobs);
 - ``metrics.py``: the Prometheus counters and histograms;
 - ``app.py``: the ASGI app (FastAPI on uvicorn) and its endpoints;
 - ``commands.py``: the ``gamma-rt serve`` command.

@@ -27,9 +27,10 @@ from starlette.exceptions import HTTPException
 from gamma_rt import __version__
 from gamma_rt.errors import GammaError
 
-from .listen import open_request_audio
+from .request_audio import open_request_audio
 from .protocol import ChatRequest, RequestError, chunk, completion, completion_id, error_body, parse_chat_request, usage
-from ..engine.scheduler import Done, Failed, Job, Piece, QueueFull
+from ..engine.events import Done, Failed, Piece, QueueFull
+from .chat_job import ChatJob
 from .service import Service
 
 log = logging.getLogger("gamma_rt.serve")
@@ -80,7 +81,7 @@ def create_app(service: Service) -> FastAPI:
             except RuntimeError:  # the event loop has closed: the server is going down
                 pass
 
-        job = Job(chat, audio, emit)
+        job = ChatJob(chat, audio, emit, service.limits)
         try:
             service.scheduler.submit(job)
         except QueueFull:
@@ -127,7 +128,7 @@ class _Answer(Response):
     """The answer to one request, sent as its events arrive: one JSON object, or SSE chunks when streamed.
     Watches the connection all along: a client that goes away cancels the job."""
 
-    def __init__(self, job: Job, events: asyncio.Queue, chat: ChatRequest, model: str):
+    def __init__(self, job: ChatJob, events: asyncio.Queue, chat: ChatRequest, model: str):
         self.job, self.events, self.chat, self.model = job, events, chat, model
         self.id = completion_id()
         self.background = None

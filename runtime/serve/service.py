@@ -14,7 +14,7 @@ from ..decoder import DecoderSession
 from ..options import RuntimeOptions
 from ..pipeline import MARKER_TOKENS, PROMPT_SLACK_TOKENS, Pipeline
 from ..cores import Cores, cores_shared
-from .listen import Listener
+from ..engine.listen import Listener
 from .metrics import Metrics
 from .protocol import Limits
 from ..engine.scheduler import Scheduler
@@ -76,7 +76,7 @@ class Service:
         cores = Cores(cores_shared(pipeline.backend.name, pipeline.session.gpu_layers, pipeline.options.threads))
         self.listener = Listener(pipeline.backend, pipeline.layout, pipeline.cache, cores)
         self.scheduler = Scheduler(pipeline.session, pipeline.prompt, pipeline.layout, self.listener, self.metrics,
-                                   self.limits, options.max_queue)
+                                   options.max_queue)
 
     @classmethod
     def open(cls, bundle: str | Path, runtime: RuntimeOptions | None = None,

@@ -1,70 +1,55 @@
-"""The audio side of a request: its bytes (or local file) opened and checked, then encoded window by window on
-the listener thread, while the scheduler thread decodes other requests' answers.
+"""The audio side of a job: its stream encoded window by window on the listener thread, while the scheduler
+thread decodes other jobs' answers.
 
-One listener thread encodes requests in arrival order; ONNX Runtime releases the GIL, so its encoders run
+One listener thread encodes jobs in arrival order; ONNX Runtime releases the GIL, so its encoders run
 at the same time as llama.cpp's decode steps, or take turns with them where both would share too few cores
-(cores.py). Each window goes to the request's own queue (two windows at most, so a long song holds little
+(cores.py). Each window goes to the job's own queue (two windows at most, so a long song holds little
 memory) and the scheduler prefills it when its turn comes. The embedding cache (``--cache-dir``) is the
 CLI's: the same song sent twice is encoded once.
 """
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 
-from ..audio import AudioStream, open_audio
+from gamma_rt.errors import AudioError
+
+from ..audio import AudioStream
 from ..embed import AudioLayout, WindowEmbedding, embed_windows
 from ..embed_cache import EmbeddingCache
 from ..timings import StageTimes
 from ..cores import Cores
-from .protocol import AudioInput, Limits, RequestError
 
-WINDOWS_AHEAD = 2  # encoded windows a request may hold before the scheduler has prefilled them
-
-
-class _NamedBytes(io.BytesIO):
-    """Request bytes with a name, so an AudioError names the request field (``messages[0].content[1]...``)."""
-
-    def __init__(self, data: bytes, name: str):
-        super().__init__(data)
-        self.name = name
+WINDOWS_AHEAD = 2  # encoded windows a job may hold before the scheduler has prefilled them
 
 
-def open_request_audio(audio: AudioInput, sample_rate: int, limits: Limits) -> AudioStream:
-    """The request's audio, opened: AudioError when it does not decode, RequestError 413 past the length limit.
+class AudioTooLong(AudioError):
+    """A stream that did not declare its length ran past the job's ``max_seconds``."""
 
-    Opening reads only the header, so this runs in the request handler and the client hears of a bad file
-    before anything is queued."""
-    source = _NamedBytes(audio.data, audio.where) if audio.data is not None else audio.path
-    stream = open_audio(source, sample_rate)
-    duration = stream.info.duration_s
-    if duration is not None and duration > limits.max_audio_seconds:
-        stream.close()
-        raise RequestError(413, f"{audio.where}: {duration:.1f} s of audio is longer than this server's "
-                           f"--max-audio-seconds {limits.max_audio_seconds:g}", audio.where)
-    return stream
+    status = 413
 
 
 @dataclass
 class Heard:
-    """The end of a request's audio: windows encoded, windows read from the cache, seconds of audio."""
+    """The end of a job's audio: windows encoded, windows read from the cache, seconds of audio, and the ms
+    of each audio stage the listener ran for it (front end, ...)."""
 
     windows: int
     cached: int
     seconds: float
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Listening:
-    """One request's audio on its way through the encoders. The scheduler reads :meth:`ready` items:
+    """One job's audio on its way through the encoders. The scheduler reads :meth:`ready` items:
     WindowEmbedding, then a Heard at the end (or the exception that stopped it)."""
 
-    def __init__(self, stream: AudioStream, max_seconds: float, where: str, wake: Callable[[], None]):
+    def __init__(self, stream: AudioStream, max_seconds: float | None, where: str, wake: Callable[[], None]):
         self.stream, self.max_seconds, self.where, self._wake = stream, max_seconds, where, wake
         self.out: queue.Queue = queue.Queue(maxsize=WINDOWS_AHEAD)
         self.cancelled = threading.Event()
@@ -77,7 +62,7 @@ class Listening:
             return None
 
     def _put(self, item) -> bool:
-        """Hand ``item`` to the scheduler; False when the request was cancelled meanwhile."""
+        """Hand ``item`` to the scheduler; False when the job was cancelled meanwhile."""
         while not self.cancelled.is_set():
             try:
                 self.out.put(item, timeout=0.05)
@@ -92,9 +77,9 @@ class Listening:
         rate, seen = self.stream.target_rate, 0
         for block in self.stream:
             seen += block.size
-            if seen > self.max_seconds * rate:
-                raise RequestError(413, f"{self.where}: audio longer than this server's --max-audio-seconds "
-                                   f"{self.max_seconds:g}", self.where)
+            if self.max_seconds is not None and seen > self.max_seconds * rate:
+                raise AudioTooLong(f"{self.where}: audio longer than this server's --max-audio-seconds "
+                                   f"{self.max_seconds:g}")
             yield block
 
 
@@ -122,7 +107,7 @@ class Listener:
                 return
             try:
                 self._encode(listening)
-            except Exception as e:  # handed to the scheduler, which answers the request with it
+            except Exception as e:  # handed to the scheduler, which fails the job with it
                 listening._put(e)
             finally:
                 listening.stream.close()
@@ -143,7 +128,7 @@ class Listener:
                 encoded.close()
                 return
         cached = windows - times.calls.get("front_end", 0)  # a window read from the cache skips the front end
-        listening._put(Heard(windows, cached, seconds))
+        listening._put(Heard(windows, cached, seconds, {stage: ms for stage, ms, _ in times.rows()}))
 
 
-__all__ = ["Heard", "Listener", "Listening", "WindowEmbedding", "open_request_audio"]
+__all__ = ["AudioTooLong", "Heard", "Listener", "Listening", "WindowEmbedding"]
