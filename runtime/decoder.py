@@ -42,6 +42,17 @@ def context_size_for(audio_seconds: float, tokens_per_second: float, prompt_toke
     return max(256, -(-needed // 256) * 256)
 
 
+def kv_bytes_per_cell(metadata: dict, kv_type: str) -> int:
+    """Bytes one KV cache cell (one token of one sequence) takes: keys and values of every layer."""
+    arch = metadata.get("general.architecture", "")
+    heads = metadata.get(f"{arch}.attention.head_count", 1)
+    kv_heads = metadata.get(f"{arch}.attention.head_count_kv", heads)
+    head_dim = metadata.get(f"{arch}.embedding_length", 0) // max(1, heads)
+    k = metadata.get(f"{arch}.attention.key_length", head_dim)
+    v = metadata.get(f"{arch}.attention.value_length", head_dim)
+    return metadata.get(f"{arch}.block_count", 0) * kv_heads * (k + v) * (4 if kv_type == "f32" else 2)
+
+
 ALL_LAYERS = 999  # more layers than any model has: llama.cpp offloads every layer and the output
 
 
@@ -126,6 +137,8 @@ class DecoderSession:
             kv_type = "f32" if header.metadata.get("general.file_type") == _ALL_F32 else "f16"
         if kv_type not in _KV_TYPES:
             raise ValueError(f"kv_type {kv_type!r}: choose one of {', '.join(_KV_TYPES)}")
+        self.kv_bytes_per_cell = kv_bytes_per_cell(header.metadata, kv_type)
+        self.shared_cells = shared_cells
         if not _backend_ready:
             quiet_llama_logs()
             llama_cpp.llama_backend_init()

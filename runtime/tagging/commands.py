@@ -36,6 +36,7 @@ Opus, WebM, WMA, WavPack, APE and the audio of MP4 videos.
   gamma-rt tag ~/Music --bundle bundle --out tags/ --count-only            # just the counts
   gamma-rt tag ~/Music --bundle bundle --out tags/ --segment middle:60     # one minute from each track
   gamma-rt tag ~/Music --bundle bundle --out tags/ --timeout-per-minute 30 # 30 s per minute of audio
+  gamma-rt tag ~/Music --bundle bundle --out tags/ --in-flight 8           # 8 songs at once on one model
   gamma-rt tag ~/Music --bundle bundle --out tags/ --workers 2             # two model instances
   gamma-rt tag ~/Music --bundle bundle --out tags/ --write-tags --dry-run   # the tag diff of the records
 """
@@ -53,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="jsonl", help="result file format")
     p.add_argument("--workers", type=int, default=1,
                    help="model instances: threads (local) or Ray actors, one per GPU if there are GPUs")
+    p.add_argument("--in-flight", type=int, metavar="N",
+                   help="songs at once on one model's batching engine: their decode steps share one llama.cpp "
+                   "batch (default: as many as half the free memory holds KV cells for, at most 4 per core and "
+                   "8; the run prints N and the memory per song). Records are the same for every N. With "
+                   "--workers > 1 or --engine ray each model takes one song at a time")
     p.add_argument("--prefetch", type=int, default=2, help="tracks decoded ahead on CPU threads (local engine)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: actors on a Ray cluster (set RAY_ADDRESS to join one)")
@@ -87,12 +93,16 @@ def cmd_tag(args) -> int:
 
     if args.workers < 1 or args.prefetch < 0:
         raise GammaError("--workers must be at least 1 and --prefetch at least 0")
+    if args.in_flight is not None and args.in_flight < 1:
+        raise GammaError(f"--in-flight must be at least 1, got {args.in_flight}")
+    if args.in_flight is not None and (args.workers > 1 or args.engine == "ray"):
+        raise GammaError("--in-flight runs songs on one model in this process: drop --workers or --engine ray")
     if args.timeout_per_minute is not None and args.timeout_per_minute <= 0:
         raise GammaError(f"--timeout-per-minute must be positive, got {args.timeout_per_minute}")
     runtime = RuntimeOptions.from_args(args)
     prompt_set = PromptSet.load(args.prompts) if args.prompts else PromptSet.default()
     job = TagJob(library=args.library, bundle=args.bundle, out=args.out, prompt_set=prompt_set, fmt=args.format,
-                 workers=args.workers, prefetch=args.prefetch, engine=args.engine, retry_failed=args.retry_failed,
+                 workers=args.workers, in_flight=args.in_flight, prefetch=args.prefetch, engine=args.engine, retry_failed=args.retry_failed,
                  runtime=runtime,
                  segment=Segment.parse(args.segment) if args.segment else None, timeout_per_minute=args.timeout_per_minute, wait=args.wait)
     if args.dry_run or args.count_only:
@@ -124,7 +134,8 @@ def _run(job, args) -> int:
     progress = TagProgress(enabled=False if args.quiet else None)
     try:
         summary = run(job, on_record=progress.advance, on_start=lambda todo: progress.start(len(todo)),
-                      on_wait=lambda line: print(printable(f"gamma-rt: {line}"), file=sys.stderr))
+                      on_wait=lambda line: print(printable(f"gamma-rt: {line}"), file=sys.stderr),
+                      on_engine=None if args.quiet else lambda line: print(f"gamma-rt: {line}", file=sys.stderr))
     finally:
         progress.close()
     counts = summary.library_counts

@@ -59,6 +59,7 @@ class TagJob:
     prompt_set: PromptSet
     fmt: str = "jsonl"  # result file: jsonl | csv | sqlite
     workers: int = 1  # model instances: threads (local) or Ray actors
+    in_flight: int | None = None  # songs at once on one model's batching engine (workers 1, local); None: default
     prefetch: int = 2  # tracks decoded ahead on CPU threads (local engine)
     engine: str = "local"  # local | ray
     retry_failed: bool = False
@@ -183,10 +184,12 @@ def run_local(tracks: list[Track], make_tagger: Callable[[], TrackTagger], worke
 
 def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
         on_start: Callable[[list[Track]], None] | None = None,
-        on_wait: Callable[[str], None] | None = None) -> TagSummary:
+        on_wait: Callable[[str], None] | None = None,
+        on_engine: Callable[[str], None] | None = None) -> TagSummary:
     """One tagging run to the end (or to SIGINT). Returns the summary; the journal and the result file in
     ``job.out`` hold the records. Raises ResultsBusy when another run holds ``job.out`` (unless
-    ``job.wait``: then ``on_wait`` hears why it waits)."""
+    ``job.wait``: then ``on_wait`` hears why it waits). ``on_engine`` hears the songs in flight and their
+    memory, once the batching engine is open."""
     from gamma_rt.manifest import Manifest
 
     Manifest.read(job.bundle)  # a missing or foreign bundle fails here, in one line, before any work
@@ -194,12 +197,12 @@ def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
         raise GammaError(f"{job.library}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
     try:
         with stop_on_full_disk(f"writing {job.out}"):
-            return _run(job, on_record, on_start, on_wait)
+            return _run(job, on_record, on_start, on_wait, on_engine)
     except DiskFull as e:
         raise DiskFull(f"{e} to resume") from None  # "...; free space and rerun to resume"
 
 
-def _run(job: TagJob, on_record, on_start, on_wait) -> TagSummary:
+def _run(job: TagJob, on_record, on_start, on_wait, on_engine) -> TagSummary:
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     b_hash, ps, key = bundle_identity(job.bundle), job.prompt_set, job.key
@@ -219,6 +222,8 @@ def _run(job: TagJob, on_record, on_start, on_wait) -> TagSummary:
 
             results = run_ray(todo, job.bundle, ps, options, job.workers, stop, job.segment, job.timeout_per_minute,
                               key)
+        elif job.workers == 1:
+            results = _in_flight(job, todo, options, stop, on_engine)
         else:
             results = run_local(todo, lambda: TrackTagger(job.bundle, ps, options, key, job.timeout_per_minute),
                                 job.workers, job.prefetch, stop, job.segment)
@@ -238,6 +243,21 @@ def _run(job: TagJob, on_record, on_start, on_wait) -> TagSummary:
         records.rebuild(journal.records(b_hash, key))
         summary.library_counts = journal.counts(b_hash, key)
     return summary
+
+
+def _in_flight(job: TagJob, todo: list[Track], options: RuntimeOptions, stop: Stop,
+               on_engine: Callable[[str], None] | None) -> Iterator[dict]:
+    """The local engine with one model: ``job.in_flight`` songs at once on the batching engine."""
+    from .in_flight import InFlight, run_in_flight
+
+    def open_engine(song_seconds: float) -> InFlight:
+        return InFlight(job.bundle, job.prompt_set, options, job.in_flight, song_seconds, job.key,
+                        job.timeout_per_minute)
+
+    def one_at_a_time() -> TrackTagger:
+        return TrackTagger(job.bundle, job.prompt_set, options, job.key, job.timeout_per_minute)
+
+    return run_in_flight(todo, open_engine, one_at_a_time, job.prefetch, stop, job.segment, on_engine)
 
 
 def write_file_tags(job: TagJob, dry_run: bool, report: Callable[[str], None]) -> int:

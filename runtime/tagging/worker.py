@@ -90,10 +90,44 @@ def track_error(track: Track, e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def new_record(item: Decoded, bundle_hash: str, job_key: str) -> dict:
+    """A track's record before it is asked about: failed with the decode error, or with none yet."""
+    return {
+        "path": item.track.path, "size": item.track.size, "mtime_ns": item.track.mtime_ns,
+        "content_sha256": item.content_sha256, "duration_s": item.duration_s, "status": "failed",
+        "error": item.error, "answers": {}, "timings": {"decode_s": round(item.decode_s, 4)},
+        "bundle_hash": bundle_hash, "prompt_set_hash": job_key,
+        "segment": None if item.span is None else {"start_s": round(item.span[0], 3),
+                                                   "seconds": round(item.span[1], 3)},
+    }
+
+
+def answered(record: dict, prompt_set: PromptSet, texts: list[str], info: dict, t0: float) -> dict:
+    """``record`` with the answers ``texts`` parsed (failed with the parse error if one does not), the
+    timings ``info`` and the answer time since ``t0`` (perf_counter)."""
+    try:
+        record["answers"] = {p.name: parse_answer(t, p.schema, p.name) for p, t in zip(prompt_set.prompts, texts)}
+    except GammaError as e:
+        record["error"] = f"{type(e).__name__}: {e}"
+        return record
+    record["timings"].update(info, answer_s=round(time.perf_counter() - t0, 4))
+    record.update(status="ok", error=None)
+    return record
+
+
 def timeout_for(analysed_s: float | None, per_minute: float) -> float:
     """Seconds one track may take: ``per_minute`` per minute of audio analysed, at least one minute's."""
     minutes = max(TIMEOUT_FLOOR_MINUTES, (analysed_s or 0.0) / 60)
     return per_minute * minutes
+
+
+def late_message(item: Decoded, took: float | None, limit: float, per_minute: float, shared: int = 1) -> str:
+    """The error of a track past its ``limit`` (s); ``shared``: songs in flight it shared the machine with."""
+    took_text = "more than" if took is None else f"{took:.1f} s >"
+    minutes = (item.analysed_s or 0) / 60
+    among = f", {shared} songs in flight" if shared > 1 else ""
+    return (f"{item.track.path}: timed out ({took_text} {limit:.1f} s allowed: {per_minute:g} s "
+            f"per minute of {minutes:.1f} min analysed{among})")
 
 
 class TrackTagger:
@@ -117,21 +151,12 @@ class TrackTagger:
 
     def tag(self, item: Decoded) -> dict:
         """The record of one track (see records.py for its fields)."""
-        record = {
-            "path": item.track.path, "size": item.track.size, "mtime_ns": item.track.mtime_ns,
-            "content_sha256": item.content_sha256, "duration_s": item.duration_s, "status": "failed",
-            "error": item.error, "answers": {}, "timings": {"decode_s": round(item.decode_s, 4)},
-            "bundle_hash": self.bundle_hash, "prompt_set_hash": self.job_key,
-            "segment": None if item.span is None else {"start_s": round(item.span[0], 3),
-                                                       "seconds": round(item.span[1], 3)},
-        }
+        record = new_record(item, self.bundle_hash, self.job_key)
         if item.error:
             return record
         t0 = time.perf_counter()
         try:
             texts, info = self._ask(item, t0)
-            record["answers"] = {p.name: parse_answer(t, p.schema, p.name)
-                                 for p, t in zip(self.prompt_set.prompts, texts)}
         except DiskFull:
             raise  # not this track's fault: the run stops, and the track is asked again on resume
         except (GammaError, OSError) as e:  # OSError: a long track streamed from disk, unreadable now
@@ -139,9 +164,7 @@ class TrackTagger:
                 raise
             record["error"] = track_error(item.track, e)
             return record
-        record["timings"].update(info, answer_s=round(time.perf_counter() - t0, 4))
-        record.update(status="ok", error=None)
-        return record
+        return answered(record, self.prompt_set, texts, info, t0)
 
     def _audio(self, item: Decoded, t0: float):
         """The audio to ask about, as a stream that stops at the track's deadline when there is one."""
@@ -161,10 +184,7 @@ class TrackTagger:
         return stream.until(t0 + limit - item.decode_s, self._late(item, None, limit))
 
     def _late(self, item: Decoded, took: float | None, limit: float) -> str:
-        took_text = "more than" if took is None else f"{took:.1f} s >"
-        minutes = (item.analysed_s or 0) / 60
-        return (f"{item.track.path}: timed out ({took_text} {limit:.1f} s allowed: {self.timeout_per_minute:g} s "
-                f"per minute of {minutes:.1f} min analysed)")
+        return late_message(item, took, limit, self.timeout_per_minute)
 
     def _ask(self, item: Decoded, t0: float) -> tuple[list[str], dict]:
         """All prompts about one track: one encode, one audio prefill, the questions decoded together."""

@@ -1,0 +1,123 @@
+"""`gamma-rt tag --in-flight N`: songs in flight on one batching engine give the records of one at a time.
+
+A real tiny bundle (ONNX Runtime audio graphs, F32 GGUF decoder in llama.cpp) tags a generated library of
+several formats, lengths and sample rates; the records of N = 8 are compared with those of N = 1, answer for
+answer. The comparison is shown to catch a batching fault: with the decode step's tokens handed to the wrong
+sequences, the records differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tag_fixtures import GOOD, make_library
+
+from gamma_rt.runtime.decoder import DecoderSession
+from gamma_rt.runtime.tagging.in_flight import default_in_flight
+from gamma_rt.runtime.tagging.prompt_sets import PromptSet
+from gamma_rt.runtime.tagging.records import read_records
+from gamma_rt.runtime.tagging.run import TagJob, run
+from gamma_rt.synth import Music, write
+
+PROMPTS = """\
+name = "in-flight"
+[sampling]
+temperature = 0.0
+seed = 0
+[[prompt]]
+name = "genre"
+question = "What is the genre?"
+schema = { type = "object", properties = { genre = { type = "string", maxLength = 12 } } }
+[[prompt]]
+name = "vocals"
+question = "Are there vocals?"
+schema = { type = "object", properties = { vocals = { type = "boolean" } } }
+[[prompt]]
+name = "tempo"
+question = "What is the tempo?"
+schema = { type = "object", properties = { bpm = { type = "integer" } } }
+[[prompt]]
+name = "caption"
+question = "Describe it in one line."
+schema = { type = "object", properties = { caption = { type = "string", maxLength = 16 } } }
+"""
+
+
+def library(root: Path, extra: int = 8) -> Path:
+    """The tagging tests' mixed-format library (and its bad files), plus ``extra`` WAV/FLAC songs of 2 to
+    40 s, so some have two windows and the songs in flight are at different stages at once."""
+    make_library(root)
+    (root / "more").mkdir(parents=True)
+    for k in range(extra):
+        seconds = (2.0, 7.5, 40.0, 3.0)[k % 4]
+        fmt, subtype = (("WAV", "PCM_16"), ("FLAC", "PCM_16"))[k % 2]
+        write(root / "more" / f"song{k}.{fmt.lower()}", Music(seconds, (16000, 44100)[k % 2], 1 + k % 2, 100 + k),
+              format=fmt, subtype=subtype)
+    return root
+
+
+def tag(lib: Path, bundle: Path, out: Path, prompts: PromptSet, n: int) -> tuple[dict, list[str]]:
+    """Records by path after a run with ``n`` songs in flight, and what the engine said about itself."""
+    said: list[str] = []
+    job = TagJob(library=lib, bundle=bundle, out=out, prompt_set=prompts, in_flight=n)
+    summary = run(job, on_engine=said.append)
+    records = {r["path"]: r for r in read_records(summary.records_file, "jsonl")}
+    return records, said
+
+
+def answers(records: dict) -> dict:
+    return {path: (r["status"], r["error"], r["answers"]) for path, r in records.items()}
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(tiny_bundle, tmp_path_factory):
+    root = tmp_path_factory.mktemp("in-flight")
+    lib = library(root / "lib")
+    (root / "in-flight.toml").write_text(PROMPTS)
+    prompts = PromptSet.load(root / "in-flight.toml")
+    records, said = tag(lib, tiny_bundle, root / "n1", prompts, 1)
+    return lib, prompts, records, said
+
+
+def test_eight_songs_in_flight_give_the_records_of_one_at_a_time(one_at_a_time, tiny_bundle, tmp_path,
+                                                                monkeypatch):
+    lib, prompts, alone, said_alone = one_at_a_time
+    real_step, sizes = DecoderSession.step, []
+
+    def step(self, items, samplers):
+        sizes.append(len(items))
+        return real_step(self, items, samplers)
+
+    monkeypatch.setattr(DecoderSession, "step", step)
+    together, said = tag(lib, tiny_bundle, tmp_path / "n8", prompts, 8)
+    assert max(sizes) > len(prompts.prompts), "no step held the questions of more than one song"
+    assert said_alone[0].startswith("1 songs in flight") and said[0].startswith("8 songs in flight"), said
+    assert len(together) == len(GOOD) + 3 + 8
+    ok = [r for r in together.values() if r["status"] == "ok"]
+    assert len(ok) == len(GOOD) + 8 and all(set(r["answers"]) == {p.name for p in prompts.prompts} for r in ok)
+    assert answers(together) == answers(alone)
+
+
+def test_the_comparison_catches_tokens_stepped_on_the_wrong_sequences(one_at_a_time, tiny_bundle, tmp_path,
+                                                                      monkeypatch):
+    # a batching fault: each sequence's token of the step goes to the next sequence in the batch
+    lib, prompts, alone, _ = one_at_a_time
+    real_step = DecoderSession.step
+
+    def crossed(self, items, samplers):
+        seqs, tokens = [s for s, _ in items], [t for _, t in items]
+        return real_step(self, list(zip(seqs, tokens[1:] + tokens[:1])), samplers)
+
+    monkeypatch.setattr(DecoderSession, "step", crossed)
+    together, _ = tag(lib, tiny_bundle, tmp_path / "crossed", prompts, 8)
+    assert answers(together) != answers(alone)
+
+
+def test_the_default_songs_in_flight_follow_memory_cores_and_llama_cpps_sequences():
+    gib = 2**30
+    assert default_in_flight(gib, 5, cores=2, free=64 * gib) == 8  # at most 8
+    assert default_in_flight(gib, 5, cores=1, free=64 * gib) == 4  # 4 per core
+    assert default_in_flight(gib, 5, cores=16, free=6 * gib) == 3  # half the free memory: 3 songs of 1 GiB
+    assert default_in_flight(gib, 5, cores=16, free=gib // 2) == 1  # always one
+    assert default_in_flight(1, 64, cores=16, free=64 * gib) == 4  # 256 sequences / 64 prompts
