@@ -131,7 +131,7 @@ def _wait_for_first_record(proc: subprocess.Popen, out: Path, timeout: float = 1
 
 
 def test_kill_9_after_the_first_record_then_resume_gives_exactly_one_record_per_file(job):
-    proc = _spawn(job["argv"])
+    proc = _spawn(job["argv"] + ["--in-flight", "2"])  # two songs at once, and tracks not yet started
     _wait_for_first_record(proc, job["out"])
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -142,7 +142,7 @@ def test_kill_9_after_the_first_record_then_resume_gives_exactly_one_record_per_
 
 
 def test_sigint_finishes_the_current_track_and_exits_cleanly(job):
-    proc = _spawn(job["argv"])
+    proc = _spawn(job["argv"] + ["--in-flight", "2"])  # the two in flight finish, the rest are not started
     _wait_for_first_record(proc, job["out"])
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
