@@ -21,6 +21,7 @@ from test_tag_run import SMALL_PROMPTS
 from gamma_rt.cli import main
 from gamma_rt.errors import DiskFull
 from gamma_rt.runtime.embed_cache import EmbeddingCache
+from gamma_rt.runtime.options import RuntimeOptions
 from gamma_rt.runtime.tagging.journal import Journal
 from gamma_rt.runtime.tagging.library import Track
 from gamma_rt.runtime.tagging.prompt_sets import PromptSet
@@ -205,6 +206,28 @@ def test_a_full_disk_stops_the_run_with_one_line_and_exit_2_and_the_rerun_resume
     assert (summary.done_before, summary.todo, summary.ok) == (done, len(GOOD) - done, len(GOOD) - done)
     records = read_records(out / "records.jsonl", "jsonl")
     assert sorted(r["path"] for r in records) == sorted(str((lib / rel).resolve()) for rel in GOOD)
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_an_embedding_cache_on_a_full_disk_stops_the_run_with_one_line_on_either_engine(
+        tmp_path, tiny_bundle, prompts, small_disk, engine):
+    if engine == "ray":
+        ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'gamma-rt[ray]')")
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    lib = make_library(tmp_path / "lib", bad=False)
+    job = TagJob(lib, tiny_bundle, tmp_path / "out", prompts, engine=engine,
+                 runtime=RuntimeOptions(cache_dir=small_disk.root / "cache"))
+    small_disk.fill()
+    try:
+        with pytest.raises(DiskFull) as stopped:
+            run(job)
+    finally:
+        if engine == "ray":
+            ray.shutdown()
+    message = str(stopped.value)
+    assert message.startswith("disk full: writing the embedding cache ") and "\n" not in message, message
+    assert message.endswith("; free space and rerun to resume")
+    assert read_records(tmp_path / "out" / "records.jsonl", "jsonl") == [], "no track failed for want of space"
 
 
 # --- a second Ctrl-C ---------------------------------------------------------------------------------------

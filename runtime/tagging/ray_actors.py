@@ -86,7 +86,20 @@ def run_ray(tracks: list[Track], bundle: Path, prompt_set: PromptSet, options: R
             ready, _ = ray.wait(list(owner), num_returns=1, timeout=0.5)
             for ref in ready:
                 load[owner.pop(ref)] -= 1
-                yield ray.get(ref)
+                yield _result(ray, ref)
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _result(ray, ref) -> dict:
+    """One actor's record. A full disk on its node stops the run with the actor's one line, not Ray's
+    remote traceback (every other actor error is a bug and keeps it)."""
+    from gamma_rt.errors import DiskFull
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, DiskFull):
+            raise DiskFull(str(e.cause)) from None
+        raise
