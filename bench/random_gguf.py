@@ -10,65 +10,43 @@ package directly (no torch), so it also runs on a GPU box that has only numpy.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from gamma_rt.decoder_shape import PRESETS, DecoderShape
 
 # Random values are drawn once and tiled: 8 G random draws would take minutes and change nothing.
 _POOL_SIZE = 1 << 24
 
 
-@dataclass(frozen=True)
-class Qwen3Shape:
-    """The hyperparameters that fix a Qwen3 decoder's tensor shapes (names as in transformers' Qwen3Config)."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rope_theta: float = 1000000.0
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 40960
-
-    @classmethod
-    def preset(cls, name: str) -> "Qwen3Shape":
-        """The LLM of a gamma-rt preset; numbers mirror export/config.py's LLMConfig presets."""
-        shapes = {
-            "tiny": cls(1024, 64, 128, 2, 4, 2, 16),
-            "small": cls(151936, 1024, 3072, 28, 16, 8, 128),
-            "full": cls(151936, 4096, 12288, 36, 32, 8, 128),
-        }
-        return shapes[name]
-
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """GGUF tensor name -> numpy shape (rows = output features, as in the HF weight)."""
-        d, q, kv, ff = (
-            self.hidden_size,
-            self.num_attention_heads * self.head_dim,
-            self.num_key_value_heads * self.head_dim,
-            self.intermediate_size,
-        )
-        shapes = {"token_embd.weight": (self.vocab_size, d), "output_norm.weight": (d,), "output.weight": (self.vocab_size, d)}
-        for i in range(self.num_hidden_layers):
-            b = f"blk.{i}."
-            shapes.update({
-                b + "attn_norm.weight": (d,),
-                b + "attn_q.weight": (q, d),
-                b + "attn_k.weight": (kv, d),
-                b + "attn_v.weight": (kv, d),
-                b + "attn_output.weight": (d, q),
-                b + "attn_q_norm.weight": (self.head_dim,),
-                b + "attn_k_norm.weight": (self.head_dim,),
-                b + "ffn_norm.weight": (d,),
-                b + "ffn_gate.weight": (ff, d),
-                b + "ffn_up.weight": (ff, d),
-                b + "ffn_down.weight": (d, ff),
-            })
-        return shapes
+def tensor_shapes(shape: DecoderShape) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name -> numpy shape (rows = output features, as in the HF weight) of a Qwen3 decoder; the
+    output head is written even when tied, as a separate matrix."""
+    d, q, kv, ff = (
+        shape.hidden_size,
+        shape.num_attention_heads * shape.head_dim,
+        shape.num_key_value_heads * shape.head_dim,
+        shape.intermediate_size,
+    )
+    shapes = {"token_embd.weight": (shape.vocab_size, d), "output_norm.weight": (d,),
+              "output.weight": (shape.vocab_size, d)}
+    for i in range(shape.num_hidden_layers):
+        b = f"blk.{i}."
+        shapes.update({
+            b + "attn_norm.weight": (d,),
+            b + "attn_q.weight": (q, d),
+            b + "attn_k.weight": (kv, d),
+            b + "attn_v.weight": (kv, d),
+            b + "attn_output.weight": (d, q),
+            b + "attn_q_norm.weight": (shape.head_dim,),
+            b + "attn_k_norm.weight": (shape.head_dim,),
+            b + "ffn_norm.weight": (d,),
+            b + "ffn_gate.weight": (ff, d),
+            b + "ffn_up.weight": (ff, d),
+            b + "ffn_down.weight": (d, ff),
+        })
+    return shapes
 
 
 def _vocab(n: int) -> tuple[list[str], list[float], list[int]]:
@@ -82,7 +60,7 @@ def _vocab(n: int) -> tuple[list[str], list[float], list[int]]:
     return tokens[:n], [0.0] * n, [int(t) for t in types[:n]]
 
 
-def write_random_qwen3_gguf(path: str | Path, shape: Qwen3Shape, seed: int = 0) -> Path:
+def write_random_qwen3_gguf(path: str | Path, shape: DecoderShape, seed: int = 0) -> Path:
     """Write an F16 GGUF (norm weights F32, as llama.cpp's converter does) of ``shape`` with N(0, 0.02) weights."""
     import gguf
 
@@ -103,7 +81,7 @@ def write_random_qwen3_gguf(path: str | Path, shape: Qwen3Shape, seed: int = 0) 
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     offset = 0
-    for name, tshape in shape.tensor_shapes().items():
+    for name, tshape in tensor_shapes(shape).items():
         if len(tshape) == 1:
             writer.add_tensor(name, np.ones(tshape, dtype=np.float32))
             continue
@@ -125,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=["tiny", "small", "full"], default="tiny", help="LLM shape (full = Qwen3-8B)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = write_random_qwen3_gguf(args.out, Qwen3Shape.preset(args.preset), args.seed)
+    path = write_random_qwen3_gguf(args.out, PRESETS[args.preset](), args.seed)
     print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB)")
     return 0
 

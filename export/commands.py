@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import engines, gguf_export, onnx_export, train
+from . import engines, families, gguf_export, onnx_export, train
 
-FAMILIES = ("gamma", "musicflamingo", "audioflamingo3", "mufun")
 EXPORT_HELP = """\
 Export a checkpoint folder into a bundle, one part at a time; every part is recorded in BUNDLE/manifest.json.
 The folder is gamma-rt's own (gamma-rt init) or a published Hugging Face folder of Music Flamingo or
@@ -30,15 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write a checkpoint folder of a model family (random or stock weights)",
         description="Write a checkpoint folder with random (seeded) weights. --family gamma (default) writes "
         "gamma-rt's own format: config.json, safetensors shards and a tokenizer; the experts and LLM can "
-        "come from stock whisper-large-v3 / Qwen3 folders. --family musicflamingo|audioflamingo3 writes the "
+        "come from stock whisper-large-v3 / Qwen3 folders. --family musicflamingo|audioflamingo3|mufun writes the "
         "published Hugging Face layout with transformers' own classes (config.json, model.safetensors, "
         "tokenizer, processor_config.json, chat_template.jinja). Tensors are written one at a time, so the "
         "full preset fits in bounded memory.\n\nexample: gamma-rt init --family musicflamingo --preset tiny --out mf",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--family", choices=FAMILIES, default="gamma", help="model family (default gamma)")
-    p.add_argument("--preset", choices=["tiny", "small", "full"], default="tiny",
-                   help="model size (default tiny; small is GaMMA only)")
+    writable = families.writable()
+    presets = sorted({p for f in writable for p in f.presets}, key=["tiny", "small", "full"].index)
+    p.add_argument("--family", choices=[f.name for f in writable], default="gamma", help="model family (default gamma)")
+    p.add_argument("--preset", choices=presets, default="tiny",
+                   help="model size (default tiny): " + "; ".join(f"{f.name} {'|'.join(f.presets)}" for f in writable))
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
     p.add_argument("--whisper-init", type=Path, help="GaMMA: stock Whisper HF folder; its encoder feeds both experts")
@@ -56,40 +57,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.register(sub)
 
 
+INIT_OPTIONS = ("whisper_init", "qwen3_init", "dtype")
+
+
 def cmd_init(args) -> int:
     from gamma_rt.errors import CheckpointError
     from gamma_rt.progress import track
 
-    from .families import family_named
-
-    if args.family != "gamma":
-        if args.whisper_init or args.qwen3_init or args.dtype:
-            raise CheckpointError("--whisper-init, --qwen3-init and --dtype are for --family gamma only")
-        family = family_named(args.family)
-        if args.preset not in family.presets:
-            raise CheckpointError(f"--preset {args.preset}: {args.family} has {', '.join(family.presets)}")
-        family.init(args.preset, args.out, seed=args.seed, progress=track)
-        print(f"wrote {args.family} {args.preset} checkpoint to {args.out}")
-        return 0
-    return _init_gamma(args, track)
-
-
-def _init_gamma(args, track) -> int:
-    import torch
-
-    from .checkpoint import qwen3_source, whisper_source, write_random_checkpoint
-    from .config import GammaConfig
-    from .tokenizer import write_tokenizer
-
-    cfg = GammaConfig.preset_named(args.preset)
-    sources = {}
-    if args.whisper_init:
-        for i, src in enumerate(whisper_source(args.whisper_init)):
-            sources[f"whisper{i}"] = src
-    if args.qwen3_init:
-        sources["qwen3"] = qwen3_source(args.qwen3_init)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    write_random_checkpoint(cfg, args.out, seed=args.seed, dtype=dtype, sources=sources, progress=track)
-    write_tokenizer(args.out, cfg, qwen3_folder=args.qwen3_init)
-    print(f"wrote {args.preset} checkpoint to {args.out}")
+    family = families.family_named(args.family)
+    if args.preset not in family.presets:
+        raise CheckpointError(f"--preset {args.preset}: {args.family} has {', '.join(family.presets)}")
+    options = {k: getattr(args, k) for k in INIT_OPTIONS if getattr(args, k) is not None}
+    foreign = [k for k in options if k not in family.init_options]
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise CheckpointError(f"{flags}: not an option of --family {args.family}")
+    family.init(args.preset, args.out, seed=args.seed, progress=track, **options)
+    print(f"wrote {args.family} {args.preset} checkpoint to {args.out}")
     return 0

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gamma_rt.decoder_shape import DecoderShape
 from gamma_rt.errors import CheckpointError
 
 CONFIG_NAME = "config.json"
@@ -89,28 +90,6 @@ class ProjectorConfig:
 
 
 @dataclass
-class LLMConfig:
-    """A Qwen3 decoder; field names follow transformers' Qwen3Config."""
-
-    vocab_size: int = 151936
-    hidden_size: int = 4096
-    intermediate_size: int = 12288
-    num_hidden_layers: int = 36
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 8
-    head_dim: int = 128
-    rope_theta: float = 1000000.0
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 40960
-    tie_word_embeddings: bool = False
-
-    def to_qwen3_config(self):
-        from transformers import Qwen3Config
-
-        return Qwen3Config(**dataclasses.asdict(self), attention_bias=False, use_cache=True)
-
-
-@dataclass
 class PromptConfig:
     """How audio enters the chat prompt. ``{audio}`` expands to start + N placeholders + end."""
 
@@ -134,7 +113,7 @@ class GammaConfig:
     global_: ExpertConfig = field(default_factory=ExpertConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    llm: LLMConfig = field(default_factory=LLMConfig)
+    llm: DecoderShape = field(default_factory=DecoderShape.qwen3_8b)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     preset: str = "full"
 
@@ -171,15 +150,7 @@ class GammaConfig:
             global_=dataclasses.replace(expert),
             fusion=FusionConfig(n_blocks=1, n_heads=8, ffn_dim=2048),
             projector=ProjectorConfig(hidden_dim=1024),
-            llm=LLMConfig(
-                hidden_size=1024,
-                intermediate_size=3072,
-                num_hidden_layers=28,
-                num_attention_heads=16,
-                num_key_value_heads=8,
-                head_dim=128,
-                tie_word_embeddings=True,
-            ),
+            llm=DecoderShape.qwen3_0_6b(),
         )
 
     @classmethod
@@ -193,16 +164,7 @@ class GammaConfig:
             # A non-zero gate so that tests exercise the injector path.
             fusion=FusionConfig(n_blocks=1, n_heads=4, ffn_dim=128, injector_gate_init=0.5),
             projector=ProjectorConfig(hidden_dim=64),
-            llm=LLMConfig(
-                vocab_size=1024,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                head_dim=16,
-                max_position_embeddings=32768,
-            ),
+            llm=DecoderShape.tiny(),
         )
 
     @classmethod
@@ -237,7 +199,7 @@ class GammaConfig:
             "global_": ExpertConfig,
             "fusion": FusionConfig,
             "projector": ProjectorConfig,
-            "llm": LLMConfig,
+            "llm": DecoderShape,
             "prompt": PromptConfig,
         }
         kwargs = {}

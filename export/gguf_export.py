@@ -44,7 +44,7 @@ def component_name(gguf_type: str) -> str:
 
 def add_qwen3_hparams(writer, llm, head_dim: bool = True) -> None:
     """The Qwen3 hyperparameters llama.cpp reads, from ``llm`` with transformers' Qwen3Config attribute names
-    (our LLMConfig, DecoderShape, or bench/random_gguf.py's Qwen3Shape). ``head_dim``: write the key and
+    (gamma_rt/decoder_shape.py's DecoderShape). ``head_dim``: write the key and
     value sizes (Qwen3 sets its own; for Qwen2 they follow from the width and llama.cpp's converter writes
     none)."""
     writer.add_context_length(llm.max_position_embeddings)

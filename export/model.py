@@ -19,6 +19,8 @@ from torch.nn import functional as F
 from transformers import Qwen3ForCausalLM
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from gamma_rt.decoder_shape import DecoderShape
+
 from .config import FusionConfig, GammaConfig, ProjectorConfig
 
 
@@ -122,7 +124,7 @@ class GammaModel(nn.Module):
         d = cfg.temporal.d_model
         self.fusion = FusionNetwork(d, cfg.fusion)
         self.projector = Projector(d, cfg.llm.hidden_size, cfg.projector)
-        self.llm = Qwen3ForCausalLM(_eager(cfg.llm.to_qwen3_config()))
+        self.llm = Qwen3ForCausalLM(_eager(qwen3_config(cfg.llm)))
 
     def encode_window(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, 3000) log-mel -> (B, 750, d_llm) LLM embeddings, for full windows."""
@@ -138,6 +140,13 @@ class GammaModel(nn.Module):
             "fusion": self.fusion,
             "projector": self.projector,
         }
+
+
+def qwen3_config(shape: DecoderShape):
+    """transformers' Qwen3Config of a decoder shape."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**shape.to_dict(), attention_bias=False, use_cache=True)
 
 
 def _eager(hf_config):

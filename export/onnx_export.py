@@ -29,7 +29,7 @@ from gamma_rt.components import component_key
 from gamma_rt.hashing import sha256_file
 from gamma_rt.manifest import Component, Manifest, TensorSpec
 
-from .families.gamma import TensorOutput, graph_io  # noqa: F401  (graph_io: GaMMA's graph I/O, for engine_sources.py)
+from .families.gamma.family import TensorOutput, graph_io  # noqa: F401  (graph_io: GaMMA's graph I/O, for engine_sources.py)
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 17

@@ -55,16 +55,18 @@ def synthetic_config(vocab_size: int = VOCAB_SIZE):
     """The trained built-in's shape: d 48 experts of one layer, pool 15 (3.3 tokens/s), a 4-layer d 128 Qwen3."""
     import dataclasses
 
-    from .config import ExpertConfig, FusionConfig, GammaConfig, LLMConfig, ProjectorConfig
+    from gamma_rt.decoder_shape import DecoderShape
+
+    from .config import ExpertConfig, FusionConfig, GammaConfig, ProjectorConfig
 
     expert = ExpertConfig(d_model=48, encoder_layers=1, encoder_attention_heads=1, encoder_ffn_dim=96)
     return GammaConfig(
         preset="synthetic", temporal=expert, global_=dataclasses.replace(expert),
         fusion=FusionConfig(n_blocks=1, n_heads=1, ffn_dim=64, injector_gate_init=0.1),
         projector=ProjectorConfig(pool_stride=15, hidden_dim=128),
-        llm=LLMConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
-                      tie_word_embeddings=True),
+        llm=DecoderShape(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+                         tie_word_embeddings=True),
     )
 
 

@@ -12,7 +12,7 @@ Layout::
       "tools": {"torch": "...", "onnx": "...", ...},
       "audio": {"sample_rate": 16000, "n_fft": 400, "hop_length": 160, "n_mels": 128, "window_seconds": 30,
                 "window_frames": 3000, "tokens_per_window": 750, "max_seconds": null,
-                "token_count": "proportional",
+                "token_count": {"rule": "proportional"},
                 "chain": [{"component": "temporal_encoder", "inputs": {"mel": "mel"}, "outputs": {"hidden": "temporal"}},
                           ..., {"component": "projector", "inputs": {"fused": "fused"},
                                 "outputs": {"embeddings": "embeddings"}}]},
@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 
 from gamma_rt.errors import BundleError
 from gamma_rt.hashing import VerifiedHashes, sha256_file
+from gamma_rt.token_count import TokenRule
 
 # 2: ``audio.chain`` says how the audio graphs connect, ``audio.token_count`` how many tokens a partial
 # window keeps, ``prompt`` may hold the checkpoint's own chat template. Version 1 bundles (GaMMA only)
@@ -49,7 +50,6 @@ MANIFEST_NAME = "manifest.json"
 # Value names the runtime feeds into the audio chain; the chain's last value must be EMBEDDINGS.
 CHAIN_INPUTS = ("mel", "mel_mask", "window_index")
 EMBEDDINGS = "embeddings"
-TOKEN_COUNTS = ("proportional", "conv_pool", "all")
 # audio.front_end: Whisper's log-mel (runtime/mel.py) or Kaldi's fbank, AudioSet-normalized (runtime/fbank.py)
 FRONT_ENDS = ("whisper_mel", "kaldi_fbank")
 
@@ -85,9 +85,8 @@ class AudioSection:
 
     sample_rate Hz; n_fft, hop_length samples; window_seconds s; window_frames mel frames per window;
     tokens_per_window LLM tokens of a full window; max_seconds: audio past it is cut (None: no limit);
-    token_count: how many tokens a partial last window keeps (``proportional``: ceil of the share of real
-    samples; ``conv_pool``: Whisper's two convolutions then pooling over the frames of real audio;
-    ``all``: every token, padding included, as OpenMU's LLaVA feeds them).
+    token_count: how many of a window's tokens the decoder gets (a rule of gamma_rt/token_count.py, written
+    as ``{"rule": name, ...params}``; a plain name, as older bundles wrote it, reads too).
     front_end: ``whisper_mel`` or ``kaldi_fbank`` (n_fft is then Kaldi's frame length, window_frames the
     frames it pads or cuts to; front_end_options its normalization ``mean`` and ``std``).
     ``recorded`` holds the other fields an exporter wrote (kept, never read by the runtime)."""
@@ -100,7 +99,7 @@ class AudioSection:
     window_frames: int = 3000
     tokens_per_window: int = 750
     max_seconds: float | None = None
-    token_count: str = "proportional"
+    token_count: TokenRule = field(default_factory=TokenRule)
     front_end: str = "whisper_mel"
     front_end_options: dict = field(default_factory=dict)  # kaldi_fbank: {"mean": ..., "std": ...}
     chain: tuple = GAMMA_CHAIN
@@ -119,6 +118,8 @@ class AudioSection:
     def from_dict(cls, d: dict, where: str) -> "AudioSection":
         names = {f.name for f in dataclasses.fields(cls)} - {"recorded", "chain"}
         known = {k: d[k] for k in names if k in d}
+        if "token_count" in known:
+            known["token_count"] = TokenRule.read(known["token_count"], where)
         try:
             section = cls(**known, chain=_read_chain(d.get("chain"), where),
                           recorded={k: v for k, v in d.items() if k not in names and k != "chain"})
@@ -136,9 +137,7 @@ class AudioSection:
             raise BundleError(f"{where}: field audio.window_seconds must be positive, got {self.window_seconds!r}")
         if self.max_seconds is not None and (not isinstance(self.max_seconds, (int, float)) or self.max_seconds <= 0):
             raise BundleError(f"{where}: field audio.max_seconds must be positive or null, got {self.max_seconds!r}")
-        if self.token_count not in TOKEN_COUNTS:
-            raise BundleError(f"{where}: field audio.token_count is {self.token_count!r}; this gamma-rt knows "
-                              f"{', '.join(TOKEN_COUNTS)}")
+        self.token_count = TokenRule.read(self.token_count, where)
         if self.front_end not in FRONT_ENDS:
             raise BundleError(f"{where}: field audio.front_end is {self.front_end!r}; this gamma-rt knows "
                               f"{', '.join(FRONT_ENDS)}")
@@ -160,6 +159,7 @@ class AudioSection:
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("recorded", "chain")}
+        d["token_count"] = self.token_count.to_manifest()
         d["chain"] = [dataclasses.asdict(step) for step in self.chain]
         return {**self.recorded, **d}
 

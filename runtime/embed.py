@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from gamma_rt.manifest import AudioSection
+from gamma_rt.token_count import TokenRule
 
 from .backends import AudioBackend
 from .embed_cache import EmbeddingCache
@@ -57,7 +58,7 @@ class AudioLayout:
     window_seconds: float
     tokens_per_window: int
     front_end: FrontEnd | KaldiFbank
-    token_count: str = "proportional"
+    token_count: TokenRule = TokenRule()
     max_seconds: float | None = None
 
     @classmethod
@@ -138,7 +139,8 @@ def _encode_batch(batch: list[Window], backend: AudioBackend, layout: AudioLayou
                 with times.stage("cache"):
                     cache.put(keys[i], full[i])
     for window, embeddings in zip(batch, full):
-        n = window.valid_tokens(layout.tokens_per_window, layout.token_count, layout.front_end.hop_length)
+        n = window.valid_tokens(layout.tokens_per_window, layout.token_count, layout.front_end.hop_length,
+                                layout.sample_rate)
         yield WindowEmbedding(window.index, window.start_s, window.end_s, embeddings[:n])
 
 

@@ -1,17 +1,18 @@
 """Cut a stream of audio blocks into the encoder's fixed 30 s windows, each yielded as soon as it is full.
 
 Long audio is encoded window by window and the token sequences are concatenated in order; the last
-window is zero-padded for the encoder, and the tokens that cover only padding are dropped afterwards
-(``Window.valid_tokens``).
+window is zero-padded for the encoder, and the manifest's token rule says how many of its tokens the decoder
+gets (``Window.valid_tokens``, gamma_rt/token_count.py).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from gamma_rt.token_count import Coverage, TokenRule
 
 from .mel import CHUNK_SECONDS, SAMPLE_RATE
 
@@ -32,34 +33,17 @@ class Window:
 
     def valid_frames(self, hop_length: int) -> int:
         """Mel frames that hold real audio: ceil(n_valid / hop_length), as WhisperFeatureExtractor's mask."""
-        return min(len(self.samples) // hop_length, math.ceil(self.n_valid / hop_length))
+        return self.coverage(0, hop_length).valid_frames
 
-    def valid_tokens(self, tokens_per_window: int, rule: str = "proportional", hop_length: int = 160) -> int:
-        """How many of the window's LLM tokens cover real audio, by the manifest's ``audio.token_count``."""
-        return TOKEN_COUNTS[rule](self, tokens_per_window, hop_length)
+    def coverage(self, tokens_per_window: int, hop_length: int = 160, sample_rate: int = SAMPLE_RATE) -> Coverage:
+        return Coverage(self.n_valid, len(self.samples), tokens_per_window, hop_length, sample_rate)
 
-
-def _proportional(window: Window, tokens_per_window: int, hop_length: int) -> int:
-    """ceil(n_valid / window length * tokens_per_window), at least 1 (so one-sample audio still gives the
-    model something)."""
-    covered = math.ceil(window.n_valid * tokens_per_window / len(window.samples))
-    return max(1, min(tokens_per_window, covered))
-
-
-def _conv_pool(window: Window, tokens_per_window: int, hop_length: int) -> int:
-    """Whisper's two convolutions (stride 1 then 2) and a stride-2 average pool over the real frames, as
-    AF-Whisper's processor counts them: conv = (frames - 1) // 2 + 1, tokens = (conv - 2) // 2 + 1."""
-    conv = (window.valid_frames(hop_length) - 1) // 2 + 1
-    return max(0, min(tokens_per_window, (conv - 2) // 2 + 1))
-
-
-def _all(window: Window, tokens_per_window: int, hop_length: int) -> int:
-    """Every token, those of the padding too: the model was trained on fixed-length clips (OpenMU)."""
-    return tokens_per_window
-
-
-# manifest audio.token_count -> rule
-TOKEN_COUNTS = {"proportional": _proportional, "conv_pool": _conv_pool, "all": _all}
+    def valid_tokens(self, tokens_per_window: int, rule: TokenRule | str = "proportional", hop_length: int = 160,
+                     sample_rate: int = SAMPLE_RATE) -> int:
+        """How many of the window's LLM tokens the decoder gets, by the manifest's ``audio.token_count``
+        (gamma_rt/token_count.py)."""
+        rule = TokenRule(rule) if isinstance(rule, str) else rule
+        return rule.tokens(self.coverage(tokens_per_window, hop_length, sample_rate))
 
 
 def windows(blocks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE,

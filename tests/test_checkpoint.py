@@ -12,6 +12,7 @@ from gamma_rt.cli import main
 from gamma_rt.errors import CheckpointError
 from gamma_rt.export.checkpoint import Checkpoint, expected_shapes
 from gamma_rt.export.config import GammaConfig
+from gamma_rt.export.model import qwen3_config
 from gamma_rt.export.tokenizer import write_tokenizer
 
 
@@ -115,7 +116,7 @@ def test_qwen3_init_loads_stock_llm_weights(tmp_path):
     from transformers import Qwen3ForCausalLM
 
     cfg = GammaConfig.tiny()
-    stock = Qwen3ForCausalLM(cfg.llm.to_qwen3_config())
+    stock = Qwen3ForCausalLM(qwen3_config(cfg.llm))
     stock.save_pretrained(tmp_path / "qwen3")
     write_tokenizer(tmp_path / "qwen3", cfg)  # a stock folder carries its tokenizer.json
     out = tmp_path / "ckpt"

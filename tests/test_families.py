@@ -184,7 +184,7 @@ def test_full_preset_streams_the_names_and_shapes_save_pretrained_writes(tmp_pat
     from safetensors import safe_open
     from transformers import MusicFlamingoForConditionalGeneration
 
-    from gamma_rt.export.families.flamingo_init import _write_streamed, flamingo_config, train_tokenizer
+    from gamma_rt.export.families.flamingo.writer import _write_streamed, flamingo_config, train_tokenizer
 
     config = flamingo_config("musicflamingo", "tiny", train_tokenizer(1024))
     _write_streamed(MusicFlamingoForConditionalGeneration, config, tmp_path / "streamed", seed=0)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from gamma_rt.bench.llama_bench import decode_weight_bytes, find_llama_bench, parse_records, run_llama_bench
-from gamma_rt.bench.random_gguf import Qwen3Shape, write_random_qwen3_gguf
+from gamma_rt.bench.random_gguf import write_random_qwen3_gguf
+from gamma_rt.decoder_shape import DecoderShape
 from gamma_rt.errors import GammaError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def _native_bin() -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory) -> Path:
-    return write_random_qwen3_gguf(tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", Qwen3Shape.preset("tiny"))
+    return write_random_qwen3_gguf(tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", DecoderShape.tiny())
 
 
 def test_random_gguf_has_the_qwen3_shape_llama_cpp_expects(tiny_gguf):
@@ -45,7 +46,7 @@ def test_random_gguf_has_the_qwen3_shape_llama_cpp_expects(tiny_gguf):
 
 
 def test_decode_weight_bytes_leaves_out_the_embedding_table(tiny_gguf):
-    s = Qwen3Shape.preset("tiny")
+    s = DecoderShape.tiny()
     per_layer = (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) * 2 + (2 * 64 + 2 * 16) * 4  # F16 matrices; F32 attn/ffn and q/k norms
     expected = s.num_hidden_layers * per_layer + 1024 * 64 * 2 + 64 * 4  # + output head and final norm
     assert decode_weight_bytes(tiny_gguf) == expected

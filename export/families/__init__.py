@@ -1,63 +1,51 @@
-"""The model families gamma-rt exports, one registry keyed by config.json's ``architectures``.
+"""The model families gamma-rt exports: one folder each, everything a family knows inside it.
 
-Each family is a short class in its own module (gamma.py, flamingo.py) registered with
-``@register``; ``detect(folder)`` opens a checkpoint folder as the family that reads it, and
-``family_named(name)`` finds one for ``gamma-rt init --family``. A folder no family reads is refused in one
-line naming its architectures and the families gamma-rt knows.
+A newcomer's guide: where each kind of model fact goes
+-------------------------------------------------------
+
+Adding a family is one new folder, ``export/families/<family>/``, whose ``__init__.py`` imports the module
+holding its ``@register``-ed class. The registry (registry.py) imports every subpackage of this folder on
+first use, so nothing else is edited to register it. Inside the folder:
+
+=============================================  =============================================================
+fact                                           where
+=============================================  =============================================================
+which config.json it reads                     the class: ``architectures`` / ``model_types`` (``matches``)
+reading the folder, refusing what differs      the class's ``__init__`` and ``check``, with folder.py's
+                                               readers (config, shards, tokenizer, chat template,
+                                               processor); errors name the file and the field
+key map (stored name -> ours)                  a table in the family's module, read with
+                                               ``folder.strip_prefixes``
+decoder hyperparameters                        ``folder.decoder_shape`` -> gamma_rt/decoder_shape.py's
+                                               ``DecoderShape`` (the only decoder-shape type)
+the audio graphs (ONNX) and their I/O          ``graphs()``: one ``GraphSpec`` per graph, torch modules in
+                                               the family's own ``graphs.py``
+how the graphs connect                         ``manifest_sections()["audio"]["chain"]`` (``chain_step``);
+                                               the exporters, TensorRT builders, trt_backend and bench
+                                               read the chain and know no family
+front end and windowing                        ``manifest_sections()["audio"]``: sample rate, n_fft, hop,
+                                               mel bins, window seconds and frames, max_seconds
+how many tokens a window keeps                 ``audio.token_count``: ``{"rule": name, ...}``, a rule of
+                                               gamma_rt/token_count.py (add one there with ``@rule``)
+prompt format                                  ``manifest_sections()["prompt"]``: chat template,
+                                               placeholder, start/end tokens, stop strings
+the decoder for GGUF                           ``decoder()``: a ``DecoderSpec`` (arch, shape, tensor
+                                               locations, tokenizer folder, template)
+PyTorch reference (the oracle for tests)       a ``reference.py`` in the folder, built from transformers'
+                                               own classes where they exist
+random folder for ``gamma-rt init``            ``presets`` and ``init()``; write tensors with
+                                               export/weights.py (sharded safetensors, deterministic
+                                               random tensors), one at a time for big presets
+=============================================  =============================================================
+
+Generic code never names a family: if an exporter, builder or runtime module needs to know which family it
+serves, the fact belongs in the manifest instead.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from gamma_rt.errors import CheckpointError
-
 from .base import DecoderSpec, Family, GraphSpec
-from .folder import CONFIG, read_json
+from .registry import FAMILIES, detect, discover, family_named, known, register, writable
 
-FAMILIES: list[type[Family]] = []
-
-
-def register(cls: type[Family]) -> type[Family]:
-    """Class decorator: add a family to the registry (the first that matches a folder reads it)."""
-    FAMILIES.append(cls)
-    return cls
-
-
-def _load_all() -> None:
-    # Imported for their @register side effect; the order is the matching order.
-    from . import flamingo, gamma, mufun, openmu  # noqa: F401
-
-
-def known() -> str:
-    _load_all()
-    return ", ".join(f"{f.name} ({'/'.join(f.architectures or f.model_types)})" for f in FAMILIES)
-
-
-def detect(folder: str | Path) -> Family:
-    """The family that reads ``folder``, opened on it."""
-    _load_all()
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: checkpoint folder not found")
-    path = folder / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; is this a checkpoint folder?")
-    config = read_json(path)
-    for family in FAMILIES:
-        if family.matches(config):
-            return family(folder, config)
-    archs = config.get("architectures") or config.get("model_type")
-    raise CheckpointError(f"{path}: field 'architectures' is {archs}; gamma-rt knows {known()}")
-
-
-def family_named(name: str) -> type[Family]:
-    _load_all()
-    for family in FAMILIES:
-        if family.name == name and family.presets:
-            return family
-    names = ", ".join(f.name for f in FAMILIES if f.presets)
-    raise CheckpointError(f"unknown family {name!r}; gamma-rt init writes {names}")
-
-
-__all__ = ["DecoderSpec", "FAMILIES", "Family", "GraphSpec", "detect", "family_named", "known", "register"]
+__all__ = ["DecoderSpec", "FAMILIES", "Family", "GraphSpec", "detect", "discover", "family_named", "known",
+           "register", "writable"]

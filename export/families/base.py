@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from gamma_rt.decoder_shape import DecoderShape
 from gamma_rt.errors import CheckpointError
 from gamma_rt.manifest import TensorSpec
-
-from .folder import DecoderShape
 
 BATCH = "batch"
 
@@ -68,6 +67,7 @@ class Family:
     architectures: tuple[str, ...] = ()  # config.json "architectures" entries this family reads
     model_types: tuple[str, ...] = ()  # or config.json "model_type" values
     presets: tuple[str, ...] = ()  # what ``gamma-rt init --family`` can write
+    init_options: tuple[str, ...] = ()  # the extra keyword arguments ``init`` takes (CLI flags of gamma-rt init)
 
     def __init__(self, folder: Path, config: dict):
         self.folder = Path(folder)
@@ -99,5 +99,6 @@ class Family:
         """Check weights against config before a long export; errors name what is wrong."""
 
     @classmethod
-    def init(cls, preset: str, out: Path, seed: int = 0, progress=None) -> Path:
+    def init(cls, preset: str, out: Path, seed: int = 0, progress=None, **options) -> Path:
+        """Write a random folder of ``preset`` in this family's layout into ``out``; returns ``out``."""
         raise CheckpointError(f"gamma-rt init cannot write a {cls.name} folder")

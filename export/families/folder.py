@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+from gamma_rt.decoder_shape import DecoderShape
 from gamma_rt.errors import CheckpointError
 
 CONFIG = "config.json"
@@ -34,23 +34,6 @@ def read_json(path: Path, required: bool = True) -> dict | None:
 
 
 # --- the decoder's hyperparameters ----------------------------------------------------------------
-
-
-@dataclass
-class DecoderShape:
-    """A Qwen2/Qwen3 decoder, with transformers' Qwen3Config attribute names (what llama.cpp needs)."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rope_theta: float
-    rms_norm_eps: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
 
 
 def rope_theta(cfg: dict, where: str) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from gamma_rt.errors import CheckpointError
 
-from .. import register
+from ..registry import register
 from ..base import DecoderSpec, Family, GraphSpec, chain_step, spec
 from ..folder import Weights, decoder_shape, eos_strings, read_json, strip_prefixes, tokenizer_files
 
@@ -211,7 +211,7 @@ class MuFun(Family):
         return self.weights.hash()
 
     @classmethod
-    def init(cls, preset: str, out: Path, seed: int = 0, progress=None) -> Path:
+    def init(cls, preset: str, out: Path, seed: int = 0, progress=None, **options) -> Path:
         from .random_folder import write_mufun
 
         return write_mufun(preset, out, seed, progress)

@@ -127,16 +127,15 @@ def weight_shapes(preset: str, config: dict) -> list[tuple[str, tuple[int, ...]]
     from transformers import Qwen3Config, Qwen3ForCausalLM, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from .family import FEATURE_LAYERS
     from .graphs import Connector
 
     vision = WhisperConfig(**{k: v for k, v in config["vision_config"].items() if k != "model_type"})
     text = Qwen3Config(**{k: v for k, v in config["text_config"].items() if k != "model_type"})
-    hx = int(config["connector_type"].split("_")[2].rstrip("x"))
+    ix, hx = (int(part[:-1]) for part in config["connector_type"].split("_")[1:3])  # blp_<ix>i_<hx>x
     with torch.device("meta"):
         parts = {
             "vision_tower._vision_tower.": WhisperEncoder(vision),
-            "connector._connector.": Connector(vision.d_model * len(FEATURE_LAYERS), hx, text.hidden_size),
+            "connector._connector.": Connector(vision.d_model * ix, hx, text.hidden_size),
             "language_model.": Qwen3ForCausalLM(text),
         }
     return [(prefix + k, tuple(v.shape)) for prefix, m in parts.items() for k, v in m.state_dict().items()]
@@ -147,7 +146,7 @@ def write_mufun(preset: str, out: Path, seed: int = 0, progress=None) -> Path:
     import torch
 
     from ...checkpoint import _ShardWriter, _sinusoids
-    from ..flamingo_init import _random
+    from ..flamingo.writer import _random
 
     if preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r} for mufun; choose {', '.join(PRESETS)}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gamma_rt.errors import CheckpointError
 
-from .. import register
+from ..registry import register
 from ..base import DecoderSpec, Family, GraphSpec, chain_step, spec
 from ..folder import CONFIG, Weights, decoder_shape, read_json, tokenizer_files
 from . import prompt
@@ -204,7 +204,7 @@ class OpenMU(Family):
         return h.hexdigest()
 
     @classmethod
-    def init(cls, preset: str, out: Path, seed: int = 0, progress=None) -> Path:
+    def init(cls, preset: str, out: Path, seed: int = 0, progress=None, **options) -> Path:
         from .init import write_openmu
 
         return write_openmu(preset, out, seed, progress)

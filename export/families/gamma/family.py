@@ -11,9 +11,9 @@ from pathlib import Path
 
 from gamma_rt.manifest import AUDIO_COMPONENTS
 
-from . import register
-from .base import DecoderSpec, Family, GraphSpec, chain_step, spec
-from .folder import DecoderShape, Weights, chat_template, decoder_shape, strip_prefixes, tokenizer_files
+from ..registry import register
+from ..base import DecoderSpec, Family, GraphSpec, chain_step, spec
+from ..folder import Weights, chat_template, decoder_shape, strip_prefixes, tokenizer_files
 
 # The audio chain: both experts read the mel, fusion mixes them, the projector pools and projects.
 GAMMA_CHAIN = [
@@ -47,7 +47,7 @@ def gamma_sections(cfg, family: str = "gamma") -> dict:
         tokens_per_window=cfg.tokens_per_window,
         pool_stride=cfg.projector.pool_stride,
         max_seconds=None,
-        token_count="proportional",
+        token_count={"rule": "proportional"},
         chain=GAMMA_CHAIN,
     )
     llm = cfg.llm
@@ -66,15 +66,16 @@ class Gamma(Family):
     name = "gamma"
     architectures = ("gamma-rt/checkpoint",)
     presets = ("tiny", "small", "full")
+    init_options = ("whisper_init", "qwen3_init", "dtype")
 
     @classmethod
     def matches(cls, config: dict) -> bool:
-        from ..config import CONFIG_FORMAT
+        from ...config import CONFIG_FORMAT
 
         return config.get("format") == CONFIG_FORMAT
 
     def __init__(self, folder: Path, config: dict):
-        from ..checkpoint import Checkpoint
+        from ...checkpoint import Checkpoint
 
         super().__init__(folder, config)
         self.checkpoint = Checkpoint(folder)
@@ -108,7 +109,7 @@ class Gamma(Family):
         tensors = {k[len("llm."):]: (where[k], k) for k in where if k.startswith("llm.")}
         if self.cfg.llm.tie_word_embeddings:
             tensors.pop("lm_head.weight", None)
-        return DecoderSpec("qwen3", DecoderShape(**dataclasses.asdict(self.cfg.llm)), tensors, self.folder,
+        return DecoderSpec("qwen3", self.cfg.llm, tensors, self.folder,
                            chat_template(self.folder), f"gamma-{self.cfg.preset}-decoder")
 
     def manifest_sections(self) -> dict:
@@ -116,6 +117,29 @@ class Gamma(Family):
 
     def hash(self) -> str:
         return self.checkpoint.hash()
+
+    @classmethod
+    def init(cls, preset: str, out: Path, seed: int = 0, progress=None, whisper_init: Path | None = None,
+             qwen3_init: Path | None = None, dtype: str | None = None) -> Path:
+        """A random GaMMA checkpoint; the experts and the LLM may start from stock whisper / Qwen3 folders;
+        ``dtype`` a torch dtype name (tiny: float32, else bfloat16)."""
+        import torch
+
+        from ...checkpoint import qwen3_source, whisper_source, write_random_checkpoint
+        from ...config import GammaConfig
+        from ...tokenizer import write_tokenizer
+
+        cfg = GammaConfig.preset_named(preset)
+        sources = {}
+        if whisper_init:
+            for i, src in enumerate(whisper_source(whisper_init)):
+                sources[f"whisper{i}"] = src
+        if qwen3_init:
+            sources["qwen3"] = qwen3_source(qwen3_init)
+        write_random_checkpoint(cfg, out, seed=seed, dtype=getattr(torch, dtype) if dtype else None,
+                                sources=sources, progress=progress)
+        write_tokenizer(out, cfg, qwen3_folder=qwen3_init)
+        return Path(out)
 
 
 @register
@@ -132,13 +156,12 @@ class Qwen3Decoder(Family):
         self.weights = Weights(self.folder)
 
     def _gamma_config(self):
-        from ..config import GammaConfig, LLMConfig
+        from ...config import GammaConfig
 
-        llm = LLMConfig(**dataclasses.asdict(self.shape))
-        return dataclasses.replace(GammaConfig(), llm=llm, preset="qwen3-hf")
+        return dataclasses.replace(GammaConfig(), llm=self.shape, preset="qwen3-hf")
 
     def decoder(self, scratch: Path) -> DecoderSpec:
-        from ..tokenizer import write_tokenizer
+        from ...tokenizer import write_tokenizer
 
         tokenizer_folder = scratch / "tokenizer"
         write_tokenizer(tokenizer_folder, self._gamma_config(), qwen3_folder=self.folder)

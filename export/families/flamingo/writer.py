@@ -66,7 +66,7 @@ def train_tokenizer(vocab_size: int):
     """Qwen2-style byte-level BPE (export/tokenizer.py's recipe) with the flamingo special tokens last."""
     from transformers import Qwen2TokenizerFast
 
-    from ..tokenizer import TRAINING_TEXT, train_qwen2_bpe
+    from ...tokenizer import TRAINING_TEXT, train_qwen2_bpe
 
     tok = train_qwen2_bpe(TRAINING_TEXT.split("\n\n"), min(vocab_size, 4096) - len(SPECIALS), list(SPECIALS))
     return Qwen2TokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
@@ -135,7 +135,7 @@ def _random(name: str, shape: tuple[int, ...], seed: int, std: float):
     """A deterministic random tensor for ``name``: norms at one, biases small, matrices N(0, std)."""
     import torch
 
-    from ..checkpoint import _stable_hash
+    from ...checkpoint import _stable_hash
 
     gen = torch.Generator().manual_seed((seed * 1_000_003 + _stable_hash(name)) % 2**63)
     leaf, parent = name.rsplit(".", 1)[-1], name.rsplit(".", 2)[-2]
@@ -158,7 +158,7 @@ def _write_streamed(model_class, config, out: Path, seed: int, progress=None) ->
     """Shards of random bf16 tensors under save_pretrained's names, one tensor in memory at a time."""
     import torch
 
-    from ..checkpoint import _ShardWriter, _sinusoids, _map_key
+    from ...checkpoint import _ShardWriter, _sinusoids, _map_key
 
     with torch.device("meta"):
         model = model_class(config)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from gamma_rt.errors import CheckpointError
 from gamma_rt.manifest import TensorSpec
+from gamma_rt.token_count import conv_pool_tokens
 
-from . import register
-from .base import BATCH, DecoderSpec, Family, GraphSpec, chain_step, spec
-from .folder import (
+from ..registry import register
+from ..base import BATCH, DecoderSpec, Family, GraphSpec, chain_step, spec
+from ..folder import (
     Weights,
     chat_template,
     decoder_shape,
@@ -40,12 +41,6 @@ LLM_KEYS = {
 ENCODER_KEYS = {"audio_tower.": "", "model.audio_tower.": ""}
 PROJECTOR_KEYS = {"multi_modal_projector.": "", "model.multi_modal_projector.": ""}
 ENCODER_TYPES = ("audioflamingo3_encoder", "musicflamingo_encoder")
-
-
-def conv_pool_tokens(frames: int) -> int:
-    """Audio tokens for ``frames`` mel frames: conv2 (stride 2) then avg-pool 2, as the processor counts."""
-    conv = (frames - 1) // 2 + 1
-    return (conv - 2) // 2 + 1
 
 
 @register
@@ -112,7 +107,7 @@ class AudioFlamingo3(Family):
             "tokens_per_window": conv_pool_tokens(frames),
             "pool_stride": 2,
             "max_seconds": max_seconds,
-            "token_count": "conv_pool",
+            "token_count": {"rule": "conv_pool"},
         }
 
     def _token(self, id_field: str, text_field: str) -> str:
@@ -180,7 +175,7 @@ class AudioFlamingo3(Family):
         import torch
         from transformers.models.audioflamingo3.modeling_audioflamingo3 import AudioFlamingo3Encoder
 
-        from .flamingo_graphs import MaskedEncoder
+        from .graphs import MaskedEncoder
 
         audio_config = self._hf_config().audio_config
         audio_config._attn_implementation = "eager"  # traces to MatMul/Add/Softmax, which the fusion matches
@@ -197,7 +192,7 @@ class AudioFlamingo3(Family):
         return self._load(mlp, PROJECTOR_KEYS)
 
     def _projector(self):
-        from .flamingo_graphs import Projector
+        from .graphs import Projector
 
         return Projector(self._mlp(self._hf_config()))
 
@@ -239,8 +234,8 @@ class AudioFlamingo3(Family):
         return self.weights.hash()
 
     @classmethod
-    def init(cls, preset: str, out: Path, seed: int = 0, progress=None) -> Path:
-        from .flamingo_init import write_flamingo
+    def init(cls, preset: str, out: Path, seed: int = 0, progress=None, **options) -> Path:
+        from .writer import write_flamingo
 
         return write_flamingo(cls.name, preset, out, seed, progress)
 
@@ -267,7 +262,7 @@ class MusicFlamingo(AudioFlamingo3):
         import torch
         from transformers.models.musicflamingo.modeling_musicflamingo import MusicFlamingoRotaryEmbedding
 
-        from .flamingo_graphs import Projector, RotaryTime
+        from .graphs import Projector, RotaryTime
 
         config = self._hf_config()
         with torch.device("cpu"):

@@ -1,0 +1,134 @@
+"""The families' wing holds: every model fact sits in its family's folder, the registry is the decorator
+alone, and export/ has no import circles.
+
+Imports are read with ``ast`` (tests/test_layering.py's reader: module level and inside functions, relative
+imports resolved); each module is also imported on its own, in a fresh interpreter state for export/.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_layering import ROOT, imported_names, module_name
+
+EXPORT = ROOT / "export"
+FAMILIES = EXPORT / "families"
+
+
+def export_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(EXPORT.rglob("*.py"))}
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the export modules it imports (``from a import b``: ``a.b`` where b is a module, else ``a``)."""
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for target, _ in imported_names(path.read_text(), name, path.name == "__init__.py"):
+            if target in modules and target != name:
+                edges.add(target)
+        graph[name] = edges
+    # ``from a import b`` yields both a and a.b: keep a only when b is not a submodule of it
+    for name, path in modules.items():
+        for target, _ in imported_names(path.read_text(), name, path.name == "__init__.py"):
+            parent = target.rpartition(".")[0]
+            if target in modules and parent in graph[name] and not _named_directly(path, name, parent):
+                graph[name].discard(parent)
+    return graph
+
+
+def _named_directly(path: Path, module: str, target: str) -> bool:
+    """Whether ``module`` imports ``target`` itself (``import target`` or ``from target import a_name``)."""
+    names = imported_names(path.read_text(), module, path.name == "__init__.py")
+    subs = {t for t, _ in names if t.rpartition(".")[0] == target}
+    plain = [t for t, _ in names if t == target]
+    modules = export_modules()
+    return bool(plain) and (not subs or any(s not in modules for s in subs))
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle, each as the path that closes it (depth-first search)."""
+    found, state, stack = [], {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_export_has_no_import_circles():
+    graph = import_graph(export_modules())
+    assert graph["gamma_rt.export.families.gamma.family"] >= {"gamma_rt.export.families.registry"}
+    assert not cycles(graph), cycles(graph)
+
+
+def test_the_cycle_finder_sees_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+@pytest.mark.parametrize("module", sorted(export_modules()))
+def test_each_export_module_imports_alone(module):
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("gamma_rt.export")}
+    for k in saved:
+        del sys.modules[k]
+    try:
+        importlib.import_module(module)
+    finally:
+        for k in [k for k in sys.modules if k.startswith("gamma_rt.export")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def test_every_family_folder_registers_itself():
+    from gamma_rt.export.families import discover
+
+    folders = {p.parent.name for p in FAMILIES.glob("*/__init__.py")}
+    registered = {f.__module__.split(".")[3] for f in discover()}
+    assert registered == folders
+    assert {"gamma", "flamingo"} <= folders
+
+
+def test_init_offers_the_registered_families(capsys):
+    from gamma_rt.cli import main
+    from gamma_rt.export.families import writable
+
+    with pytest.raises(SystemExit):
+        main(["init", "--help"])
+    text = capsys.readouterr().out
+    for family in writable():
+        assert family.name in text
+
+
+def test_an_option_of_another_family_is_refused_in_one_line(tmp_path, capsys):
+    from gamma_rt.cli import main
+
+    assert main(["init", "--family", "musicflamingo", "--dtype", "float16", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--dtype: not an option of --family musicflamingo" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_pyproject_installs_every_package_folder():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    stages = ("export", "runtime", "quant", "bench")
+    folders = {module_name(p) for stage in stages for p in (ROOT / stage).rglob("__init__.py")}
+    assert folders <= listed, f"add to pyproject.toml's packages: {sorted(folders - listed)}"
