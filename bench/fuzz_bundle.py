@@ -11,6 +11,7 @@ import json
 import math
 import os
 import struct
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -91,6 +92,7 @@ class GGUFLayout:
         last = reader.tensors[-1].field
         self.infos_end = last.offset + sum(p.nbytes for p in last.parts)
         self.data_start = reader.data_offset
+        self.tensor_names = {t.name for t in reader.tensors}
         for t in reader.tensors:
             offs = self._offsets(t.field)
             n_dims = int(t.field.parts[2][0])
@@ -136,12 +138,14 @@ def gguf_string(text: str | bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def gguf_mutations(layout: GGUFLayout, rng) -> tuple[str, bytes]:
+def gguf_mutations(layout: GGUFLayout, rng, source: Path) -> tuple[str, bytes]:
     """One mutation of the GGUF: (what was done, the new file's bytes)."""
     data = bytearray(layout.data)
-    kind = rng.choice(["value", "value", "value", "value", "string", "flip", "truncate", "token", "insert"])
-    if kind == "value":
-        label, off, fmt = rng.choice(layout.slots)
+    kind = rng.choice(["metadata", "metadata", "metadata", "tensor", "header", "string", "flip", "truncate",
+                       "token", "insert", "retype"])
+    if kind in ("metadata", "tensor", "header"):
+        slots = [s for s in layout.slots if _slot_kind(s[0], layout) == kind]
+        label, off, fmt = rng.choice(slots)
         value = rng.choice(SPECIAL[fmt])
         struct.pack_into("<" + fmt, data, off, value)
         return f"{label} = {value!r}", bytes(data)
@@ -158,14 +162,71 @@ def gguf_mutations(layout: GGUFLayout, rng) -> tuple[str, bytes]:
     if kind == "truncate":
         cut = rng.choice((rng.randrange(layout.infos_end), rng.randrange(layout.infos_end, len(data))))
         return f"truncated to {cut} of {len(data)} bytes", bytes(data[:cut])
+    if kind == "retype":
+        return retyped(source, rng)
     if kind == "token" and len(layout.tokens) > 1:
-        (a, n), (b, m) = rng.sample(layout.tokens, 2)
+        a, n = rng.choice(layout.tokens)
         same = [t for t in layout.tokens if t[1] == n and t[0] != a]
         if same:
-            b, m = rng.choice(same)
-            data[b:b + m] = data[a:a + n]
+            b, _ = rng.choice(same)
+            data[b:b + n] = data[a:a + n]
             return f"token at byte {b} made a duplicate of the one at byte {a}", bytes(data)
     return gguf_insertion(layout, rng)
+
+
+def _slot_kind(label: str, layout: GGUFLayout) -> str:
+    if label.startswith("header."):
+        return "header"
+    return "tensor" if label.rsplit(".", 1)[0] in layout.tensor_names else "metadata"
+
+
+RETYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "IQ4_NL")  # types a 64-wide row can hold
+
+
+def retyped(source: Path, rng) -> tuple[str, bytes]:
+    """The GGUF written whole again by gguf-py, one tensor converted to another ggml type: a correct layout,
+    so only the type itself is hostile."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    reader = GGUFReader(source)
+    target = rng.choice(reader.tensors).name
+    qtype = GGMLQuantizationType[rng.choice(RETYPES)]
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "retyped.gguf"
+        written = _rewrite(reader, out, target, qtype)
+        return f"{target} rewritten as {written}", out.read_bytes()
+
+
+def _rewrite(reader, out: Path, target: str, qtype) -> str:
+    """Write ``reader``'s file to ``out`` with ``target`` in ``qtype``; returns the type it got (F32 where
+    gguf-py cannot write ``qtype`` for its shape)."""
+    import numpy as np
+    from gguf import GGUFValueType, GGUFWriter
+    from gguf.quants import quantize
+
+    written = "F32"
+    writer = GGUFWriter(out, reader.fields["general.architecture"].contents())
+    for f in reader.fields.values():
+        if not f.name.startswith("GGUF.") and f.name != "general.architecture":
+            if f.types[0] == GGUFValueType.ARRAY:
+                writer.add_array(f.name, f.contents())
+            else:
+                writer.add_key_value(f.name, f.contents(), f.types[0])
+    for t in reader.tensors:
+        data = np.array(t.data, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+        if t.name == target:
+            try:
+                writer.add_tensor(t.name, quantize(data, qtype), raw_dtype=qtype)
+                written = qtype.name
+                continue
+            except (ValueError, NotImplementedError):  # gguf-py cannot write this type for this shape
+                pass
+        writer.add_tensor(t.name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return written
 
 
 def gguf_insertion(layout: GGUFLayout, rng) -> tuple[str, bytes]:
@@ -186,9 +247,10 @@ def gguf_insertion(layout: GGUFLayout, rng) -> tuple[str, bytes]:
 
 def gguf_cases(ctx: FuzzContext, n: int) -> Iterator[CaseResult]:
     name = component_of_kind(ctx.bundle, "gguf")[0]
-    layout = GGUFLayout(ctx.bundle / json.loads((ctx.bundle / "manifest.json").read_text())["components"][name]["file"])
+    source = ctx.bundle / layout_file(ctx.bundle, name)
+    layout = GGUFLayout(source)
     for _ in range(n):
-        what, data = gguf_mutations(layout, ctx.rng)
+        what, data = gguf_mutations(layout, ctx.rng, source)
 
         def write(bundle: Path, data=data) -> str:
             replace_file(bundle / layout_file(bundle, name), data)
