@@ -230,6 +230,24 @@ def test_an_embedding_cache_on_a_full_disk_stops_the_run_with_one_line_on_either
     assert read_records(tmp_path / "out" / "records.jsonl", "jsonl") == [], "no track failed for want of space"
 
 
+def test_write_tags_on_a_full_disk_stops_with_one_line_leaves_the_files_as_they_were_and_resumes(
+        tiny_bundle, small_disk, capsys):
+    lib = small_disk.root / "lib"
+    for rel in ("rock/live/encore.flac", "jazz/ballad.ogg"):
+        write_good(lib, rel)
+    argv = _argv(lib, tiny_bundle, small_disk.root.parent / "out")
+    assert main(argv) == 0
+    before = {p: p.read_bytes() for p in lib.rglob("*.*")}
+    small_disk.fill()
+    assert main([*argv, "--write-tags"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("gamma-rt: error: disk full: writing tags into ") and err.endswith("free space and rerun")
+    assert {p: p.read_bytes() for p in lib.rglob("*.*")} == before, "no file changed, no temporary left"
+    small_disk.free()
+    assert main([*argv, "--write-tags"]) == 0
+    assert all(p.read_bytes() != data for p, data in before.items()), "the rerun wrote every file's tags"
+
+
 # --- a second Ctrl-C ---------------------------------------------------------------------------------------
 
 def test_a_second_sigint_stops_at_once_and_leaves_the_journal_valid_for_the_resume(tmp_path, tiny_bundle):
