@@ -36,10 +36,11 @@ TYPES = {
 }
 
 
-def component_name(gguf_type: str) -> str:
-    """Manifest name of a decoder variant: F32 is ``decoder``, others ``decoder.f16``, ``decoder.q4_k_m``..."""
+def component_name(gguf_type: str, stem: str = "decoder") -> str:
+    """Manifest name of a decoder variant: F32 is ``decoder``, others ``decoder.f16``, ``decoder.q4_k_m``...
+    (``stem`` ``decoder.base``: the base of a kept-apart LoRA adapter, ``decoder.base.f16``, ...)."""
     gguf_type = gguf_type.lower()
-    return "decoder" if gguf_type == "f32" else f"decoder.{gguf_type}"
+    return stem if gguf_type == "f32" else f"{stem}.{gguf_type}"
 
 
 def add_qwen3_hparams(writer, llm, head_dim: bool = True) -> None:
@@ -64,8 +65,40 @@ def add_qwen2_hparams(writer, llm) -> None:
     add_qwen3_hparams(writer, llm, head_dim=False)
 
 
-# gguf-py architecture name -> (its MODEL_ARCH, hyperparameter writer)
-ARCHS = {"qwen3": ("QWEN3", add_qwen3_hparams), "qwen2": ("QWEN2", add_qwen2_hparams)}
+def add_llama_hparams(writer, llm) -> None:
+    """Llama 3: Qwen2's keys plus the rotary width and vocabulary size llama.cpp's converter writes."""
+    add_qwen3_hparams(writer, llm, head_dim=False)
+    writer.add_rope_dimension_count(llm.head_dim)
+    writer.add_vocab_size(llm.vocab_size)
+
+
+def rope_halves_to_pairs(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Rows of a q or k projection (out, in) reordered per head from HF's rotate-half layout (first half of a
+    head's channels pairs with the second) to llama.cpp's ``llama`` RoPE, which rotates adjacent pairs."""
+    rows = weight.shape[0]
+    head = rows // n_heads
+    return weight.reshape(n_heads, 2, head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def llama_rows(key: str, weight: np.ndarray, llm) -> np.ndarray:
+    """What llama.cpp's ``llama`` architecture needs changed in an HF Llama tensor: q/k rows for its RoPE."""
+    if key.endswith("self_attn.q_proj.weight"):
+        return rope_halves_to_pairs(weight, llm.num_attention_heads)
+    if key.endswith("self_attn.k_proj.weight"):
+        return rope_halves_to_pairs(weight, llm.num_key_value_heads)
+    return weight
+
+
+def _same(key: str, weight: np.ndarray, llm) -> np.ndarray:
+    return weight
+
+
+# gguf-py architecture name -> (its MODEL_ARCH, hyperparameter writer, tensor rewrite, pre-tokenizer)
+ARCHS = {
+    "qwen3": ("QWEN3", add_qwen3_hparams, _same, "qwen2"),
+    "qwen2": ("QWEN2", add_qwen2_hparams, _same, "qwen2"),
+    "llama": ("LLAMA", add_llama_hparams, llama_rows, "llama-bpe"),
+}
 
 
 def write_gguf(source: DecoderSpec, out: str | Path, gguf_type: str = "f32", progress=track) -> Path:
@@ -76,7 +109,7 @@ def write_gguf(source: DecoderSpec, out: str | Path, gguf_type: str = "f32", pro
     weight_type, file_type = TYPES[gguf_type]
     weight_qtype = gguf.GGMLQuantizationType[weight_type]
     llm = source.shape
-    model_arch, add_hparams = ARCHS[source.arch]
+    model_arch, add_hparams, rewrite, pre = ARCHS[source.arch]
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[model_arch], llm.num_hidden_layers)
     if "model.embed_tokens.weight" not in source.tensors:
         raise CheckpointError(f"{source.tokenizer_folder}: no model.embed_tokens.weight; not a {source.arch} decoder")
@@ -102,7 +135,7 @@ def write_gguf(source: DecoderSpec, out: str | Path, gguf_type: str = "f32", pro
     add_hparams(writer, llm)
     writer.add_file_type(gguf.LlamaFileType[file_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    add_vocab(writer, source.tokenizer_folder, llm.vocab_size, source.chat_template)
+    add_vocab(writer, source.tokenizer_folder, llm.vocab_size, source.chat_template, pre)
 
     for key, name, qtype in plan:
         shape = shapes[key]
@@ -121,6 +154,9 @@ def write_gguf(source: DecoderSpec, out: str | Path, gguf_type: str = "f32", pro
             file, stored = source.tensors[key]
             with safe_open(file, "pt") as sf:
                 weights = sf.get_tensor(stored).float().numpy()
+            if source.merge is not None:
+                weights = source.merge(key, weights)
+            weights = rewrite(key, weights, llm)
             writer.write_tensor_data(gguf.quants.quantize(weights, qtype))
             del weights
         writer.close()
@@ -143,37 +179,55 @@ def _tensor_type(shape: tuple[int, ...], weight_qtype):
 
 
 def export_gguf(checkpoint: str | Path, bundle: str | Path, gguf_type: str = "f32", progress=track) -> Component:
-    """Convert and record the GGUF in the bundle's manifest as ``decoder`` / ``decoder.<type>``."""
+    """Convert and record the GGUF in the bundle's manifest as ``decoder`` / ``decoder.<type>``.
+
+    A folder that ships a LoRA adapter unmerged (OpenMU) gets three: ``decoder`` with the adapter merged,
+    ``decoder.base`` without it and the adapter itself, ``lora``, which llama.cpp applies to that base."""
     from .bundle import open_bundle
     from .families import detect
 
     bundle = Path(bundle)
     family = detect(checkpoint)
+    adapter = family.adapter()
     with tempfile.TemporaryDirectory() as scratch:
         source = family.decoder(Path(scratch))
         manifest = open_bundle(family, bundle)
-        llm = source.shape
-        file = f"decoder-{gguf_type}.gguf"
-        write_gguf(source, bundle / file, gguf_type, progress)
-    component = Component(
-        kind="gguf",
-        file=file,
-        sha256="",
-        bytes=0,
-        precision=gguf_type,
-        extra={
-            "arch": source.arch,
-            "n_embd": llm.hidden_size,
-            "n_vocab": llm.vocab_size,
-            "n_layer": llm.num_hidden_layers,
-            "n_ctx_train": llm.max_position_embeddings,
-            "type": gguf_type,
-        },
-    )
+        component = _write_decoder(source, bundle, f"decoder-{gguf_type}.gguf", gguf_type, progress)
+        if adapter is not None:
+            component.extra["lora_merged"] = LORA
+            base = family.decoder(Path(scratch), merged=False)
+            base_key = component_name(gguf_type, BASE)
+            manifest.add_file(bundle, base_key, _write_decoder(base, bundle, f"decoder-base-{gguf_type}.gguf",
+                                                               gguf_type, progress, adapter.base_id))
+            manifest.add_file(bundle, LORA, _write_adapter(adapter, bundle, base_key, progress))
     manifest.add_file(bundle, component_name(gguf_type), component)
     manifest.check_widths(bundle)  # a GGUF that cannot take the projector's embeddings is refused here
     manifest.write(bundle)
     return component
+
+
+BASE, LORA = "decoder.base", "lora"  # manifest keys of a kept-apart adapter's base and of the adapter
+
+
+def _write_decoder(source: DecoderSpec, bundle: Path, file: str, gguf_type: str, progress,
+                   base_id: str | None = None) -> Component:
+    write_gguf(source, bundle / file, gguf_type, progress)
+    llm = source.shape
+    extra = {"arch": source.arch, "n_embd": llm.hidden_size, "n_vocab": llm.vocab_size,
+             "n_layer": llm.num_hidden_layers, "n_ctx_train": llm.max_position_embeddings, "type": gguf_type}
+    if base_id is not None:
+        extra["base_id"] = base_id  # the adapters recorded with this id apply to it
+    return Component(kind="gguf", file=file, sha256="", bytes=0, precision=gguf_type, extra=extra)
+
+
+def _write_adapter(adapter, bundle: Path, base_key: str, progress) -> Component:
+    from .gguf_lora import write_lora_gguf
+
+    file = "lora.gguf"
+    write_lora_gguf(adapter, bundle / file, progress)
+    return Component(kind="gguf_lora", file=file, sha256="", bytes=0, precision="f32",
+                     extra={"arch": adapter.arch, "base": base_key, "base_id": adapter.base_id,
+                            "rank": adapter.rank, "alpha": adapter.alpha, "targets": len(adapter.targets)})
 
 
 def register(export_sub: argparse._SubParsersAction) -> None:

@@ -44,13 +44,15 @@ def vocab_tokens(tokenizer_folder: Path, vocab_size: int) -> tuple[list[str], li
     return tokens, types
 
 
-def add_vocab(writer, tokenizer_folder: Path, vocab_size: int, chat_template: str | None = None) -> None:
-    """Add the full tokenizer to a ``gguf.GGUFWriter``; ``chat_template`` is the checkpoint folder's own."""
+def add_vocab(writer, tokenizer_folder: Path, vocab_size: int, chat_template: str | None = None,
+              pre: str = "qwen2") -> None:
+    """Add the full tokenizer to a ``gguf.GGUFWriter``; ``chat_template`` is the checkpoint folder's own,
+    ``pre`` llama.cpp's pre-tokenizer (``qwen2``, or ``llama-bpe`` for Llama 3, whose BOS the folder names)."""
     import gguf
 
     tokens, types = vocab_tokens(tokenizer_folder, vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
 
@@ -59,8 +61,11 @@ def add_vocab(writer, tokenizer_folder: Path, vocab_size: int, chat_template: st
         raise CheckpointError(f"{tokenizer_folder / 'tokenizer.json'}: no BPE merges found")
     if "eos" not in special.special_token_ids:
         raise CheckpointError(f"{tokenizer_folder / 'tokenizer_config.json'}: field 'eos_token' missing")
-    # Qwen has no BOS; llama.cpp's default BOS for gpt2 vocabularies (id 11) would name an arbitrary token.
-    special.special_token_ids.setdefault("bos", tokens.index(ENDOFTEXT) if ENDOFTEXT in tokens else 0)
-    special.add_special_token["bos"] = False
+    if pre == "qwen2":
+        # Qwen has no BOS; llama.cpp's default BOS for gpt2 vocabularies (id 11) would name an arbitrary token.
+        special.special_token_ids.setdefault("bos", tokens.index(ENDOFTEXT) if ENDOFTEXT in tokens else 0)
+        special.add_special_token["bos"] = False
+    elif "bos" not in special.special_token_ids:
+        raise CheckpointError(f"{tokenizer_folder / 'tokenizer_config.json'}: field 'bos_token' missing")
     special.chat_template = chat_template
     special.add_to_gguf(writer, quiet=True)

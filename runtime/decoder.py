@@ -119,6 +119,7 @@ class DecoderSession:
         n_batch: int = 512,
         kv_type: str | None = None,
         shared_cells: bool = True,
+        lora: str | Path | None = None,
     ):
         """``n_ctx`` is the KV cache size in tokens, shared by all ``n_seq_max`` sequences (see
         :func:`context_size_for`). ``n_gpu_layers`` layers go to the GPU when llama.cpp was built with CUDA
@@ -171,6 +172,8 @@ class DecoderSession:
         if not self._ctx:
             self.close()
             raise GammaError(f"{self.path}: llama.cpp could not create a {n_ctx}-token context (out of memory?)")
+        if lora is not None:
+            self._apply_lora(Path(lora))
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.cells_per_sequence = llama_cpp.llama_n_ctx_seq(self._ctx)  # n_ctx, or its share without shared_cells
@@ -179,6 +182,19 @@ class DecoderSession:
         self.generated: dict[int, list[int]] = {}  # sequence -> token ids of its last generated answer
         self._token_batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._embd_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
+
+    def _apply_lora(self, path: Path) -> None:
+        check_gguf(path)
+        self._lora = llama_cpp.llama_adapter_lora_init(self._model, str(path).encode())
+        if not self._lora:
+            self.close()
+            raise BundleError(f"{path}: llama.cpp could not load this LoRA adapter on {self.path.name} "
+                              "(made for another base?)")
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._lora)
+        scales = (ctypes.c_float * 1)(1.0)
+        if llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+            self.close()
+            raise BundleError(f"{path}: llama.cpp refused to apply this LoRA adapter")
 
     # --- lifetime ------------------------------------------------------------------------------
 
@@ -190,6 +206,9 @@ class DecoderSession:
         if getattr(self, "_ctx", None):
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+        if getattr(self, "_lora", None):  # before its model
+            llama_cpp.llama_adapter_lora_free(self._lora)
+            self._lora = None
         if getattr(self, "_model", None):
             llama_cpp.llama_model_free(self._model)
             self._model = None

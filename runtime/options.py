@@ -49,6 +49,9 @@ class RuntimeOptions:
     # the manifest's GGUF component: "decoder" (F32), "decoder.f16", "decoder.q4_k_m", ...; "auto" takes the
     # most faithful one the bundle has (F32, then F16, BF16, Q8_0, ... down to the smallest k-quant)
     decoder: str = "auto"
+    # a LoRA adapter component of the manifest ("lora") that llama.cpp applies at run time; its base decoder
+    # is then the default, and a decoder it was not made for is refused
+    lora: str | None = None
     # windows per audio-backend call: 1 streams each window as soon as it has arrived; 4 or 8 fill a GPU
     # better on whole files (the first window then waits for its batch)
     batch_windows: int = 1
@@ -85,7 +88,7 @@ class RuntimeOptions:
         """The options of a command that took :func:`add_runtime_options`."""
         return cls(backend=args.backend, precision=args.precision, threads=args.threads,
                    gpu_layers=args.gpu_layers, cache_dir=args.cache_dir, overlap=not args.no_overlap,
-                   decoder=args.decoder, batch_windows=args.batch_windows)
+                   decoder=args.decoder, batch_windows=args.batch_windows, lora=getattr(args, "lora", None))
 
 
 def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = None) -> None:
@@ -99,6 +102,10 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
     g.add_argument("--decoder", default="auto", metavar="COMPONENT",
                    help="GGUF component of the manifest: decoder (F32), decoder.f16, decoder.q4_k_m, ... (default "
                    "auto: the most faithful one the bundle has; -v says which)")
+    g.add_argument("--lora", default=None, metavar="COMPONENT",
+                   help="LoRA adapter of the manifest (e.g. lora) for llama.cpp to apply at run time on its base "
+                   "decoder (decoder.base, the default with --lora); without it an OpenMU bundle runs 'decoder', "
+                   "the adapter merged at export")
     g.add_argument("--threads", type=int, default=None, metavar="N",
                    help=THREADS_HELP)
     g.add_argument("--gpu-layers", type=int, default=None, metavar="N",

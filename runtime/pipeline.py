@@ -76,6 +76,7 @@ class Pipeline:
         self.layout = AudioLayout.from_manifest(manifest.audio)
         self.prompt = prompt_from_manifest(manifest.prompt, str(bundle / MANIFEST_NAME))
         self.decoder_file = manifest.path(bundle, options.decoder)
+        self.lora_file = manifest.path(bundle, options.lora) if options.lora else None
         self.progress = progress
         self.cache = EmbeddingCache(options.cache_dir, bundle, backend.precision) if options.cache_dir else None
         self.times = StageTimes()  # of the last run; the backend's stages are merged in at its end
@@ -92,12 +93,16 @@ class Pipeline:
         bundle = Path(bundle)
         options = (options or RuntimeOptions()).replace(**overrides) if overrides else (options or RuntimeOptions())
         manifest = Manifest.load(bundle, verify=verify)
+        if options.lora and options.decoder == "auto":
+            options = options.replace(decoder=lora_base(manifest, bundle, options.lora))
         if options.decoder == "auto":
             options = options.replace(decoder=best_decoder(manifest, bundle))
         gguf = manifest.component(options.decoder)
         if gguf.kind != "gguf":
             raise BundleError(f"{bundle / MANIFEST_NAME}: components.{options.decoder}.kind is {gguf.kind!r}, "
                               "not gguf")
+        if options.lora:
+            check_lora_fits(manifest, bundle, options.lora, options.decoder)
         audio_backend = open_backend(bundle, manifest, options.backend, options.precision, options.threads)
         return cls(bundle, manifest, audio_backend, options, progress)
 
@@ -156,7 +161,7 @@ class Pipeline:
         if self.session is not None:
             self.session.close()
         self.session = DecoderSession(self.decoder_file, n_ctx=n_ctx, n_threads=self.options.threads,
-                                      n_gpu_layers=self.options.gpu_layers)
+                                      n_gpu_layers=self.options.gpu_layers, lora=self.lora_file)
 
     def decoder_placement(self) -> str:
         """Where the decoder runs, in words (for --verbose)."""
@@ -304,6 +309,35 @@ class Conversation:
 # GGUF weight types from the most faithful to the smallest: "auto" takes the first one a bundle has
 DECODER_ORDER = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0",
                  "q3_k_m", "q3_k_s", "q2_k")
+
+
+def _lora(manifest: Manifest, bundle: Path, name: str):
+    lora = manifest.component(name)
+    if lora.kind != "gguf_lora":
+        raise BundleError(f"{bundle / MANIFEST_NAME}: --lora {name}: components.{name}.kind is {lora.kind!r}, "
+                          "not gguf_lora (a LoRA adapter)")
+    return lora
+
+
+def lora_base(manifest: Manifest, bundle: Path, name: str) -> str:
+    """The manifest key of the decoder LoRA adapter ``name`` was exported with (``decoder.base``)."""
+    base = _lora(manifest, bundle, name).extra.get("base")
+    if not isinstance(base, str) or base not in manifest.components:
+        raise BundleError(f"{bundle / MANIFEST_NAME}: field components.{name}.extra.base names {base!r}, "
+                          "which the bundle lacks")
+    return base
+
+
+def check_lora_fits(manifest: Manifest, bundle: Path, name: str, decoder: str) -> None:
+    """Refuse, in one line, adapter ``name`` on a decoder of another base, or on one it is merged into."""
+    lora = _lora(manifest, bundle, name)
+    extra = manifest.component(decoder).extra
+    if extra.get("lora_merged") == name:
+        raise BundleError(f"{bundle / MANIFEST_NAME}: --lora {name} on --decoder {decoder}, which has {name} merged "
+                          f"in already; use --decoder {lora.extra.get('base')} (or leave --decoder out)")
+    if extra.get("base_id") is None or extra.get("base_id") != lora.extra.get("base_id"):
+        raise BundleError(f"{bundle / MANIFEST_NAME}: --lora {name} was made for base {lora.extra.get('base')!r} "
+                          f"(extra.base_id {str(lora.extra.get('base_id'))[:12]}), not for --decoder {decoder}")
 
 
 def best_decoder(manifest: Manifest, bundle: Path) -> str:

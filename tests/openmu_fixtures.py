@@ -35,3 +35,17 @@ def openmu_onnx_bundle(tmp_path_factory, openmu_folder):
     bundle = tmp_path_factory.mktemp("openmu_bundle") / "bundle"
     export_onnx(openmu_folder, bundle, precision="fp32")
     return bundle
+
+
+@pytest.fixture(scope="session")
+def openmu_bundle(tmp_path_factory, openmu_folder, openmu_onnx_bundle):
+    """``openmu_onnx_bundle`` plus ``export gguf`` (f32): decoder (LoRA merged), decoder.base and lora.
+    Copy before changing."""
+    import shutil
+
+    from gamma_rt.export.gguf_export import export_gguf
+
+    bundle = tmp_path_factory.mktemp("openmu_full_bundle") / "bundle"
+    shutil.copytree(openmu_onnx_bundle, bundle)
+    export_gguf(openmu_folder, bundle, "f32", **QUIET)
+    return bundle

@@ -55,6 +55,24 @@ class DecoderSpec:
     merge: Callable | None = None
 
 
+@dataclass
+class AdapterSpec:
+    """A LoRA adapter kept apart from its base, as the GGUF adapter writer needs it.
+
+    ``targets``: the base's HF weight keys it changes; ``matrices(key)`` -> (A (r, in), B (out, r)) float32;
+    ``alpha``: what llama.cpp's ``adapter.lora.alpha`` must hold so that it scales B @ A by the adapter's
+    own scale (alpha / r, or alpha / sqrt(r) for rsLoRA)."""
+
+    arch: str
+    shape: DecoderShape
+    targets: list[str]
+    matrices: Callable[[str], tuple]
+    rank: int
+    alpha: float
+    name: str
+    base_id: str  # sha256 of the base's weights: the manifest refuses the adapter on any other decoder
+
+
 def chain_step(component: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
     """One step of the manifest's audio chain: graph input/output names -> value names."""
     return {"component": component, "inputs": inputs, "outputs": outputs}
@@ -87,6 +105,11 @@ class Family:
 
     def decoder(self, scratch: Path) -> DecoderSpec:
         raise NotImplementedError
+
+    def adapter(self) -> AdapterSpec | None:
+        """The LoRA adapter the folder ships unmerged, if any: ``export gguf`` then also writes the base alone
+        (``decoder.base``) and the adapter (``lora``) beside the merged ``decoder``."""
+        return None
 
     def manifest_sections(self) -> dict:
         """{"audio": ..., "prompt": ..., "llm": ..., "source": ...} for a new bundle's manifest."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from gamma_rt.errors import CheckpointError
 
 from ..registry import register
-from ..base import DecoderSpec, Family, GraphSpec, chain_step, spec
+from ..base import AdapterSpec, DecoderSpec, Family, GraphSpec, chain_step, spec
 from ..folder import CONFIG, Weights, decoder_shape, read_json, tokenizer_files
 from . import prompt
 from .lora import LoraAdapter
@@ -166,6 +166,14 @@ class OpenMU(Family):
         return DecoderSpec("llama", self.shape, tensors, self.base, prompt.CHAT_TEMPLATE, name,
                            extra={"pre_tokenizer": "llama-bpe"}, merge=self.lora.merge if merged else None)
 
+    def adapter(self) -> AdapterSpec:
+        lora = self.lora
+        return AdapterSpec("llama", self.shape, sorted(lora.pairs), lora.matrices, lora.rank,
+                           lora.scale * lora.rank, f"{self.folder.name}-lora", self.base_hash())
+
+    def base_hash(self) -> str:
+        return _sha256([self.base / CONFIG, *Weights(self.base).files])
+
     def chain(self) -> list[dict]:
         return [chain_step("encoder", {"mel": "mel"}, {"hidden": "hidden"}),
                 chain_step("projector", {"hidden": "hidden"}, {"embeddings": "embeddings"})]
@@ -193,18 +201,21 @@ class OpenMU(Family):
 
     def hash(self) -> str:
         """sha256 over the checkpoint folder's files, AudioMAE's and the base's config + weights."""
-        h = hashlib.sha256()
-        files = [self.folder / CONFIG, *self.lora.files, self.folder / "non_lora_trainables.bin", self.audio_ckpt,
-                 self.base / CONFIG, *Weights(self.base).files]
-        for f in files:
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 24), b""):
-                    h.update(block)
-        return h.hexdigest()
+        return _sha256([self.folder / CONFIG, *self.lora.files, self.folder / "non_lora_trainables.bin",
+                        self.audio_ckpt, self.base / CONFIG, *Weights(self.base).files])
 
     @classmethod
     def init(cls, preset: str, out: Path, seed: int = 0, progress=None, **options) -> Path:
         from .init import write_openmu
 
         return write_openmu(preset, out, seed, progress)
+
+
+def _sha256(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()

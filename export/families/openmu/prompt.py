@@ -24,21 +24,20 @@ BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 # conv_vicuna_v3 as a chat template. A message's audio item becomes "<image>\n" before its text, as
 # OpenMU's eval scripts build the first question (DEFAULT_IMAGE_TOKEN + "\n" + instruction).
 CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] }}"
-    "{%- else -%}" + SYSTEM + "{%- endif -%}"
-    " "
+    "{{- bos_token -}}"
+    "{%- if messages[0]['role'] == 'system' -%}{{- messages[0]['content'] + ' ' -}}"
+    "{%- else -%}{{- '" + SYSTEM.replace("'", "\\'") + " ' -}}{%- endif -%}"
     "{%- for message in messages if message['role'] != 'system' -%}"
-    "{%- if message['role'] == 'user' -%}USER: "
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}"
-    "{%- for item in message['content'] if item['type'] == 'audio' -%}" + IMAGE + "\n{% endfor -%}"
-    "{%- for item in message['content'] if item['type'] == 'text' -%}{{ item['text'] }}{%- endfor -%}"
-    "{%- endif -%} "
-    "{%- else -%}ASSISTANT: {{ message['content'] }}" + SEP2 +
+    "{%- for item in message['content'] if item['type'] == 'audio' -%}{{- '" + IMAGE + "\\n' -}}{%- endfor -%}"
+    "{%- for item in message['content'] if item['type'] == 'text' -%}{{- item['text'] -}}{%- endfor -%}"
+    "{%- endif -%}{{- ' ' -}}"
+    "{%- else -%}{{- 'ASSISTANT: ' + message['content'] + '" + SEP2 + "' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
 
 # Llama 3's pre-tokenizer split, as in Meta-Llama-3's tokenizer.json (llama.cpp: "llama-bpe").
@@ -85,5 +84,5 @@ def train_llama3_bpe(bpe_size: int, vocab_size: int):
                           for i in range(trained, first_special)])
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens()])
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, first_special)])
+        single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, first_special)])
     return tokenizer, first_special
