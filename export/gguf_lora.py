@@ -18,13 +18,12 @@ from gamma_rt.errors import CheckpointError
 from gamma_rt.progress import track
 
 from .families.base import AdapterSpec
+from .gguf_arch import ARCHS
 
 
 def write_lora_gguf(adapter: AdapterSpec, out: str | Path, progress=track) -> Path:
     """Write ``out`` (through a temporary file)."""
     import gguf
-
-    from .gguf_export import ARCHS
 
     model_arch, _, rewrite, _ = ARCHS[adapter.arch]
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[model_arch], adapter.shape.num_hidden_layers)

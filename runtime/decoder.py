@@ -184,7 +184,7 @@ class DecoderSession:
         self._embd_batch = llama_cpp.llama_batch_init(n_batch, self.n_embd, 1)
 
     def _apply_lora(self, path: Path) -> None:
-        check_gguf(path)
+        check_gguf(path, adapter=True)
         self._lora = llama_cpp.llama_adapter_lora_init(self._model, str(path).encode())
         if not self._lora:
             self.close()

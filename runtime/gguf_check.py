@@ -61,8 +61,9 @@ class GGUFHeader:
     tensors: list = field(default_factory=list)  # GGUFTensor, in file order
 
 
-def check_gguf(path: str | Path) -> GGUFHeader:
-    """Raise BundleError naming ``path`` unless it is a complete GGUF (v2/v3) file llama.cpp can load."""
+def check_gguf(path: str | Path, adapter: bool = False) -> GGUFHeader:
+    """Raise BundleError naming ``path`` unless it is a complete GGUF (v2/v3) file llama.cpp can load: a
+    decoder, or with ``adapter`` a LoRA adapter (general.type "adapter", adapter.type "lora")."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path}: GGUF file not found")
@@ -74,6 +75,12 @@ def check_gguf(path: str | Path) -> GGUFHeader:
         raise BundleError(f"{path}: not a valid GGUF file (corrupt header: {e})") from None
     except _Invalid as e:
         raise BundleError(f"{path}: not a valid GGUF file ({e})") from None
+    if adapter:
+        kinds = (header.metadata.get("general.type"), header.metadata.get("adapter.type"))
+        if kinds != ("adapter", "lora"):
+            raise BundleError(f"{path}: general.type / adapter.type are {kinds[0]!r} / {kinds[1]!r}; "
+                              "not a GGUF LoRA adapter")
+        return header
     try:
         check_hparams(header)
     except Unusable as e:
