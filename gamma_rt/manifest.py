@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 
 from gamma_rt.errors import BundleError
 from gamma_rt.hashing import VerifiedHashes, sha256_file
+from gamma_rt.manifest_fields import AUDIO, LLM, check_fields, check_section, read_manifest
 from gamma_rt.token_count import TokenRule
 
 # 2: ``audio.chain`` says how the audio graphs connect, ``audio.token_count`` how many tokens a partial
@@ -52,6 +53,8 @@ CHAIN_INPUTS = ("mel", "mel_mask", "window_index")
 EMBEDDINGS = "embeddings"
 # audio.front_end: Whisper's log-mel (runtime/mel.py) or Kaldi's fbank, AudioSet-normalized (runtime/fbank.py)
 FRONT_ENDS = ("whisper_mel", "kaldi_fbank")
+MAX_WINDOW_SAMPLES = 2**24  # samples per window: 17 min at 16 kHz
+MAX_SPECTRUM = 2**24  # frames (or mel bins) x FFT bins per window
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class AudioSection:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "AudioSection":
+        check_section(AUDIO, d, "audio", where)
         names = {f.name for f in dataclasses.fields(cls)} - {"recorded", "chain"}
         known = {k: d[k] for k in names if k in d}
         if "token_count" in known:
@@ -129,14 +133,16 @@ class AudioSection:
         return section
 
     def check(self, where: str) -> None:
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "window_frames", "tokens_per_window"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise BundleError(f"{where}: field audio.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.window_seconds, (int, float)) or self.window_seconds <= 0:
-            raise BundleError(f"{where}: field audio.window_seconds must be positive, got {self.window_seconds!r}")
-        if self.max_seconds is not None and (not isinstance(self.max_seconds, (int, float)) or self.max_seconds <= 0):
-            raise BundleError(f"{where}: field audio.max_seconds must be positive or null, got {self.max_seconds!r}")
+        """The rules between fields; each field's type and range is manifest_fields.AUDIO's."""
+        # bounds on the front end's work per window (Whisper's: 480,000 samples, 3000 x 201 spectrum bins)
+        if self.window_samples > MAX_WINDOW_SAMPLES:
+            raise BundleError(f"{where}: field audio.window_seconds is {self.window_seconds:g}: a window of "
+                              f"{self.window_samples} samples at {self.sample_rate} Hz is more than "
+                              f"{MAX_WINDOW_SAMPLES}")
+        for what, size in (("window_frames", self.window_frames), ("n_mels", self.n_mels)):
+            if size * (self.n_fft // 2 + 1) > MAX_SPECTRUM:
+                raise BundleError(f"{where}: field audio.{what} is {size}: {size} x {self.n_fft // 2 + 1} "
+                                  f"spectrum bins (audio.n_fft {self.n_fft}) is more than {MAX_SPECTRUM}")
         self.token_count = TokenRule.read(self.token_count, where)
         if self.front_end not in FRONT_ENDS:
             raise BundleError(f"{where}: field audio.front_end is {self.front_end!r}; this gamma-rt knows "
@@ -191,14 +197,9 @@ class LLMSection:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "LLMSection":
-        if not isinstance(d, dict):
-            raise BundleError(f"{where}: field llm must be an object")
+        check_section(LLM, d, "llm", where)
         names = {f.name for f in dataclasses.fields(cls)} - {"recorded"}
         section = cls(**{k: d[k] for k in names if k in d}, recorded={k: v for k, v in d.items() if k not in names})
-        for name in ("n_embd", "n_vocab", "n_layer"):
-            value = getattr(section, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BundleError(f"{where}: field llm.{name} must be a non-negative integer, got {value!r}")
         return section
 
     def to_dict(self) -> dict:
@@ -289,10 +290,7 @@ class Manifest:
             raise BundleError(f"{bundle}: bundle folder not found")
         if not path.is_file():
             raise BundleError(f"{path}: no manifest.json; is this a gamma-rt bundle?")
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{path}: not valid JSON ({e})") from None
+        data = read_manifest(path)
         if not isinstance(data, dict):
             raise BundleError(f"{path}: expected a JSON object")
         version = data.get("schema_version")
@@ -303,16 +301,10 @@ class Manifest:
                 f"{path}: field 'schema_version' is {version}, newer than this gamma-rt reads ({SCHEMA_VERSION}); "
                 "upgrade gamma-rt or re-export the bundle"
             )
-        for required in ("audio", "prompt", "components"):
-            if not isinstance(data.get(required), dict):
-                raise BundleError(f"{path}: field '{required}' missing or not an object")
+        check_fields(data, str(path))
         comps = {
             name: Component.from_dict(c, f"{path}: components.{name}") for name, c in data["components"].items()
         }
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise BundleError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
         for name, c in comps.items():
             for i, rel in enumerate([c.file, *c.external_data]):
                 bundle_file(bundle, rel, f"components.{name}.{'file' if i == 0 else 'external_data'}")
@@ -379,9 +371,14 @@ class Manifest:
         graph_output = next((k for k, v in last.outputs.items() if v == EMBEDDINGS), None)
         for key in (last.component, *(k for k in self.components if k.startswith(last.component + "."))):
             c = self.components.get(key)
-            spec = next((o for o in c.outputs if o.name == graph_output), None) if c else None
-            if spec is not None:
-                return spec.shape[-1]
+            index = next((i for i, o in enumerate(c.outputs) if o.name == graph_output), None) if c else None
+            if index is not None:
+                shape = c.outputs[index].shape
+                width = shape[-1] if shape else None
+                if not isinstance(width, int) or width < 1:
+                    raise BundleError(f"{MANIFEST_NAME}: field components.{key}.outputs[{index}].shape is {shape}, "
+                                      "which does not end in the embedding width")
+                return width
         return None
 
     def path(self, bundle: str | Path, name: str) -> Path:

@@ -17,10 +17,11 @@ tokenization, so tokenizing the pieces one by one gives the same ids as tokenizi
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 from gamma_rt.errors import BundleError
+
+from .chat_template import render_chat_template
 
 AUDIO, QUESTION = "{audio}", "{question}"
 # stands for the first answer in a rendered conversation, to find what the template puts after an answer
@@ -58,6 +59,7 @@ class ChatPrompt:
             )
         except KeyError as e:
             raise BundleError(f"{where}: field prompt.{e.args[0]} missing") from None
+        _check_time_marker(out.time_marker, where)
         template = out.user_template
         if template.count(AUDIO) != 1 or template.count(QUESTION) != 1:
             raise BundleError(f"{where}: field prompt.user_template must hold {AUDIO} and {QUESTION} once each")
@@ -94,6 +96,27 @@ class ChatPrompt:
     def end_of_turn(self) -> str:
         """What closes an assistant turn: the first stop string and a newline (ChatML ``<|im_end|>\\n``)."""
         return (self.stop[0] if self.stop else "<|im_end|>") + "\n"
+
+
+MARKER_FIELDS = ("start_s", "start", "index")
+
+
+def _check_time_marker(marker: str, where: str) -> None:
+    """``prompt.time_marker`` may name only MARKER_FIELDS, with a short format spec: a bundle is untrusted,
+    and ``{start_s:>999999999}`` would build a gigabyte of text per window."""
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(marker))
+        for _, name, spec, _ in parts:
+            if name is None:
+                continue
+            if name not in MARKER_FIELDS or len(spec or "") > 4 or "{" in (spec or ""):
+                raise BundleError(f"{where}: field prompt.time_marker may use {{start_s}}, {{start}} and "
+                                  f"{{index}} with a short format, not {{{name}{':' + spec if spec else ''}}}")
+        marker.format(start_s=30.0, start="0:30", index=1)
+    except (ValueError, IndexError) as e:
+        raise BundleError(f"{where}: field prompt.time_marker does not format ({e})") from None
 
 
 @dataclass(frozen=True)
@@ -158,35 +181,3 @@ class TemplatePrompt:
         if text.count(_ANSWER) != 1:
             raise BundleError(f"{self.where}: field prompt.chat_template does not render an assistant turn as is")
         return text.split(_ANSWER)[1]
-
-
-def render_chat_template(template: str, messages: list[dict], variables: dict, where: str) -> str:
-    """Render ``template`` for ``messages`` with the generation prompt, in the sandboxed Jinja environment
-    transformers uses (trim_blocks, lstrip_blocks, loop controls, ``raise_exception``, ``tojson``)."""
-    import jinja2
-
-    try:
-        return _compiled(template).render(messages=messages, add_generation_prompt=True, **variables)
-    except jinja2.TemplateError as e:
-        raise BundleError(f"{where}: field prompt.chat_template does not render ({e})") from None
-
-
-@functools.lru_cache(maxsize=8)
-def _compiled(template: str):
-    """The template compiled once (every question renders it again; compiling is the costly part)."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.globals["raise_exception"] = raise_exception
-    env.filters["tojson"] = _tojson
-    return env.from_string(template)
-
-
-def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    import json
-
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
