@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from gamma_rt.errors import BundleError
 from gamma_rt.manifest import AudioSection
 from gamma_rt.token_count import TokenRule
 
@@ -117,6 +118,22 @@ def window_feeds(window: Window, layout: AudioLayout) -> dict[str, np.ndarray]:
     return {"mel": mel, "mel_mask": mask, "window_index": np.array([window.index], np.int64)}
 
 
+def checked_embeddings(encoded, batch: list[Window], layout: AudioLayout, backend) -> np.ndarray:
+    """``encoded`` (B, tokens_per_window, n_embd) float32, refused in one line otherwise: the audio graphs are
+    untrusted, and a projector that returns 0 or 150,000 tokens, or NaN, must not reach the decoder."""
+    where = f"{backend.name} audio graphs (the bundle's last audio component)"
+    shape = getattr(encoded, "shape", ())
+    want = (len(batch), layout.tokens_per_window)
+    if len(shape) != 3 or tuple(shape[:2]) != want or shape[2] < 1:
+        raise BundleError(f"{where} returned embeddings of shape {tuple(shape)} for {len(batch)} window(s); the "
+                          f"manifest's audio.tokens_per_window says ({want[0]}, {want[1]}, n_embd)")
+    finite = np.isfinite(encoded).all(axis=(1, 2))
+    if not finite.all():
+        window = batch[int(np.argmin(finite))]
+        raise BundleError(f"{where} returned NaN or infinite embeddings for the window at {window.start_s:g} s")
+    return encoded
+
+
 def _encode_batch(batch: list[Window], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
                   cache: EmbeddingCache | None) -> Iterator[WindowEmbedding]:
     """The windows of ``batch`` in order; those not in the cache go through the backend in one call."""
@@ -132,7 +149,7 @@ def _encode_batch(batch: list[Window], backend: AudioBackend, layout: AudioLayou
         with times.stage("front_end"):
             per_window = [window_feeds(batch[i], layout) for i in todo]
             feeds = {k: np.concatenate([f[k] for f in per_window]) for k in per_window[0]}
-        encoded = backend.encode(feeds)
+        encoded = checked_embeddings(backend.encode(feeds), [batch[i] for i in todo], layout, backend)
         for j, i in enumerate(todo):
             full[i] = encoded[j]
             if cache is not None:
@@ -159,14 +176,15 @@ def embed_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: A
     if not overlap:
         yield from produce
         return
-    yield from _ahead(produce)
+    yield from _ahead(produce, getattr(backend, "interrupt", None))
 
 
 _DONE = object()
 
 
-def _ahead(items: Iterator) -> Iterator:
-    """Run ``items`` on a worker thread one item ahead of the consumer."""
+def _ahead(items: Iterator, on_stop=None) -> Iterator:
+    """Run ``items`` on a worker thread one item ahead of the consumer. ``on_stop``: called when the
+    consumer stops (Ctrl-C, an error, enough items), to stop the worker's backend call in flight."""
     handoff: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
 
@@ -197,6 +215,8 @@ def _ahead(items: Iterator) -> Iterator:
             yield item
     finally:
         stop.set()  # the consumer stopped early (an error, or it had enough): let the worker finish
+        if on_stop is not None and worker.is_alive():
+            on_stop()
         while worker.is_alive():
             try:
                 handoff.get(timeout=0.1)

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.manifest import EMBEDDINGS, Manifest
+from gamma_rt.manifest import EMBEDDINGS, MANIFEST_NAME, Manifest
 
+from .onnx_graph import check_signature, control_flow_ops
+from .ort_run import OrtRuns
 from .timings import StageTimes
 
 # numpy dtype of each graph tensor type the manifest may record
@@ -47,17 +49,25 @@ class OrtBackend:
         self.device = record.device if record is not None else "cpu"
         graphs = record.graphs if record is not None else "ort"
         self.cuda_graphs = cuda_graphs and self.device == "cuda"
-        self.sessions, self.specs, running = {}, {}, {}
+        self.sessions, self.specs, self.keys, running = {}, {}, {}, {}
+        self.runs = OrtRuns()
         for step in self.chain:
             key = ort_graph_key(step.component, precision, graphs)
             path = manifest.path(bundle, key)
             self.specs[step.component] = spec = manifest.component(key)
+            self.keys[step.component] = key
             wanted = record.providers(self.bundle, precision == "fp16", spec.inputs) if record is not None else \
                 (providers or ["CPUExecutionProvider"])
             if self.cuda_graphs:
                 wanted = [(p[0], {**p[1], "enable_cuda_graph": "1"}) if isinstance(p, tuple) and
                           p[0] == "CUDAExecutionProvider" else p for p in wanted]
+            where = str(self.bundle / MANIFEST_NAME)
+            loops = control_flow_ops(path)
+            if loops:
+                raise BundleError(f"{path}: components.{key} holds {', '.join(sorted(loops))}; audio graphs are "
+                                  "straight-line, and a loop in one could run without end")
             session = self.sessions[step.component] = self._session(ort, path, key, wanted, threads)
+            check_signature(session, spec, step, key, where)
             running[step.component] = session.get_providers()
             check_providers(wanted, running[step.component], f"{path} (components.{key})")
         self.providers = sorted({p for r in running.values() for p in r})
@@ -121,9 +131,15 @@ class OrtBackend:
                     return np.ascontiguousarray(array, dtype=dtype)
         return np.ascontiguousarray(array)
 
-    def _run(self, stage: str, binding, run_options=None) -> None:
+    def _run(self, stage: str, binding, config: dict | None = None) -> None:
+        where = f"{self.bundle / self.specs[stage].file} (components.{self.keys[stage]})"
         with self.times.stage(stage):
-            self.sessions[stage].run_with_iobinding(binding, run_options)
+            self.runs.run(lambda options: self.sessions[stage].run_with_iobinding(binding, options), where, config)
+
+    def interrupt(self) -> None:
+        """Stop the runs in flight on any thread (they raise KeyboardInterrupt): Ctrl-C while another
+        thread waits on ONNX Runtime."""
+        self.runs.interrupt()
 
     def _encode_graphed(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The chain with every value in a fixed device buffer per batch size, replayed as CUDA graphs."""
@@ -136,10 +152,9 @@ class OrtBackend:
         for k, v in feeds.items():
             if k in fixed["values"]:
                 fixed["values"][k].update_inplace(self._typed(k, v))
-        options = ort.RunOptions()
-        options.add_run_config_entry("gpu_graph_id", str(batch))  # one captured graph per batch size
+        config = {"gpu_graph_id": str(batch)}  # one captured graph per batch size
         for step in self.chain:
-            self._run(step.component, fixed["bindings"][step.component], options)
+            self._run(step.component, fixed["bindings"][step.component], config)
         return fixed["values"][EMBEDDINGS].numpy().astype(np.float32, copy=False)
 
     def _fixed_values(self, ort, feeds: dict[str, np.ndarray], batch: int) -> dict:
