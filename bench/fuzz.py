@@ -44,6 +44,7 @@ PASSING = ("ok", "clean-error")
 FAILING = ("crash", "hang", "traceback", "5xx", "lost")
 TRACEBACK = "Traceback (most recent call last)"
 TAIL_CHARS = 2000  # of a failing case's output, kept in the result
+NOTE_CHARS = 200  # of each case's note (a server case's status), kept in the list of all cases
 # ggml's abort handler attaches gdb for a backtrace, which takes seconds per crash: the crash is what counts.
 QUIET_ABORTS = {"GGML_NO_BACKTRACE": "1"}
 
@@ -178,7 +179,8 @@ def summarize(results: list[CaseResult], seconds: float) -> dict:
         per_area.setdefault(r.area, {o: 0 for o in PASSING + FAILING})[r.outcome] += 1
     return {"cases": len(results), "counts": counts, "per_area": per_area, "seconds": round(seconds, 1),
             "failures": [asdict(r) for r in results if r.outcome in FAILING],
-            "all": [{k: v for k, v in asdict(r).items() if k != "tail"} for r in results]}
+            "all": [{**{k: v for k, v in asdict(r).items() if k != "tail"}, "note": r.tail[:NOTE_CHARS]}
+                    for r in results]}
 
 
 def main(argv: list[str] | None = None) -> int:

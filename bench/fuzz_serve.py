@@ -26,25 +26,17 @@ from .fuzz import FAILING, TAIL_CHARS, TRACEBACK, CaseResult, FuzzContext, gamma
 from .fuzz_bundle import json_paths
 
 SERVER_START_S = 120.0  # the bundle loads and warms up before the first case
-HOSTILE_SCHEMAS = [
+# JSON text, not objects: the deepest is past what Python's own json module can write.
+HOSTILE_SCHEMAS = [json.dumps(s) for s in (
     {"type": "string", "maxLength": 20000}, {"type": "string", "maxLength": 5000},
     {"type": "string", "enum": [f"s{i}" for i in range(100_000)]},
     {"type": "array", "maxItems": 10**9, "items": {"type": "string", "maxLength": 8}},
     {"type": "string"}, {"$ref": "#"}, {"type": "object", "properties": {"a": {"$ref": "#"}}},
     {"type": "string", "pattern": "(a+)+$", "maxLength": 8}, {"type": ["string", "null"], "maxLength": -1},
     {"anyOf": [{"type": "string", "maxLength": 4}] * 2000},
-]
+)] + ['{"type": "object", "properties": {"a": ' * depth + '{"type": "string", "maxLength": 4}' + "}}" * depth
+      for depth in (100, 2000)]
 REQUEST_VALUES = [math.nan, math.inf, 1e308, -1, 0, 2**70, "x", "", [], {}, None, True, "\x00\x1b[2J", "a" * 200_000]
-
-
-def _nest(depth: int) -> dict:
-    schema: dict = {"type": "string", "maxLength": 4}
-    for _ in range(depth):
-        schema = {"type": "object", "properties": {"a": schema}}
-    return schema
-
-
-HOSTILE_SCHEMAS.append(_nest(2000))
 
 
 class Server:
@@ -93,6 +85,19 @@ class Server:
         finally:
             conn.close()
 
+    def probe(self, good: bytes, timeout: float, note: str = "") -> tuple[str, str]:
+        """Send the normal request; ("ok", note) when it is answered 200, else what went wrong."""
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(good))}
+        try:
+            status = self.send("POST", "/v1/chat/completions", headers, good, timeout)
+        except (socket.timeout, TimeoutError):
+            return "hang", f"{note}; then a normal request got no answer"
+        except OSError as e:
+            return "crash", f"{note}; then a normal request: {e}"
+        if status != 200:
+            return ("5xx" if status >= 500 else "hang"), f"{note}; then a normal request got {status}"
+        return "ok", note
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 9)
@@ -122,8 +127,9 @@ def hostile_request(good: dict, rng) -> tuple[str, str, str, dict, bytes]:
         what = f"{'.'.join(map(str, where))} = {value!r}"[:100]
     elif kind == "schema":
         schema = rng.choice(HOSTILE_SCHEMAS)
-        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-        what = f"response_format schema {json.dumps(schema)[:80]}"
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": "SCHEMA"}}
+        text = json.dumps(body).replace('"SCHEMA"', schema)
+        return f"response_format schema {schema[:80]}", "POST", path, headers, text.encode()
     elif kind == "params":
         field, value = rng.choice([("max_tokens", 10**12), ("max_tokens", "8"), ("temperature", 1e308),
                                    ("temperature", -1), ("top_p", 2.0), ("top_k", -5), ("seed", 2**70),
@@ -201,51 +207,63 @@ def raw_request(kind: str, body: dict, headers: dict, path: str, rng) -> tuple[s
     return f"request: {choice}", method, path, headers, data
 
 
+# Connections a client opens and never finishes: the server must go on answering the others meanwhile.
+HELD = {
+    "partial_headers": b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty",
+    "short_body": b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100000\r\n\r\n{\"model\": ",
+    "silent": b"",
+}
+
+
 def server_cases(ctx: FuzzContext, n: int) -> Iterator[CaseResult]:
-    good = good_request(ctx)
-    good_body = json.dumps(good).encode()
-    json_headers = {"Content-Type": "application/json", "Content-Length": str(len(good_body))}
+    good = json.dumps(good_request(ctx)).encode()
     server = None
     try:
         for _ in range(n):
             if server is None:
                 server = Server(ctx)
-                server.send("POST", "/v1/chat/completions", json_headers, good_body, ctx.timeout)  # warm the cache
-            what, method, path, headers, body = hostile_request(good, ctx.rng)
-            mark, t0 = len(server.lines), time.monotonic()
-            outcome, rc, note = "ok", None, ""
-            try:
-                status = server.send(method, path, headers, body, ctx.timeout)
-                note = f"status {status}"
-                if status >= 500:
-                    outcome = "5xx"
-            except (socket.timeout, TimeoutError):
-                outcome, note = "hang", "no answer within the timeout"
-            except OSError as e:
-                note = f"connection: {e}"  # refused input may close the connection; the probe says if it lived
-            if outcome == "ok":
-                try:
-                    probe = server.send("POST", "/v1/chat/completions", json_headers, good_body, ctx.timeout)
-                    if probe != 200:
-                        outcome, note = "5xx" if probe >= 500 else "hang", f"{note}; then a normal request got {probe}"
-                except (socket.timeout, TimeoutError):
-                    outcome, note = "hang", f"{note}; then a normal request got no answer"
-                except OSError as e:
-                    outcome, note = "crash", f"{note}; then a normal request: {e}"
-            time.sleep(0.05)
-            if server.proc.poll() is not None:
-                outcome, rc = "crash", server.proc.returncode
-            output = server.output_since(mark)
-            if outcome == "ok" and TRACEBACK in output:
-                outcome = "traceback"
-            yield CaseResult("server", what, outcome, round(time.monotonic() - t0, 2), rc,
-                             (note + "\n" + output)[-TAIL_CHARS:] if outcome in FAILING else note)
-            if outcome in ("crash", "hang"):
+                server.probe(good, ctx.timeout)  # warms the embedding cache
+            result = server_case(server, ctx, good)
+            yield result
+            if result.outcome in ("crash", "hang"):
                 server.stop()
                 server = None  # a fresh server for the next case
     finally:
         if server is not None:
             server.stop()
+
+
+def server_case(server: Server, ctx: FuzzContext, good: bytes) -> CaseResult:
+    """One hostile request (or a held-open connection), then a normal request that must be answered."""
+    mark, t0 = len(server.lines), time.monotonic()
+    outcome, rc, note, held = "ok", None, "", None
+    if ctx.rng.random() < 0.1:
+        what = f"held connection: {ctx.rng.choice(sorted(HELD))}"
+        held = socket.create_connection(("127.0.0.1", server.port), timeout=ctx.timeout)
+        held.sendall(HELD[what.split(": ")[1]])
+    else:
+        what, method, path, headers, body = hostile_request(json.loads(good), ctx.rng)
+        try:
+            status = server.send(method, path, headers, body, ctx.timeout)
+            note = f"status {status}"
+            outcome = "5xx" if status >= 500 else "ok"
+        except (socket.timeout, TimeoutError):
+            outcome, note = "hang", "no answer within the timeout"
+        except OSError as e:
+            note = f"connection: {e}"  # refused input may close the connection; the probe says if it lived
+    if outcome == "ok":
+        outcome, note = server.probe(good, ctx.timeout, note)
+    if held is not None:
+        held.close()
+    time.sleep(0.05)
+    if server.proc.poll() is not None:
+        outcome, rc = "crash", server.proc.returncode
+    output = server.output_since(mark)
+    if outcome == "ok" and TRACEBACK in output:
+        outcome = "traceback"
+    tail = (note + "\n" + output)[-TAIL_CHARS:] if outcome in FAILING else note
+    return CaseResult("server", what, outcome, round(time.monotonic() - t0, 2), rc, tail)
 
 
 # --- library --------------------------------------------------------------------------------------
