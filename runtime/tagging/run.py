@@ -11,7 +11,7 @@ Every pipeline is opened with the job's one :class:`RuntimeOptions`; only its ca
 here (default ``OUT/embedding-cache``).
 
 SIGINT: no new track is started, the ones being answered finish and are journaled, the run exits 130.
-A second SIGINT interrupts at once (the journal is consistent either way).
+A second SIGINT interrupts at once (the journal is consistent either way); later ones are ignored while it exits.
 
 A track that cannot be read, or is gone since the library was listed, gets a failed record like a file
 that does not decode. A full disk stops the run with one line (DiskFull, exit code 2); every record
@@ -90,10 +90,13 @@ class TagSummary:
 
 
 class Stop:
-    """Set by SIGINT: finish what is in flight, start nothing new."""
+    """Set by SIGINT: finish what is in flight, start nothing new. A second SIGINT raises KeyboardInterrupt,
+    and any later one is ignored: the way out (the engine stops after its current step, the journal closes)
+    is short, and cut in the middle it would leave native threads running as Python exits (SIGABRT)."""
 
     def __init__(self):
         self.event = threading.Event()
+        self.forced = False
 
     def __bool__(self) -> bool:
         return self.event.is_set()
@@ -104,12 +107,19 @@ class Stop:
         previous = signal.getsignal(signal.SIGINT)
 
         def on_sigint(signum, frame):
-            if self.event.is_set():
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now
-            self.event.set()
+            if not self.event.is_set():
+                self.event.set()
+                return
+            self.forced = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the process ends
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+
+        def restore():
+            if not self.forced:
+                signal.signal(signal.SIGINT, previous)
 
         signal.signal(signal.SIGINT, on_sigint)
-        return lambda: signal.signal(signal.SIGINT, previous)
+        return restore
 
 
 def pending_tracks(journal: Journal, tracks: Iterable[Track], b_hash: str, ps_hash: str,
@@ -237,8 +247,8 @@ def _run(job: TagJob, on_record, on_start, on_wait, on_engine) -> TagSummary:
                 if on_record:
                     on_record(record)
         finally:
-            restore()
             results.close()  # on an error here (a full disk): drop the queued tracks, let the started ones end
+            restore()
         summary.interrupted = bool(stop)
         records.rebuild(journal.records(b_hash, key))
         summary.library_counts = journal.counts(b_hash, key)
