@@ -151,11 +151,14 @@ def _bench(args, command: str) -> None:
                   file=sys.stderr)
         alone, together = runs[1], runs[args.in_flight]
         same = alone["answers"] == together["answers"]
-        differing = sorted(p for p in alone["answers"] if alone["answers"][p] != together["answers"].get(p))
+        differing = sorted(str(Path(p).relative_to(work / "library")) for p in alone["answers"]
+                           if alone["answers"][p] != together["answers"].get(p))
         for r in runs.values():
             r.pop("answers")
         result = {
-            "format": RESULT_FORMAT, "command": command, "bundle": str(args.bundle), "decoder": args.decoder,
+            # the bundle by its folder's name: no path of this machine in a committed result
+            "format": RESULT_FORMAT, "command": command.replace(str(args.bundle), "BUNDLE"),
+            "bundle": args.bundle.resolve().name, "decoder": args.decoder,
             "tracks": args.tracks, "seconds": args.seconds, "prompts": k, "threads": args.threads,
             "songs_per_hour": {f"in_flight_{n}": r["songs_per_hour"] for n, r in runs.items()},
             "ratio": round(together["songs_per_hour"] / alone["songs_per_hour"], 3),

@@ -121,3 +121,29 @@ def test_the_default_songs_in_flight_follow_memory_cores_and_llama_cpps_sequence
     assert default_in_flight(gib, 5, cores=16, free=6 * gib) == 3  # half the free memory: 3 songs of 1 GiB
     assert default_in_flight(gib, 5, cores=16, free=gib // 2) == 1  # always one
     assert default_in_flight(1, 64, cores=16, free=64 * gib) == 4  # 256 sequences / 64 prompts
+
+
+def test_songs_longer_than_the_first_wait_for_room_or_are_tagged_alone_at_the_end(tiny_bundle, tmp_path):
+    # the pool is sized from the first tracks (1-2 s songs: one window each). A 45 s song (two windows) fits
+    # the pool of two songs alone, so it waits for room; the pool of one cannot hold it, nor either pool the
+    # 95 s song (four windows): those are tagged last, one at a time, on a pipeline of their own size
+    lib = tmp_path / "lib"
+    for folder in ("a", "y", "z"):
+        (lib / folder).mkdir(parents=True)
+    for k in range(9):
+        write(lib / "a" / f"short{k}.wav", Music(1.0 + k % 2, 16000, 1, k), subtype="PCM_16")
+    mid = write(lib / "y" / "mid.wav", Music(45.0, 16000, 1, 98), subtype="PCM_16")
+    long = write(lib / "z" / "long.flac", Music(95.0, 16000, 1, 99), subtype="PCM_16")
+    (tmp_path / "p.toml").write_text(PROMPTS)
+    prompts = PromptSet.load(tmp_path / "p.toml")
+    alone, said = tag(lib, tiny_bundle, tmp_path / "n1", prompts, 1)
+    two, _ = tag(lib, tiny_bundle, tmp_path / "n2", prompts, 2)
+    assert "songs up to 30 s" in said[0]
+    assert len(alone) == 11 and all(r["status"] == "ok" for r in alone.values()), alone
+    mid, long = str(mid.resolve()), str(long.resolve())
+    assert alone[long]["duration_s"] == pytest.approx(95.0, abs=0.1)
+    alone_pipeline = {"prefill_ms", "decode_ms"}  # the stages the one-at-a-time pipeline times
+    assert alone_pipeline <= set(alone[mid]["timings"]) and alone_pipeline <= set(two[long]["timings"])
+    assert not alone_pipeline & set(two[mid]["timings"]), "the 45 s song did not run on the engine"
+    assert [r["status"] for r in two.values()] == ["ok"] * 11
+    assert answers(two) == answers(alone)  # the engine and the one-at-a-time pipeline agree on the 45 s song

@@ -47,7 +47,7 @@ from .segment import Segment
 from .worker import (Decoded, TrackTagger, TrackTimeout, answered, decode, late_message, new_record, timeout_for,
                      track_error)
 
-MAX_IN_FLIGHT = 8  # past this a CPU step of 5 questions each is compute-bound (bench/tag_in_flight.py)
+MAX_IN_FLIGHT = 8  # the default at most (--in-flight sets more): bounds the pool and the per-song latency
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 MIN_SONG_SECONDS = 30.0  # the pool holds at least one window per song
 MAX_SONG_SECONDS = 600.0  # past this the pool is sized for 10-minute songs and longer ones wait for room
@@ -221,7 +221,7 @@ def run_in_flight(tracks: Iterable[Track], open_engine: Callable[[float], InFlig
     the one-at-a-time pipeline for songs too long for its pool (tagged last)."""
     queue_ = iter(tracks)
     ahead: deque[Future] = deque()
-    too_long: list[Decoded] = []
+    too_long: list[Track] = []  # not their decoded audio: it could be a library's worth
     with ThreadPoolExecutor(max(1, prefetch), thread_name_prefix="decode") as decoders:
         def fill(k: int) -> None:
             while not stop and len(ahead) < k:
@@ -239,16 +239,16 @@ def run_in_flight(tracks: Iterable[Track], open_engine: Callable[[float], InFlig
     if too_long and not stop:
         tagger = make_tagger()
         try:
-            for item in too_long:
+            for track in too_long:
                 if stop:
                     break
-                yield tagger.tag(item)
+                yield tagger.tag(decode(track, segment))
         finally:
             tagger.pipeline.close()
 
 
 def _drive(engine: InFlight, ahead: deque, fill: Callable[[int], None], prefetch: int, stop,
-           too_long: list[Decoded]) -> Iterator[dict]:
+           too_long: list[Track]) -> Iterator[dict]:
     """Keep the engine's N songs in flight from the decoded tracks ``ahead``; records as songs finish."""
     running = 0
     while True:
@@ -258,7 +258,7 @@ def _drive(engine: InFlight, ahead: deque, fill: Callable[[int], None], prefetch
             if item.error:
                 yield new_record(item, engine.bundle_hash, engine.job_key)
             elif not engine.fits(item):
-                too_long.append(item)
+                too_long.append(item.track)
             else:
                 engine.submit(item)
                 running += 1
