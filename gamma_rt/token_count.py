@@ -8,8 +8,9 @@ string, as schema-2 bundles wrote it, still reads). Each rule maps one window, `
 - ``conv_pool``: Whisper's conv2 (stride 2) then a stride-2 average pool over the real mel frames, as the
   Audio Flamingo processor counts them;
 - ``all``: every token of the padded window, padding included (OpenMU, as LLaVA feeds them);
-- ``whole``: every token of the padded window, as models that pass no mask keep them, but a window of
-  ``min_seconds`` of audio or less is dropped (MuFun).
+- ``whole``: every token of the padded window, as models that pass no mask keep them, but a window after
+  the first with ``min_seconds`` of audio or less is dropped (MuFun: audio of at most one window is one
+  chunk however short; a longer song's short tail is cut off).
 
 A new rule is one function under ``@rule("name", param=default)``. Pure Python: the runtime imports this.
 """
@@ -25,13 +26,15 @@ from gamma_rt.errors import BundleError
 
 @dataclass(frozen=True)
 class Coverage:
-    """One window as the rules see it. n_valid, window_samples: samples; hop_length: samples per mel frame."""
+    """One window as the rules see it. n_valid, window_samples: samples; hop_length: samples per mel frame;
+    index: the window's place in the song (0 first)."""
 
     n_valid: int
     window_samples: int
     tokens_per_window: int
     hop_length: int = 160
     sample_rate: int = 16000
+    index: int = 0
 
     @property
     def valid_frames(self) -> int:
@@ -82,7 +85,7 @@ def _all(c: Coverage) -> int:
 
 @rule("whole", min_seconds=0.0)
 def _whole(c: Coverage, min_seconds: float) -> int:
-    return c.tokens_per_window if c.n_valid > min_seconds * c.sample_rate else 0
+    return c.tokens_per_window if c.index == 0 or c.n_valid > min_seconds * c.sample_rate else 0
 
 
 @dataclass(frozen=True)

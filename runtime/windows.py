@@ -36,7 +36,7 @@ class Window:
         return self.coverage(0, hop_length).valid_frames
 
     def coverage(self, tokens_per_window: int, hop_length: int = 160, sample_rate: int = SAMPLE_RATE) -> Coverage:
-        return Coverage(self.n_valid, len(self.samples), tokens_per_window, hop_length, sample_rate)
+        return Coverage(self.n_valid, len(self.samples), tokens_per_window, hop_length, sample_rate, self.index)
 
     def valid_tokens(self, tokens_per_window: int, rule: TokenRule | str = "proportional", hop_length: int = 160,
                      sample_rate: int = SAMPLE_RATE) -> int:

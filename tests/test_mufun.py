@@ -124,3 +124,18 @@ def test_the_traced_modules_equal_the_reference_on_a_song(folder, reference):
     want = reference.encode(mels)
     assert ours.shape == want.shape == (2, 300, 64)
     assert (ours - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_the_chat_template_renders_mufuns_qwen2_instruct_prompt():
+    """head + <audio> + tail is the oracle's prompt; a second turn is what Qwen2InstructTemplate._prompt
+    writes after an answer: ``ASSISTANT: {a}<|im_end|>USER: {q} ASSISTANT: ``."""
+    from gamma_rt.export.families.mufun.prompt import SYSTEM, prompt_section
+    from gamma_rt.export.families.mufun.reference import mufun_prompt
+    from gamma_rt.runtime.prompt import TemplatePrompt
+
+    prompt = TemplatePrompt.from_manifest(prompt_section(["<|endoftext|>"]))
+    question = "Is it 'jazz'? Say \"yes\" or no."
+    assert prompt.head() + "<audio>" + prompt.tail(question) == mufun_prompt(question)
+    assert prompt.head() == SYSTEM + " USER: "
+    assert prompt.follow_up("And the key?") == "<|im_end|>USER: And the key? ASSISTANT: "
+    assert prompt.stop == ("<|im_end|>", "<|endoftext|>")

@@ -17,16 +17,18 @@ from gamma_rt.token_count import RULES, Coverage, TokenRule, conv_pool_tokens, r
 RATE, WINDOW = 16000, 480000
 
 
-def window(n_valid: int) -> Window:
-    return Window(0, 0.0, n_valid / RATE, np.zeros(WINDOW, np.float32), n_valid)
+def window(n_valid: int, index: int = 0) -> Window:
+    return Window(index, index * WINDOW / RATE, index * WINDOW / RATE + n_valid / RATE,
+                  np.zeros(WINDOW, np.float32), n_valid)
 
 
 def test_whole_keeps_every_token_of_a_padded_window_and_drops_a_short_one():
     whole = TokenRule("whole", {"min_seconds": 0.5})
     assert window(WINDOW).valid_tokens(300, whole) == 300
     assert window(int(2.0 * RATE)).valid_tokens(300, whole) == 300  # 2 s of audio, 28 s of padding: all kept
-    assert window(int(0.5 * RATE) + 1).valid_tokens(300, whole) == 300
-    assert window(int(0.5 * RATE)).valid_tokens(300, whole) == 0  # 0.5 s or less: the chunk is dropped
+    assert window(int(0.5 * RATE) + 1, index=2).valid_tokens(300, whole) == 300
+    assert window(int(0.5 * RATE), index=2).valid_tokens(300, whole) == 0  # a tail of 0.5 s or less: dropped
+    assert window(int(0.3 * RATE)).valid_tokens(300, whole) == 300  # the first window: kept however short
     assert window(1).valid_tokens(300, TokenRule("whole")) == 300  # min_seconds defaults to 0
 
 

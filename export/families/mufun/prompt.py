@@ -19,7 +19,7 @@ END_OF_ANSWER = "<|im_end|>"
 # A user turn's content list: each audio item becomes "<audio>\n" (the layout of MuFun's training data,
 # "<audio>\nWhat ..."), text items follow as they are.
 CHAT_TEMPLATE = (
-    "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else '" + SYSTEM + "' -%}"
+    "{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else \"" + SYSTEM + "\" -%}"
     "{{- system + ' ' -}}"
     "{%- for message in messages if message['role'] != 'system' -%}"
     "{%- if message['role'] == 'user' -%}"
