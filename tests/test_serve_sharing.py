@@ -20,7 +20,7 @@ from gamma_rt.runtime import cores as cores_module  # noqa: E402
 from gamma_rt.runtime.cores import Cores, cores_shared  # noqa: E402
 from gamma_rt.runtime.serve import service as service_module  # noqa: E402
 from gamma_rt.runtime.serve.request_audio import open_request_audio  # noqa: E402
-from gamma_rt.runtime.serve.protocol import parse_chat_request  # noqa: E402
+from gamma_rt.runtime.serve.protocol import RequestError, parse_chat_request  # noqa: E402
 from gamma_rt.runtime.engine.events import Done, Failed, Piece  # noqa: E402
 from gamma_rt.runtime.serve.chat_job import ChatJob  # noqa: E402
 from gamma_rt.runtime.serve.service import ServeOptions, Service  # noqa: E402
@@ -110,8 +110,9 @@ def test_a_request_past_its_sequences_cells_is_400_before_it_takes_one(tiny_bund
     with Service.open(tiny_bundle, RuntimeOptions(threads=1), options) as service:
         assert service.pipeline.session.cells_per_sequence == 1024
         assert answer(service, song, "What genre is this?", 1, max_tokens=16)
-        with pytest.raises(AssertionError, match=r"each of the server's sequences holds 1024 \(--ctx-size / "):
-            answer(service, song, "What genre is this?", 1, max_tokens=1500)
+        with pytest.raises(RequestError, match=r"each of the server's sequences holds 1024 \(--ctx-size / ") as e:
+            answer(service, song, "What genre is this?", 1, max_tokens=1500)  # refused by submit, before queueing
+        assert e.value.status == 400
         deadline = time.monotonic() + LIMIT_S  # the scheduler counts it out just after it answers
         while service.scheduler.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)

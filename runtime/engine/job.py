@@ -69,7 +69,8 @@ class Job:
         self.arrived = time.perf_counter()
         self.cancelled = threading.Event()
         self._wake: Callable[[], None] = lambda: None
-        self.plan: Plan | None = None  # the scheduler's, once it has tokenized the prompt
+        self.plan: Plan | None = None  # made by Scheduler.submit (make_plan) unless the front end gave one
+        self.samplers: list = []  # one per branch, made by Scheduler.submit; the lanes free them
 
     def cancel(self) -> None:
         """The client went away: drop the job and free its sequences."""

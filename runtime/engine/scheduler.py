@@ -23,6 +23,12 @@ encoded while they decode (or between their steps), and its prefill holds them u
 cancelled job (its client went away) frees its sequences at the next turn. Events go back to each job
 through its ``emit`` callback (events.py): :class:`Piece` per token and :class:`Done` per branch, or one
 :class:`Failed`.
+
+A job's own work (its plan: tokenizing its prompt; its branches' samplers: a grammar may take a while, or be
+refused) is done by :meth:`Scheduler.submit` on the caller's thread, before the job is queued. So the
+scheduler thread only admits, prefills and steps: nothing one job brings can hold the others up, and a job
+that cannot run is refused before it takes a sequence or KV cells. Once submitted, a job is the scheduler's:
+each way out (answered, failed, cancelled, shut down) frees its samplers, its audio and its reservation.
 """
 
 from __future__ import annotations
@@ -112,14 +118,44 @@ class Scheduler:
     # --- any thread -------------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``; QueueFull when every sequence is busy and ``max_queue`` jobs already wait."""
-        with self._lock:
-            if self._stopping or self._in_flight >= self.lanes + self.max_queue:
-                raise QueueFull()
-            self._in_flight += 1
-            self._inbox.append(job)
+        """Prepare ``job`` on this thread (its plan, its branches' samplers), then queue it. Takes ``job``
+        over: on any failure its samplers and audio are freed before the error is raised. QueueFull when every
+        sequence is busy and ``max_queue`` jobs already wait; the front end's error (from Job.make_plan) or a
+        GammaError when the job cannot run."""
+        try:
+            self._check_room()  # before the work, so a full engine refuses cheaply
+            self._prepare(job)
+            with self._lock:
+                self._check_room()
+                self._in_flight += 1
+                self._inbox.append(job)
+        except BaseException:
+            self._release(job)
+            raise
         job._wake = self._wake.set
         self._wake.set()
+
+    def _check_room(self) -> None:
+        if self._stopping or self._in_flight >= self.lanes + self.max_queue:
+            raise QueueFull()
+
+    def _prepare(self, job: Job) -> None:
+        """The job's own work, off the scheduler thread. llama.cpp's vocabulary, which tokenizing and a grammar
+        read, does not change once loaded, so this may run while the scheduler decodes."""
+        plan = job.plan = job.plan or job.make_plan(self.session, self.prompt, self.layout)
+        if plan.need > self.session.n_ctx or len(plan.branches) > self.session.n_seq_max:
+            raise GammaError(f"{job.where}: this job may need {plan.need} tokens of context on "
+                             f"{len(plan.branches)} sequences; the engine holds {self.session.n_ctx} on "
+                             f"{self.session.n_seq_max}")
+        for branch in plan.branches:  # freed by _release if one of them is refused
+            job.samplers.append(self.session.sampler(branch.sampling))
+
+    def _release(self, job: Job) -> None:
+        """Free what a job holds outside the lanes: its samplers and its audio (each once)."""
+        samplers, job.samplers = job.samplers, []
+        for sampler in samplers:
+            self.session.free_sampler(sampler)
+        job.audio.close()
 
     @property
     def in_flight(self) -> int:
@@ -176,27 +212,18 @@ class Scheduler:
             self._end(admitted, None)
 
     def _admit(self) -> None:
+        """Bookkeeping only: submit prepared the job (plan, samplers), so nothing here can fail half-way."""
         while self._waiting:
             job = self._waiting[0]
-            try:
-                plan = job.plan = job.plan or job.make_plan(self.session, self.prompt, self.layout)
-                if plan.need > self.session.n_ctx or len(plan.branches) > self.session.n_seq_max:
-                    raise GammaError(f"{job.where}: this job may need {plan.need} tokens of context on "
-                                     f"{len(plan.branches)} sequences; the engine holds {self.session.n_ctx} on "
-                                     f"{self.session.n_seq_max}")
-            except Exception as e:  # noqa: BLE001 - the front end's refusal, or a bug: fail this job only
-                self._waiting.popleft()
-                if not isinstance(e, GammaError) and not hasattr(e, "status"):
-                    log.error("planning a job failed", exc_info=e)
-                self._drop(job, _failure(e))
-                continue
+            plan = job.plan
             if len(self._free) < len(plan.branches) or self._reserved + plan.need > self.session.n_ctx:
                 return  # the oldest waits for room; the others wait behind it
             self._waiting.popleft()
             seqs = sorted(heapq.heappop(self._free) for _ in plan.branches)
             self._reserved += plan.need
-            lanes = [_Lane(i, b, seq, self.session.sampler(b.sampling))
-                     for i, (b, seq) in enumerate(zip(plan.branches, seqs))]
+            lanes = [_Lane(i, b, seq, sampler)
+                     for i, (b, seq, sampler) in enumerate(zip(plan.branches, seqs, job.samplers))]
+            job.samplers = []  # the lanes' now: each is freed with its lane
             listening = Listening(job.audio, job.max_seconds, job.where, self._wake.set)
             self._jobs.append(_Admitted(job, plan, listening, lanes))
             for seq in seqs:
@@ -359,7 +386,7 @@ class Scheduler:
         if job.cancelled.is_set():
             self.metrics.cancelled()
         if not counted:
-            job.audio.close()
+            self._release(job)
         with self._lock:
             self._in_flight -= 1
 

@@ -8,7 +8,8 @@
 Everything a client sends is checked before it reaches the model (protocol.py); a refusal is OpenAI's error
 JSON with its status: 400 for a bad field, bad base64, audio that does not decode; 404 for an unknown model
 or path; 413 for a body or audio past the limits; 429 with Retry-After when the queue is full. The audio's
-header is read here (off the event loop), so a bad file is refused before anything is queued; a streamed
+header is read here (off the event loop), so a bad file is refused before anything is queued, and so is a
+request whose grammar llama.cpp refuses (the scheduler's submit builds it, on a worker thread); a streamed
 answer's headers are sent with its first token, so an error found while encoding still gets its status.
 A client that goes away mid-answer cancels it, and the scheduler frees its sequence.
 """
@@ -82,10 +83,14 @@ def create_app(service: Service) -> FastAPI:
                 pass
 
         job = ChatJob(chat, audio, emit, service.limits)
-        try:
-            service.scheduler.submit(job)
+        try:  # submit tokenizes the prompt and builds the sampler: a grammar may take a while, so off the loop
+            await run_in_threadpool(service.scheduler.submit, job)
+        except asyncio.CancelledError:
+            job.cancel()  # submitted or not, the scheduler (or the failed submit) frees it
+            raise
+        except GammaError as e:  # llama.cpp refused the grammar, or the job cannot fit: nothing was taken
+            raise RequestError(400, str(e)) from None
         except QueueFull:
-            audio.close()
             retry = str(service.scheduler.retry_after_s)
             raise RequestError(429, f"the server is busy: {service.scheduler.lanes} requests decoding and "
                                f"{service.options.max_queue} waiting (--max-queue); retry after {retry} s",

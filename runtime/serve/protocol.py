@@ -249,11 +249,12 @@ def _response_format(spec: object) -> tuple[dict | None, str | None]:
     schema = inner.get("schema") if isinstance(inner, dict) else None
     from ..tagging.schema_grammar import normalize_schema, to_gbnf
 
+    where = "response_format.json_schema.schema"
     try:
-        schema = normalize_schema(schema, "response_format.json_schema.schema")
+        schema = normalize_schema(schema, where)
+        return schema, to_gbnf(schema, where)
     except PromptSetError as e:
-        raise RequestError(400, str(e), "response_format.json_schema.schema") from None
-    return schema, to_gbnf(schema)
+        raise RequestError(400, str(e), where) from None
 
 
 def _get(body: dict, name: str, kind, required: bool = False):

@@ -130,6 +130,7 @@ def _prompt(item: object, where: str) -> Prompt:
         except json.JSONDecodeError as e:
             raise PromptSetError(f"{where}.schema: not valid JSON ({e.msg})") from None
     schema = normalize_schema(schema, f"{where}.schema")
+    to_gbnf(schema, f"{where}.schema")  # its size is bounded too: refused here, not on the first track
     bound = max_answer_bytes(schema)
     max_tokens = item.get("max_tokens", bound)
     if not isinstance(max_tokens, int) or max_tokens < 1:

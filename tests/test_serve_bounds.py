@@ -1,0 +1,159 @@
+"""Nothing one request sends takes ``gamma-rt serve`` down (issue 23): a real ``gamma-rt serve`` subprocess on
+127.0.0.1 (so a crash shows as a dead process, not a dead test run), the official openai client for requests
+and raw sockets for slow clients.
+
+Each test replays a reproduction: a schema whose grammar overflowed llama.cpp's parser (SIGSEGV), grammars
+llama.cpp refused after the scheduler had taken a sequence (a leak, then a hang), an enum that held the
+scheduler thread for a minute, a client that trickles its request head, a decoder that aborts llama.cpp.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("fastapi", reason="gamma-rt serve needs the serve extra")
+import openai  # noqa: E402
+
+from gamma_rt.bench.serve_load import ServedBundle  # noqa: E402
+from gamma_rt.errors import PromptSetError  # noqa: E402
+from gamma_rt.runtime.tagging.schema_grammar import BOUNDS, normalize_schema, to_gbnf  # noqa: E402
+from gamma_rt.synth import Music, write  # noqa: E402
+
+MODEL = "bench"  # ServedBundle's --model-name
+LIMIT_S = 30  # every wait in this file gives up after this
+PARALLEL = 2
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory):
+    path = write(tmp_path_factory.mktemp("song") / "song.wav", Music(3.0, rate=16000, seed=0), subtype="PCM_16")
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_bundle):
+    with ServedBundle(tiny_bundle, parallel=PARALLEL, threads=1, extra=("--max-tokens", "64")) as s:
+        yield s
+
+
+@pytest.fixture
+def client(served):
+    assert served.process.poll() is None, f"the server died earlier (exit {served.process.returncode})"
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="none", max_retries=0, timeout=LIMIT_S)
+
+
+def ask(client, song, schema=None, **kw):
+    messages = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": song, "format": "wav"}},
+                                             {"type": "text", "text": "What genre is this?"}]}]
+    if schema is not None:
+        kw["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    return client.chat.completions.create(model=MODEL, messages=messages, **{"max_tokens": 8, **kw})
+
+
+def refused(client, song, schema) -> openai.BadRequestError:
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, song, schema)
+    return e.value
+
+
+# --- schemas past what llama.cpp's grammar takes ----------------------------------------------------------
+
+
+def test_a_string_schema_that_overflowed_llama_cpps_parser_is_a_400_and_the_server_lives(served, client, song):
+    error = refused(client, song, {"type": "string", "maxLength": 20000})
+    assert "maxLength: 20000 is more than 1000" in error.message
+    assert error.body["param"] == "response_format.json_schema.schema"
+    assert served.process.poll() is None, "the server died"
+    assert ask(client, song).choices[0].finish_reason in ("stop", "length")
+
+
+def test_grammars_llama_cpp_refuses_never_take_a_sequence_so_later_requests_are_answered(served, client, song):
+    # maxLength 3000-10000: llama.cpp refused the grammar after admission, and each such request kept its
+    # sequence and KV cells for good. Twice --parallel of them, at once, then a normal request.
+    schemas = [{"type": "string", "maxLength": n} for n in (3000, 5000, 8000, 10000)][: 2 * PARALLEL]
+    with ThreadPoolExecutor(len(schemas)) as pool:
+        errors = list(pool.map(lambda s: refused(client, song, s), schemas))
+    assert all("is more than 1000" in e.message for e in errors)
+    reply = ask(client, song, max_tokens=4)
+    assert reply.usage.completion_tokens > 0
+    assert _in_flight(served) == 0
+
+
+def test_a_hostile_enum_does_not_hold_a_concurrent_normal_request(served, client, song):
+    # a 100,000-string enum took 76 s to build on the scheduler thread, and every running answer waited
+    hostile = {"enum": [f"genre {i}" for i in range(100_000)]}
+    started = time.monotonic()
+    with ThreadPoolExecutor(3) as pool:
+        bad = [pool.submit(refused, client, song, hostile) for _ in range(2)]
+        good = pool.submit(ask, client, song, max_tokens=4)
+        assert good.result().usage.completion_tokens > 0
+        assert all("100000 strings; at most 256" in b.result().message for b in bad)
+    assert time.monotonic() - started < LIMIT_S
+
+
+@pytest.mark.parametrize("schema, message", [
+    ({"type": "array", "maxItems": 5000, "items": {"type": "integer"}}, "maxItems: 5000 is more than 1000"),
+    ({"type": "string", "maxLength": 10, "minLength": 11}, "minLength: must be an integer from 0 to maxLength"),
+    ({"type": "string", "maxLength": 10, "pattern": "(a|b)*"}, ".pattern: not supported in a string schema"),
+    ({"type": "string", "maxLength": 10, "$ref": "https://127.0.0.1:9/x.json"}, ".$ref: not supported"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": 1000} for i in range(80)}},
+     "KiB of grammar"),
+])
+def test_schemas_past_the_bounds_are_a_400_naming_the_field(client, song, schema, message):
+    assert message in refused(client, song, schema).message
+
+
+def test_the_bounds_are_what_llama_cpp_takes_and_no_more(tiny_bundle):
+    # the bounds' edge builds a grammar llama.cpp parses; one past it was what llama.cpp refused
+    from gamma_rt.runtime.decoder import DecoderSession, Sampling
+
+    edge = {"type": "object", "properties": {
+        "text": {"type": "string", "maxLength": BOUNDS.max_length},
+        "list": {"type": "array", "maxItems": BOUNDS.max_length, "items": {"type": "integer"}},
+        "pick": {"enum": [f"{i:04d}" + "x" * (BOUNDS.max_chars - 4) for i in range(BOUNDS.max_enum)]}}}
+    past = {"type": "string", "maxLength": BOUNDS.max_length + 1}
+    with DecoderSession(tiny_bundle / "decoder-f32.gguf", n_ctx=256, n_threads=1) as session:
+        session.free_sampler(session.sampler(Sampling(grammar=to_gbnf(normalize_schema(edge, "edge")))))
+        with pytest.raises(PromptSetError, match=r"past\.maxLength"):
+            normalize_schema(past, "past")
+        unchecked = to_gbnf({**past}, "past")  # the converter itself has no bound: llama.cpp refuses it
+        with pytest.raises(Exception, match="could not parse the GBNF grammar"):
+            session.sampler(Sampling(grammar=unchecked))
+
+
+def test_a_schema_nested_thousands_deep_is_refused_without_recursing_through_it():
+    deep: dict = {"type": "string", "maxLength": 1}
+    for _ in range(5000):
+        deep = {"type": "array", "maxItems": 1, "items": deep}
+    with pytest.raises(PromptSetError, match="nested more than 8 deep"):
+        normalize_schema(deep, "deep")
+
+
+def test_tag_refuses_an_unbounded_prompt_schema_with_one_line(tiny_bundle, tmp_path):
+    # `gamma-rt tag --prompts` with this schema died of SIGSEGV (exit 139) on its first track
+    library = tmp_path / "library"
+    library.mkdir()
+    write(library / "song.wav", Music(2.0, rate=16000, seed=0), subtype="PCM_16")
+    prompts = tmp_path / "mine.toml"
+    prompts.write_text('[[prompt]]\nname = "long"\nquestion = "Describe it."\n'
+                       'schema = { type = "string", maxLength = 20000 }\n')
+    run = subprocess.run([sys.executable, "-m", "gamma_rt.cli", "tag", str(library), "--bundle", str(tiny_bundle),
+                          "--out", str(tmp_path / "out"), "--prompts", str(prompts), "--threads", "1", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "prompt 'long'.schema.maxLength: 20000 is more than 1000" in run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+def _in_flight(served) -> int:
+    import httpx
+
+    return httpx.get(f"{served.url}/health", timeout=LIMIT_S).json()["in_flight"]
