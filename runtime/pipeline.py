@@ -93,16 +93,7 @@ class Pipeline:
         bundle = Path(bundle)
         options = (options or RuntimeOptions()).replace(**overrides) if overrides else (options or RuntimeOptions())
         manifest = Manifest.load(bundle, verify=verify)
-        if options.lora and options.decoder == "auto":
-            options = options.replace(decoder=lora_base(manifest, bundle, options.lora))
-        if options.decoder == "auto":
-            options = options.replace(decoder=best_decoder(manifest, bundle))
-        gguf = manifest.component(options.decoder)
-        if gguf.kind != "gguf":
-            raise BundleError(f"{bundle / MANIFEST_NAME}: components.{options.decoder}.kind is {gguf.kind!r}, "
-                              "not gguf")
-        if options.lora:
-            check_lora_fits(manifest, bundle, options.lora, options.decoder)
+        options = options.replace(decoder=_decoder_name(manifest, bundle, options))
         audio_backend = open_backend(bundle, manifest, options.backend, options.precision, options.threads)
         return cls(bundle, manifest, audio_backend, options, progress)
 
@@ -338,6 +329,31 @@ def check_lora_fits(manifest: Manifest, bundle: Path, name: str, decoder: str) -
     if extra.get("base_id") is None or extra.get("base_id") != lora.extra.get("base_id"):
         raise BundleError(f"{bundle / MANIFEST_NAME}: --lora {name} was made for base {lora.extra.get('base')!r} "
                           f"(extra.base_id {str(lora.extra.get('base_id'))[:12]}), not for --decoder {decoder}")
+
+
+def decoder_files(bundle: str | Path, options: RuntimeOptions) -> tuple[Path, Path | None]:
+    """(the GGUF, the LoRA GGUF or None) that ``Pipeline.open(bundle, options)`` loads; the bundle's files
+    verified first."""
+    bundle = Path(bundle)
+    manifest = Manifest.load(bundle, verify=True)
+    decoder = manifest.path(bundle, _decoder_name(manifest, bundle, options))
+    return decoder, manifest.path(bundle, options.lora) if options.lora else None
+
+
+def _decoder_name(manifest: Manifest, bundle: Path, options: RuntimeOptions) -> str:
+    """``options.decoder``, or for "auto" the --lora adapter's base or the best GGUF; BundleError when it
+    names no GGUF, or one the adapter does not fit."""
+    name = options.decoder
+    if options.lora and name == "auto":
+        name = lora_base(manifest, bundle, options.lora)
+    if name == "auto":
+        name = best_decoder(manifest, bundle)
+    gguf = manifest.component(name)
+    if gguf.kind != "gguf":
+        raise BundleError(f"{bundle / MANIFEST_NAME}: components.{name}.kind is {gguf.kind!r}, not gguf")
+    if options.lora:
+        check_lora_fits(manifest, bundle, options.lora, name)
+    return name
 
 
 def best_decoder(manifest: Manifest, bundle: Path) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ from gamma_rt.synth import Music, write  # noqa: E402
 MODEL = "bench"  # ServedBundle's --model-name
 LIMIT_S = 30  # every wait in this file gives up after this
 PARALLEL = 2
+HEADER_S, BODY_S, KEEP_ALIVE_S = 2.0, 3.0, 1.5  # the served bundle's --header-timeout, --body-timeout, --keep-alive
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,9 @@ def song(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(tiny_bundle):
-    with ServedBundle(tiny_bundle, parallel=PARALLEL, threads=1, extra=("--max-tokens", "64")) as s:
+    extra = ("--max-tokens", "64", "--header-timeout", str(HEADER_S), "--body-timeout", str(BODY_S),
+             "--keep-alive", str(KEEP_ALIVE_S))
+    with ServedBundle(tiny_bundle, parallel=PARALLEL, threads=1, extra=extra) as s:
         yield s
 
 
@@ -151,6 +156,117 @@ def test_tag_refuses_an_unbounded_prompt_schema_with_one_line(tiny_bundle, tmp_p
     assert run.returncode == 2, run.stderr[-2000:]
     assert "prompt 'long'.schema.maxLength: 20000 is more than 1000" in run.stderr
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+# --- slow clients ---------------------------------------------------------------------------------------
+
+
+class Trickle:
+    """A raw connection to the server that sends ``first`` at once, then ``data`` one byte every ``gap``
+    seconds, on a thread, until the server closes it; :meth:`outcome` is what the server sent and when."""
+
+    def __init__(self, url: str, data: bytes, gap: float = 0.25, first: bytes = b""):
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=LIMIT_S)
+        self.opened = time.monotonic()
+        self.sock.sendall(first)
+        self.data, self.gap = data, gap
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
+
+    def _send(self) -> None:
+        try:
+            for i in range(len(self.data)):
+                self.sock.send(self.data[i:i + 1])
+                time.sleep(self.gap)
+        except OSError:  # the server closed it: what the test waits for
+            pass
+
+    def outcome(self) -> tuple[bytes, float]:
+        """(bytes the server sent, seconds from connecting until it closed); socket.timeout past LIMIT_S."""
+        received = b""
+        while chunk := self.sock.recv(65536):
+            received += chunk
+        self.sock.close()
+        return received, time.monotonic() - self.opened
+
+
+HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize("first, data, deadline, flag", [
+    (b"", HEAD + b"X-Slow: " + b"a" * 400, HEADER_S, b"--header-timeout"),
+    (b"", b"", HEADER_S, b"--header-timeout"),
+    (HEAD + b"Content-Length: 100000\r\n\r\n", b" " * 400, BODY_S, b"--body-timeout")],
+    ids=["head a byte at a time", "nothing at all", "body a byte at a time"])
+def test_a_slow_client_gets_408_at_its_deadline_while_others_are_answered(served, client, song, first, data,
+                                                                          deadline, flag):
+    # before, uvicorn kept such connections for good (it only times out idle ones after a response)
+    slow = [Trickle(served.url, data, first=first) for _ in range(8)]
+    assert ask(client, song).choices[0].finish_reason in ("stop", "length")
+    for trickle in slow:
+        received, closed_after = trickle.outcome()
+        assert received.startswith(b"HTTP/1.1 408 ") and flag in received
+        assert deadline * 0.9 <= closed_after < deadline + 10, "the trickle must not push the deadline on"
+    assert served.process.poll() is None
+
+
+def test_an_idle_connection_is_closed_keep_alive_seconds_after_its_answer(served):
+    trickle = Trickle(served.url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", gap=0)
+    received, closed_after = trickle.outcome()
+    assert received.startswith(b"HTTP/1.1 200 ") and received.count(b"HTTP/1.1") == 1
+    assert KEEP_ALIVE_S * 0.9 <= closed_after < KEEP_ALIVE_S + 10
+
+
+def test_a_request_split_across_slow_writes_within_the_deadlines_is_answered(served):
+    # the deadlines bound the whole head and the whole body, not one write: a slow but honest client is served
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=LIMIT_S) as sock:
+        for part in (head[:20], head[20:], body[:10], body[10:]):
+            sock.sendall(part)
+            time.sleep(0.4)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400 ") and b"audio" in received  # answered: no audio part, a 400
+
+
+# --- a decoder llama.cpp loads but cannot run -------------------------------------------------------------
+
+
+def test_serve_refuses_to_start_on_a_decoder_llama_cpp_aborts_on(tiny_bundle, tmp_path):
+    # rms epsilon NaN: check_gguf passed it, llama.cpp loaded it, /health said ok, and the first request's
+    # decode hit GGML_ASSERT(eps >= 0.0f): SIGABRT, the server gone
+    import gguf
+
+    from gamma_rt.hashing import sha256_file
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    reader = gguf.GGUFReader(bundle / "decoder-f32.gguf", "r+")
+    field = reader.fields["qwen3.attention.layer_norm_rms_epsilon"]
+    field.parts[field.data[0]][0] = float("nan")
+    reader.data.flush()
+    del reader
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["components"]["decoder"]["sha256"] = sha256_file(bundle / "decoder-f32.gguf")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    command = [sys.executable, "-m", "gamma_rt.cli", "serve", str(bundle), "--port", "0", "--threads", "1"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        err = server.stderr.readline()  # the first line: an error, or the server saying what it serves
+        started = err.startswith("gamma-rt serve:")
+        if not started:
+            err += server.stderr.read()
+            server.wait(timeout=LIMIT_S)
+    finally:
+        server.kill()
+        server.wait()
+    assert not started and server.returncode == 2, f"the server started: {err}"
+    assert err.count("\n") == 1 and "Traceback" not in err and "decoder-f32.gguf" in err, err
 
 
 def _in_flight(served) -> int:

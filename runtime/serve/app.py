@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from gamma_rt import __version__
 from gamma_rt.errors import GammaError
@@ -107,11 +108,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise RequestError(413, f"request body of {int(declared)} bytes is larger than this server's limit of "
                            f"{limit} bytes (--max-body-mb)")
     parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise RequestError(413, f"request body larger than this server's limit of {limit} bytes (--max-body-mb)")
-        parts.append(part)
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise RequestError(413, f"request body larger than this server's limit of {limit} bytes "
+                                   "(--max-body-mb)")
+            parts.append(part)
+    except ClientDisconnect:  # gone, or cut off by --body-timeout (connections.py): nobody reads the answer
+        raise RequestError(408, "the client went away before its request body was in") from None
     return b"".join(parts)
 
 

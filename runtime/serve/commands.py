@@ -56,6 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="take audio_url file:// paths under DIR (off by default: only input_audio)")
     p.add_argument("--model-name", default=None, metavar="NAME",
                    help="the model id clients ask for (default: the bundle folder's name)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a client has to send a request's head (request line and headers), from connecting "
+                   "or from its previous answer; past it, 408 and the connection is closed (default 10)")
+    p.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds a client has to send a request's body after its head; past it, 408 and the "
+                   "connection is closed (default 60)")
+    p.add_argument("--keep-alive", type=float, default=5.0, metavar="S",
+                   help="seconds an idle connection stays open after an answer (default 5)")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     add_runtime_options(p, cache_help="keep audio embeddings here, so a song sent again skips the encoders "
                         "(shared with gamma-rt ask)")
@@ -67,18 +75,26 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
+    from ..pipeline import decoder_files
     from .app import create_app
+    from .connections import server_config
     from .service import ServeOptions, Service
+    from .warmup import warm_up
 
     options = ServeOptions(parallel=args.parallel, ctx_size=args.ctx_size, max_queue=args.max_queue,
                            max_tokens=args.max_tokens, max_audio_seconds=args.max_audio_seconds,
                            max_body_bytes=int(args.max_body_mb * 2**20), local_files=args.allow_local_files,
-                           model_name=args.model_name)
+                           model_name=args.model_name, header_timeout_s=args.header_timeout,
+                           body_timeout_s=args.body_timeout, keep_alive_s=args.keep_alive)
+    runtime = RuntimeOptions.from_args(args)
     listener = socket.create_server((args.host, args.port), reuse_port=False)
     host, port = listener.getsockname()[:2]
-    with Service.open(args.bundle, RuntimeOptions.from_args(args), options) as service:
+    # a decoder llama.cpp loads but aborts on (the whole process) fails here, not on a client's request
+    warm_up(*decoder_files(args.bundle, runtime), runtime.gpu_layers)
+    with Service.open(args.bundle, runtime, options) as service:
         print(f"gamma-rt serve: {service.describe()}", file=sys.stderr)
         print(f"gamma-rt serve: listening on http://{host}:{port}", file=sys.stderr, flush=True)
-        config = uvicorn.Config(create_app(service), log_level="info", access_log=args.access_log)
+        config = server_config(create_app(service), options.header_timeout_s, options.body_timeout_s,
+                               options.keep_alive_s, access_log=args.access_log)
         uvicorn.Server(config).run(sockets=[listener])
     return 0

@@ -40,6 +40,12 @@ class ServeOptions:
     local_files: Path | None = None
     # the model id of /v1/models and of requests; None: the bundle folder's name
     model_name: str | None = None
+    # seconds a client has to send a request's head (request line and headers); past that, 408 and closed
+    header_timeout_s: float = 10.0
+    # seconds a client has to send a request's body, from its head; past that, 408 and closed
+    body_timeout_s: float = 60.0
+    # seconds an idle keep-alive connection stays open after its last response
+    keep_alive_s: float = 5.0
 
     def __post_init__(self):
         for name in ("parallel", "max_tokens", "max_body_bytes"):
@@ -47,8 +53,11 @@ class ServeOptions:
                 raise GammaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             raise GammaError(f"--max-queue must be 0 or more, got {self.max_queue}")
-        if self.max_audio_seconds <= 0:
-            raise GammaError(f"--max-audio-seconds must be positive, got {self.max_audio_seconds}")
+        for name in ("max_audio_seconds", "header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                flag = name.removesuffix("_s").replace("_", "-")
+                raise GammaError(f"--{flag} must be a positive number of seconds, got {value}")
         if self.local_files is not None and not Path(self.local_files).is_dir():
             raise GammaError(f"--allow-local-files {self.local_files}: not a folder")
 
