@@ -104,6 +104,45 @@ def test_a_hostile_enum_does_not_hold_a_concurrent_normal_request(served, client
     assert time.monotonic() - started < LIMIT_S
 
 
+def test_a_requests_tokens_and_grammar_are_made_on_the_submitting_thread_not_the_schedulers(tiny_bundle, tmp_path):
+    # the scheduler thread steps every running answer; a request's own work there held them all up
+    import queue
+
+    from gamma_rt.runtime.engine.events import Done
+    from gamma_rt.runtime.options import RuntimeOptions
+    from gamma_rt.runtime.serve.chat_job import ChatJob
+    from gamma_rt.runtime.serve.request_audio import open_request_audio
+    from gamma_rt.runtime.serve.protocol import parse_chat_request
+    from gamma_rt.runtime.serve.service import ServeOptions, Service
+
+    wav = write(tmp_path / "song.wav", Music(3.0, rate=16000, seed=0), subtype="PCM_16")
+    question = "Which genre, in a word?"
+    schema = {"type": "object", "properties": {"genre": {"type": "string", "maxLength": 1000}}}
+    options = ServeOptions(parallel=2, max_tokens=16, max_audio_seconds=10, model_name="tiny")
+    with Service.open(tiny_bundle, RuntimeOptions(threads=1), options) as service:
+        session, calls = service.pipeline.session, []
+        for name in ("sampler", "tokenize"):
+            def spy(*args, _real=getattr(session, name), _name=name, **kw):
+                calls.append((_name, threading.current_thread().name, args[0]))
+                return _real(*args, **kw)
+            setattr(session, name, spy)
+        body = {"model": "tiny", "max_tokens": 16, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "g", "schema": schema}}, "messages": [{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav.read_bytes()).decode(),
+                                                         "format": "wav"}},
+                {"type": "text", "text": question}]}]}
+        chat = parse_chat_request(body, "tiny", service.limits)
+        events: queue.Queue = queue.Queue()
+        audio = open_request_audio(chat.audio, service.sample_rate, service.limits)
+        service.scheduler.submit(ChatJob(chat, audio, events.put, service.limits))
+        while not isinstance(event := events.get(timeout=LIMIT_S), Done):
+            assert not hasattr(event, "status"), event
+    here = threading.current_thread().name
+    assert [c[1] for c in calls if c[0] == "sampler"] == [here]
+    asked = [c for c in calls if c[0] == "tokenize" and question in str(c[2])]
+    assert asked and {c[1] for c in asked} == {here}
+
+
 @pytest.mark.parametrize("schema, message", [
     ({"type": "array", "maxItems": 5000, "items": {"type": "integer"}}, "maxItems: 5000 is more than 1000"),
     ({"type": "string", "maxLength": 10, "minLength": 11}, "minLength: must be an integer from 0 to maxLength"),
