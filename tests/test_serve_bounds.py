@@ -278,7 +278,8 @@ def test_a_request_split_across_slow_writes_within_the_deadlines_is_answered(ser
 
 def test_serve_refuses_to_start_on_a_decoder_llama_cpp_aborts_on(tiny_bundle, tmp_path):
     # rms epsilon NaN: check_gguf passed it, llama.cpp loaded it, /health said ok, and the first request's
-    # decode hit GGML_ASSERT(eps >= 0.0f): SIGABRT, the server gone
+    # decode hit GGML_ASSERT(eps >= 0.0f): SIGABRT, the server gone. check_gguf refuses it now too (in the
+    # warm-up's child); what the warm-up does with a real crash is the test below
     import gguf
 
     from gamma_rt.hashing import sha256_file
@@ -306,6 +307,20 @@ def test_serve_refuses_to_start_on_a_decoder_llama_cpp_aborts_on(tiny_bundle, tm
         server.wait()
     assert not started and server.returncode == 2, f"the server started: {err}"
     assert err.count("\n") == 1 and "Traceback" not in err and "decoder-f32.gguf" in err, err
+
+
+def test_the_warm_up_names_the_signal_and_ggmls_assert_of_a_child_that_crashed():
+    # what a llama.cpp abort looks like from outside: ggml prints its assert, then abort() (SIGABRT)
+    from gamma_rt.runtime.serve.warmup import child_failure
+
+    crash = ("import os, sys; sys.stderr.write('loading\\nops.cpp:4132: GGML_ASSERT(eps >= 0.0f) failed\\n'); "
+             "sys.stderr.flush(); os.abort()")
+    said = child_failure([sys.executable, "-c", crash], LIMIT_S)
+    assert said == "llama.cpp crashed (SIGABRT: GGML_ASSERT(eps >= 0.0f) failed)"
+    said = child_failure([sys.executable, "-c", "import os; os.kill(os.getpid(), 11)"], LIMIT_S)
+    assert said == "llama.cpp crashed (SIGSEGV)"
+    assert child_failure([sys.executable, "-c", "import time; time.sleep(60)"], 1) == "it did not finish in 1 s"
+    assert child_failure([sys.executable, "-c", "pass"], LIMIT_S) is None
 
 
 def _in_flight(served) -> int:

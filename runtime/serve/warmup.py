@@ -32,20 +32,29 @@ def warm_up(gguf: Path, lora: Path | None, gpu_layers: int | None, timeout_s: fl
                "--gpu-layers", "all" if gpu_layers is None else str(gpu_layers)]
     if lora is not None:
         command += ["--lora", str(lora)]
+    failure = child_failure(command, timeout_s)
+    if failure is None:
+        return
+    if failure.startswith(f"{gguf}: "):  # the check's own one line (gguf_check.py) names the file already
+        raise BundleError(failure)
+    raise BundleError(f"{gguf}: the decoder fails a one-token warm-up, so the server does not start: {failure}")
+
+
+def child_failure(command: list[str], timeout_s: float) -> str | None:
+    """Run ``command``; None when it succeeds, else one line: how it crashed (the signal, and ggml's assert
+    when it printed one), the last line it printed (a GammaError's message), or that it hung."""
     env = {**os.environ, "GGML_NO_BACKTRACE": "1"}  # ggml's abort would otherwise run gdb for a backtrace
     try:
         run = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        raise BundleError(f"{gguf}: the decoder's one-token warm-up did not finish in {timeout_s:g} s") from None
+        return f"it did not finish in {timeout_s:g} s"
     if run.returncode == 0:
-        return
+        return None
     lines = [line.strip() for line in run.stderr.splitlines() if line.strip()]
     if run.returncode < 0:
         said = next((line[line.index("GGML_ASSERT"):] for line in reversed(lines) if "GGML_ASSERT" in line), "")
-        how = f"llama.cpp crashed ({_signal_name(-run.returncode)}{': ' + said[:300] if said else ''})"
-    else:  # a GammaError's one line, or the last line of a traceback
-        how = lines[-1][:300] if lines else f"exit status {run.returncode}"
-    raise BundleError(f"{gguf}: the decoder fails a one-token warm-up, so the server does not start: {how}")
+        return f"llama.cpp crashed ({_signal_name(-run.returncode)}{': ' + said[:300] if said else ''})"
+    return lines[-1][:300] if lines else f"exit status {run.returncode}"
 
 
 def _signal_name(number: int) -> str:
