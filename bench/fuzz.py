@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -155,6 +156,7 @@ def run_fuzz(ctx: FuzzContext, names: list[str], cases: int, seconds: float, say
     table = areas()
     streams = {name: table[name](ctx, cases) for name in names}
     results: list[CaseResult] = []
+    stopped: dict[str, str] = {}  # area -> the fuzzer's own error that ended it (a bug here, not in gamma-rt)
     start = time.monotonic()
     while streams and time.monotonic() - start < seconds:
         for name in list(streams):
@@ -163,13 +165,18 @@ def run_fuzz(ctx: FuzzContext, names: list[str], cases: int, seconds: float, say
             except StopIteration:
                 del streams[name]
                 continue
+            except Exception:  # the other areas' cases still count; the error is printed and recorded
+                stopped[name] = traceback.format_exc()
+                say(f"fuzz: the {name} area stopped on an error of the fuzzer itself:\n{stopped[name]}")
+                del streams[name]
+                continue
             results.append(r)
             say(f"[{len(results)}] {r.area}: {r.name}: {r.outcome} ({r.seconds:.1f} s)")
             if time.monotonic() - start >= seconds:
                 break
     for stream in streams.values():
         stream.close()  # a server area stops its server
-    return summarize(results, time.monotonic() - start)
+    return {**summarize(results, time.monotonic() - start), "areas_stopped": stopped}
 
 
 def summarize(results: list[CaseResult], seconds: float) -> dict:
@@ -225,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                   "inputs": {"bundle": bundle.name, "areas": names, "cases_per_area": args.cases, "seed": args.seed,
                              "timeout_s": args.timeout, "seconds": args.seconds}, **result}
         path = write_json(args.out / f"fuzz-{time.strftime('%Y%m%dT%H%M%S')}.json", result)
-        print(" ".join(f"{k} {v}" for k, v in result["counts"].items()) + f" of {result['cases']} cases")
+        print(" ".join(f"{k} {v}" for k, v in result["counts"].items()) + f" of {result['cases']} cases"
+              + (f"; areas stopped by a fuzzer error: {', '.join(result['areas_stopped'])}" if result["areas_stopped"] else ""))
         print(f"wrote {path}")
 
     return run_module("fuzz", argv, job)

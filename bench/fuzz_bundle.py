@@ -202,7 +202,7 @@ def _rewrite(reader, out: Path, target: str, qtype) -> str:
     gguf-py cannot write ``qtype`` for its shape)."""
     import numpy as np
     from gguf import GGUFValueType, GGUFWriter
-    from gguf.quants import quantize
+    from gguf.quants import QuantError, quantize
 
     written = "F32"
     writer = GGUFWriter(out, reader.fields["general.architecture"].contents())
@@ -219,7 +219,7 @@ def _rewrite(reader, out: Path, target: str, qtype) -> str:
                 writer.add_tensor(t.name, quantize(data, qtype), raw_dtype=qtype)
                 written = qtype.name
                 continue
-            except (ValueError, NotImplementedError):  # gguf-py cannot write this type for this shape
+            except (QuantError, ValueError, NotImplementedError):  # gguf-py cannot write it for this shape
                 pass
         writer.add_tensor(t.name, data)
     writer.write_header_to_file()
