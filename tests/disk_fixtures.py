@@ -1,4 +1,5 @@
-"""A real, small file system that can be filled to the last byte: a tmpfs mounted under the test's folder.
+"""A real, small file system that can be filled to the last byte (or mounted read-only): a tmpfs mounted
+under the test's folder.
 
 Mounting needs root (CAP_SYS_ADMIN); where that is refused the tests that need it skip and say why. The
 disk is full for real: writes fail in the kernel with ENOSPC, SQLite sees SQLITE_FULL."""
@@ -16,11 +17,12 @@ import pytest
 class SmallDisk:
     """A tmpfs of ``size`` at ``root``; :meth:`fill` takes every free byte, :meth:`free` gives them back."""
 
-    def __init__(self, root: Path, size: str = "16m"):
+    def __init__(self, root: Path, size: str = "16m", options: str = ""):
         self.root = root
         self.filler = root / ".filler"
         root.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)],
+        mount_options = ",".join(o for o in (f"size={size}", options) if o)  # "ro": a read-only one
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", mount_options, "tmpfs", str(root)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.strip()}")
@@ -48,5 +50,12 @@ class SmallDisk:
 @pytest.fixture
 def small_disk(tmp_path):
     disk = SmallDisk(tmp_path / "disk")
+    yield disk
+    disk.unmount()
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    disk = SmallDisk(tmp_path / "ro", options="ro")
     yield disk
     disk.unmount()

@@ -54,7 +54,7 @@ def test_tag_help_lists_the_runtime_options_of_ask_and_chat(capsys):
     assert "RESULTS/embedding-cache" in text, "the cache folder keeps its tag-specific default"
 
 
-def test_runtime_flags_reach_every_pipeline_as_one_options_object(tmp_path, monkeypatch):
+def test_runtime_flags_reach_every_pipeline_as_one_options_object(tmp_path, monkeypatch, tiny_bundle):
     from gamma_rt.runtime.pipeline import Pipeline
 
     opened = []
@@ -65,7 +65,7 @@ def test_runtime_flags_reach_every_pipeline_as_one_options_object(tmp_path, monk
 
     monkeypatch.setattr(Pipeline, "open", fake_open)
     (tmp_path / "lib").mkdir()
-    argv = ["tag", str(tmp_path / "lib"), "--bundle", str(_fake_bundle(tmp_path / "bundle")),
+    argv = ["tag", str(tmp_path / "lib"), "--bundle", str(tiny_bundle),  # a manifest that reads; no model opens
             "--out", str(tmp_path / "out"), "--quiet", "--workers", "2", "--threads", "1", "--gpu-layers", "0",
             "--precision", "fp32", "--no-overlap"]
     assert main(argv) == 0

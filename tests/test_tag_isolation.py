@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from disk_fixtures import small_disk  # noqa: F401  (a fixture)
+from disk_fixtures import read_only_disk, small_disk  # noqa: F401  (fixtures)
 from tag_fixtures import GOOD, make_library, write_good
 from test_tag_run import SMALL_PROMPTS
 
@@ -40,7 +40,7 @@ def prompts(tmp_path) -> PromptSet:
 
 
 def _argv(lib: Path, bundle: Path, out: Path, *extra: str) -> list[str]:
-    prompts = out.parent / "argv-prompts.toml"
+    prompts = lib.parent / "argv-prompts.toml"
     prompts.write_text(SMALL_PROMPTS)
     return ["tag", str(lib), "--bundle", str(bundle), "--out", str(out), "--prompts", str(prompts), "--quiet", *extra]
 
@@ -246,6 +246,20 @@ def test_write_tags_on_a_full_disk_stops_with_one_line_leaves_the_files_as_they_
     small_disk.free()
     assert main([*argv, "--write-tags"]) == 0
     assert all(p.read_bytes() != data for p, data in before.items()), "the rerun wrote every file's tags"
+
+
+@pytest.mark.parametrize("where", ["a file in the way", "a read-only file system"])
+def test_a_results_folder_that_cannot_be_written_is_one_line_and_exit_2(
+        tmp_path, tiny_bundle, capsys, request, where):
+    lib = make_library(tmp_path / "lib", bad=False)
+    if where == "a file in the way":
+        (tmp_path / "results").write_text("not a folder")
+        out = tmp_path / "results" / "tags"
+    else:
+        out = request.getfixturevalue("read_only_disk").root / "tags"
+    assert main(_argv(lib, tiny_bundle, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gamma-rt: error: {out}: cannot write the results folder (") and err.count("\n") == 1, err
 
 
 # --- a second Ctrl-C ---------------------------------------------------------------------------------------

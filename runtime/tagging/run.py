@@ -202,9 +202,9 @@ def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
     memory, once the batching engine is open."""
     from gamma_rt.manifest import Manifest
 
-    Manifest.read(job.bundle)  # a missing or foreign bundle fails here, in one line, before any work
-    if not Path(job.library).is_dir():
+    if not Path(job.library).is_dir():  # the arguments in their order: LIBRARY_DIR, then --bundle
         raise GammaError(f"{job.library}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
+    Manifest.read(job.bundle)  # a missing or foreign bundle fails here, in one line, before any work
     try:
         with stop_on_full_disk(f"writing {job.out}"):
             return _run(job, on_record, on_start, on_wait, on_engine)
@@ -213,8 +213,7 @@ def run(job: TagJob, on_record: Callable[[dict], None] | None = None,
 
 
 def _run(job: TagJob, on_record, on_start, on_wait, on_engine) -> TagSummary:
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(job.out)  # created by RunLock, which says in one line when it cannot be
     b_hash, ps, key = bundle_identity(job.bundle), job.prompt_set, job.key
     options = job.runtime if job.runtime.cache_dir else job.runtime.replace(cache_dir=out / CACHE_NAME)
     summary = TagSummary(records_file=results_path(out, job.fmt))

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from gamma_rt.errors import GammaError
+from gamma_rt.errors import GammaError, is_disk_full
 
 LOCK_NAME = "run.lock"
 
@@ -32,8 +32,14 @@ class RunLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # read-only, no permission, a file where the folder should be
+            if is_disk_full(e):
+                raise
+            raise GammaError(f"{self.path.parent}: cannot write the results folder ({e.strerror or e}); "
+                             "choose another --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
