@@ -35,6 +35,13 @@ def test_tags_round_trip_through_mutagen_and_decoded_audio_is_unchanged(tmp_path
     assert [p.name for p in path.parent.iterdir() if "gamma-rt-tmp" in p.name] == []
 
 
+def test_a_file_whose_name_is_at_the_255_byte_limit_is_tagged(tmp_path):
+    path = write_good(tmp_path, "rock/live/encore.flac").rename(tmp_path / ("x" * 250 + ".flac"))
+    assert {f for f, _, _ in write_tags(path, VALUES)} == set(VALUES)
+    assert read_tags(path) == VALUES
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [path.name], "no temporary left"
+
+
 @pytest.mark.parametrize("rel", ["rock/live/encore.flac", "jazz/solo.mp3"])
 def test_flac_and_mp3_audio_frames_are_byte_identical_after_tagging(tmp_path, rel):
     path = write_good(tmp_path, rel)

@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 from gamma_rt.errors import TagWriteError
@@ -135,8 +136,11 @@ def write_tags(path: str | Path, values: dict[str, str]) -> list[tuple[str, str 
     changes = plan(path, values)
     if not changes:
         return []
-    # hidden (the library walker skips it) and with the same extension (format detection goes by it)
-    tmp = path.with_name(f".{path.stem}.gamma-rt-tmp{path.suffix}")
+    # hidden (the library walker skips it), with the same extension (format detection goes by it), and
+    # short: a file whose own name is near the 255-byte limit is tagged too
+    fd, name = tempfile.mkstemp(prefix=".gamma-rt-tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         shutil.copy2(path, tmp)
         audio = _open(tmp)
