@@ -48,7 +48,7 @@ def ort_chain(bundle: Path, threads: int):
 def eager_chain(ckpt_dir: Path):
     import torch
 
-    from gamma_rt.export.checkpoint import Checkpoint
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
 
     model = Checkpoint(ckpt_dir).model().eval()
     m = model.audio_side_modules()
@@ -81,7 +81,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from gamma_rt.export.checkpoint import Checkpoint
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
 
     cfg = Checkpoint(a.checkpoint).config
     mel = np.random.default_rng(0).standard_normal((1, cfg.temporal.num_mel_bins, 3000)).astype(np.float32)

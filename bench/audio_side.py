@@ -80,7 +80,7 @@ def time_eager(checkpoint: str | Path, mel: np.ndarray, threads: int, repeat: in
     inference mode)."""
     import torch
 
-    from gamma_rt.export.checkpoint import Checkpoint
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
 
     torch.set_num_threads(threads)
     ckpt = Checkpoint(checkpoint)

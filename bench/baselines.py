@@ -1,6 +1,6 @@
 """The PyTorch way, measured in a child process: eager audio side, transformers generate, the reference pipeline.
 
-For a GaMMA checkpoint, its own modules (export/checkpoint.py, export/reference.py); for a folder whose
+For a GaMMA checkpoint, its own modules (export/families/gamma/checkpoint.py, reference.py); for a folder whose
 config.json names a transformers class (Music Flamingo, Audio Flamingo 3), that class (bench/hf_baseline.py).
 
 A child of its own, so that torch never loads into the process that times the runtime (the runtime
@@ -77,13 +77,13 @@ def _measure_transformers(request: dict) -> dict:
 
 
 def _reference_pipeline(request: dict) -> dict:
-    """End to end on the audio file through export/reference.py, where that module exists in this tree."""
+    """End to end on the audio file through export/families/gamma/reference.py, where that module exists in this tree."""
     try:
-        reference = importlib.import_module("gamma_rt.export.reference")
+        reference = importlib.import_module("gamma_rt.export.families.gamma.reference")
     except ModuleNotFoundError as e:
-        if e.name != "gamma_rt.export.reference":
+        if e.name != "gamma_rt.export.families.gamma.reference":
             raise
-        return {"absent": "export/reference.py (the PyTorch reference pipeline) is not in this tree"}
+        return {"absent": "export/families/gamma/reference.py (the PyTorch reference pipeline) is not in this tree"}
     from .end_to_end import time_reference_pipeline
 
     return time_reference_pipeline(reference, request)

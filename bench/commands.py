@@ -23,7 +23,7 @@ and the decoder is the bundle's GGUF (qwen3 or qwen2). The runtime options are a
 
 With --baseline CKPT (the checkpoint folder the bundle was exported from) the same run also measures the
 PyTorch way on the same input and threads: the audio side in eager mode, the decoder through
-transformers' generate and the whole answer through the reference pipeline (GaMMA: export/reference.py;
+transformers' generate and the whole answer through the reference pipeline (GaMMA: export/families/gamma/reference.py;
 Music Flamingo / Audio Flamingo 3: transformers' own model class and processor). Targets are judged
 as ratios within the run and printed PASS/MISS.
 

@@ -235,7 +235,7 @@ def transformers_generate(checkpoint: str | Path, embeddings: np.ndarray, n_deco
     """
     import torch
 
-    from gamma_rt.export.checkpoint import Checkpoint
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
 
     torch.set_num_threads(threads)
     llm = Checkpoint(checkpoint).model().llm

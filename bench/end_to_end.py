@@ -191,7 +191,7 @@ def tagging_throughput(opts, scratch: Path) -> dict:
 
 
 def time_reference_pipeline(reference, request: dict) -> dict:
-    """The PyTorch reference pipeline (export/reference.py) on the same files and question, per length.
+    """The PyTorch reference pipeline (export/families/gamma/reference.py) on the same files and question, per length.
 
     It reads the whole file, then encodes, then generates (no streaming), so its time to first token after
     the audio is its whole run and is not reported separately. Runs in the baselines child (it needs torch).

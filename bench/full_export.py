@@ -68,7 +68,7 @@ def expert_parity(ckpt: Path, bundle: Path) -> dict:
     import onnxruntime as ort
     import torch
 
-    from gamma_rt.export.checkpoint import Checkpoint
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
     from gamma_rt.manifest import Manifest
 
     checkpoint, manifest = Checkpoint(ckpt), Manifest.read(bundle)

@@ -1,6 +1,6 @@
 """The PyTorch reference on a GPU, per stage, against the matrix-rate and bandwidth floors.
 
-This is "how GaMMA runs today": the eager model of export/model.py in bf16 with random weights built
+This is "how GaMMA runs today": the eager model of export/families/gamma/model.py in bf16 with random weights built
 directly on the GPU (no checkpoint), and transformers' ``generate`` for decoding. Per stage, for one 30 s
 window: each expert, fusion, projector, the whole audio side; the LLM prefill of one window's 750 audio
 tokens; decode ms/token. The chip's own bf16 matrix rate and copy bandwidth are measured in the same run
@@ -22,8 +22,8 @@ import torch
 
 from gamma_rt.bench.flops import gamma_stage_flops, qwen3_weight_bytes_per_token
 from gamma_rt.errors import GammaError
-from gamma_rt.export.config import GammaConfig
-from gamma_rt.export.model import GammaModel
+from gamma_rt.export.families.gamma.config import GammaConfig
+from gamma_rt.export.families.gamma.model import GammaModel
 
 
 def time_ms(fn, warmup: int, repeat: int) -> dict:

@@ -24,14 +24,9 @@ def tool_versions() -> dict[str, str]:
 def open_bundle(source, bundle: str | Path) -> Manifest:
     """The bundle's manifest, created from the source's family if the bundle is new.
 
-    ``source`` is an opened family (export/families) or a GaMMA ``Checkpoint``. Exporting into an existing
-    bundle made from another checkpoint is refused: its parts would not fit.
+    ``source`` is an opened family (export/families). Exporting into an existing bundle made from another
+    checkpoint is refused: its parts would not fit.
     """
-    from .checkpoint import Checkpoint
-    from .families import detect
-
-    if isinstance(source, Checkpoint):
-        source = detect(source.folder)
     bundle = Path(bundle)
     bundle.mkdir(parents=True, exist_ok=True)
     source_hash = source.hash()

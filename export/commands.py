@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import engines, families, gguf_export, onnx_export, train
+from . import engines, families, gguf_export, onnx_export
+from .families.gamma import train
 
 EXPORT_HELP = """\
 Export a checkpoint folder into a bundle, one part at a time; every part is recorded in BUNDLE/manifest.json.

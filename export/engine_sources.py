@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from gamma_rt.errors import GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, Component, Manifest
+from gamma_rt.manifest import Component, Manifest
 
 PLAIN = "plain"
 CAST_PRECISIONS = ("fp16", "bf16")
@@ -29,25 +29,26 @@ def plain_name(name: str, precision: str = "fp32") -> str:
 
 def export_plain_graphs(checkpoint_dir: str | Path, bundle_dir: str | Path, opset: int = 17, progress=None,
                         precisions: tuple[str, ...] = ("fp32",)) -> Manifest:
-    """Trace the four audio components of ``checkpoint_dir`` into ``bundle_dir`` as ``<name>.plain.onnx``, plus a
-    ``<name>.plain.<p>.onnx`` cast copy per precision ``p`` in ``precisions`` other than fp32."""
+    """Trace the audio graphs of ``checkpoint_dir`` (any registered family) into ``bundle_dir`` as
+    ``<name>.plain.onnx``, plus a ``<name>.plain.<p>.onnx`` cast copy per precision ``p`` in ``precisions``
+    other than fp32."""
     import onnx
 
     from .bundle import open_bundle
-    from .checkpoint import Checkpoint
-    from .onnx_export import _trace, graph_io
+    from .families import detect
+    from .onnx_export import trace_graph
 
     bundle = Path(bundle_dir)
-    ckpt = Checkpoint(checkpoint_dir)
-    ckpt.verify()
-    manifest = open_bundle(ckpt, bundle)
-    steps = progress(list(AUDIO_COMPONENTS), description="plain onnx") if progress else AUDIO_COMPONENTS
-    for name in steps:
-        inputs, outputs = graph_io(ckpt.config, name)
+    family = detect(checkpoint_dir)
+    graphs = family.graphs()
+    family.check()
+    manifest = open_bundle(family, bundle)
+    for graph in progress(graphs, description="plain onnx") if progress else graphs:
+        name, inputs, outputs = graph.name, graph.inputs, graph.outputs
         out = bundle / f"{plain_name(name)}.onnx"
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=bundle) as tmp:
             raw = Path(tmp) / "raw.onnx"
-            _trace(ckpt, name, inputs, outputs, raw, opset)
+            trace_graph(graph.build(), inputs, outputs, raw, opset)
             _save(onnx.load(str(raw)), out)  # onnx.load also reads the tracer's one-file-per-tensor data
             for precision in precisions:
                 if precision != "fp32":

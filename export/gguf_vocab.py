@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gamma_rt.errors import CheckpointError
 
-from .tokenizer import ENDOFTEXT
+from .bpe import ENDOFTEXT
 
 
 def vocab_tokens(tokenizer_folder: Path, vocab_size: int) -> tuple[list[str], list[int]]:

@@ -29,8 +29,6 @@ from gamma_rt.components import component_key
 from gamma_rt.hashing import sha256_file
 from gamma_rt.manifest import Component, Manifest, TensorSpec
 
-from .families.gamma.family import TensorOutput, graph_io  # noqa: F401  (graph_io: GaMMA's graph I/O, for engine_sources.py)
-
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 17
 # LayerNormalization is an ONNX op from opset 17; the TorchScript exporter stops at 20.
@@ -145,14 +143,6 @@ def _export_component(graph, out: Path, precision: str, opset: int) -> Component
             "external_data_bytes": {name: (out.parent / name).stat().st_size for name in external},
         },
     )
-
-
-def _trace(ckpt, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], raw: Path, opset: int) -> None:
-    """Trace GaMMA component ``name`` of a Checkpoint (engine_sources.py's plain graphs)."""
-    import torch
-
-    module = TensorOutput(ckpt.component(name, dtype=torch.float32), name.endswith("_encoder"))
-    trace_graph(module, inputs, outputs, raw, opset)
 
 
 def trace_graph(module, inputs: list[TensorSpec], outputs: list[TensorSpec], raw: Path, opset: int) -> None:

@@ -69,11 +69,11 @@ def use_trained(args) -> bool:
 
 def build_bundle(workdir: Path, fresh: bool, trained: bool = False) -> Path:
     """The checkpoint (random tiny, or the trained built-in as it is) and its bundle (ONNX fp32 + F32 GGUF)."""
-    from gamma_rt.export.checkpoint import write_random_checkpoint
-    from gamma_rt.export.config import GammaConfig
+    from gamma_rt.export.families.gamma.checkpoint import write_random_checkpoint
+    from gamma_rt.export.families.gamma.config import GammaConfig
     from gamma_rt.export.gguf_export import export_gguf
     from gamma_rt.export.onnx_export import export_onnx
-    from gamma_rt.export.tokenizer import write_tokenizer
+    from gamma_rt.export.families.gamma.tokenizer import write_tokenizer
     from gamma_rt.manifest import Manifest
     from gamma_rt.progress import track
 

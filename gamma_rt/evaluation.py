@@ -66,7 +66,7 @@ def scored_replies(pipe, audio) -> dict[str, str]:
 
 def checkpoint_scored_replies(checkpoint: Path, songs) -> list[dict[str, str]]:
     """Per song, the PyTorch checkpoint's greedy reply to each scored question, by attribute (needs torch)."""
-    from gamma_rt.export.train import checkpoint_replies
+    from gamma_rt.export.families.gamma.train import checkpoint_replies
 
     replies = checkpoint_replies(checkpoint, songs, list(SCORED_QUESTIONS), MAX_ANSWER_TOKENS)
     return [dict(zip(ATTRIBUTES, r)) for r in replies]

@@ -154,7 +154,7 @@ def decoder_shape(m: Manifest, bundle: Path) -> dict:
 
 def sizes_from_preset(name: str) -> ModelSizes:
     """Parameter counts of a preset's config, for planning before anything is exported."""
-    from gamma_rt.export.config import GammaConfig
+    from gamma_rt.export.families.gamma.config import GammaConfig
 
     cfg = GammaConfig.preset_named(name)
     d, t, llm = cfg.temporal.d_model, cfg.temporal, cfg.llm

@@ -25,9 +25,9 @@ def private_hash_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny-preset GaMMA checkpoint folder (random weights, seed 0) with its built-in tokenizer."""
-    from gamma_rt.export.checkpoint import write_random_checkpoint
-    from gamma_rt.export.config import GammaConfig
-    from gamma_rt.export.tokenizer import write_tokenizer
+    from gamma_rt.export.families.gamma.checkpoint import write_random_checkpoint
+    from gamma_rt.export.families.gamma.config import GammaConfig
+    from gamma_rt.export.families.gamma.tokenizer import write_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny_checkpoint")
     cfg = GammaConfig.tiny()

@@ -96,7 +96,7 @@ def test_tiny_run_writes_json_with_every_field_and_sane_numbers(tiny_result):
     assert sequential["stage_sum_ms"]["median"] <= sequential["total_ms"]["median"]
     assert sequential["overhead"] == result["ratios"]["orchestration_overhead"] >= 0
     assert result["inputs"]["end_to_end"]["decoder"] == "decoder.f16"
-    reference = result["end_to_end"]["pytorch-reference"]["35s"]  # export/reference.py, same file and question
+    reference = result["end_to_end"]["pytorch-reference"]["35s"]  # export/families/gamma/reference.py, same file and question
     _stats_ok(reference["total_ms"])
     tp = result["throughput"]
     assert tp["songs"] == 2 and tp["prompts"] == 5

@@ -25,8 +25,8 @@ def test_the_builtin_is_at_most_8_mb_in_fp16():
 
 def test_the_builtin_loads_with_the_trained_shape():
     pytest.importorskip("torch")
-    from gamma_rt.export.checkpoint import Checkpoint
-    from gamma_rt.export.train import synthetic_config
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
+    from gamma_rt.export.families.gamma.train import synthetic_config
 
     ckpt = Checkpoint(BUILTIN)
     assert ckpt.config.to_dict() == synthetic_config().to_dict()

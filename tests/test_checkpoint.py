@@ -10,10 +10,10 @@ from safetensors.torch import load_file, save_file
 
 from gamma_rt.cli import main
 from gamma_rt.errors import CheckpointError
-from gamma_rt.export.checkpoint import Checkpoint, expected_shapes
-from gamma_rt.export.config import GammaConfig
-from gamma_rt.export.model import qwen3_config
-from gamma_rt.export.tokenizer import write_tokenizer
+from gamma_rt.export.families.gamma.checkpoint import Checkpoint, expected_shapes
+from gamma_rt.export.families.gamma.config import GammaConfig
+from gamma_rt.export.families.gamma.model import qwen3_config
+from gamma_rt.export.families.gamma.tokenizer import write_tokenizer
 
 
 def test_cli_init_writes_a_folder_that_loads_and_runs(tmp_path):

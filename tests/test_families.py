@@ -207,8 +207,8 @@ def qwen3_folder(tmp_path_factory):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from gamma_rt.export.config import GammaConfig
-    from gamma_rt.export.tokenizer import write_tokenizer
+    from gamma_rt.export.families.gamma.config import GammaConfig
+    from gamma_rt.export.families.gamma.tokenizer import write_tokenizer
 
     folder = tmp_path_factory.mktemp("qwen3") / "qwen3"
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ import torch
 
 from gamma_rt.cli import main
 from gamma_rt.errors import BundleError, CheckpointError
-from gamma_rt.export.checkpoint import Checkpoint
+from gamma_rt.export.families.gamma.checkpoint import Checkpoint
 from gamma_rt.export.gguf_export import export_gguf
 from gamma_rt.manifest import Component, Manifest, TensorSpec
 from gamma_rt.runtime.decoder import DecoderSession
@@ -226,8 +226,8 @@ def test_tensor_outside_the_qwen3_name_table_is_refused(tiny_checkpoint, tmp_pat
 def test_tokenizer_that_cannot_fit_vocab_size_is_refused(tmp_path):
     import dataclasses
 
-    from gamma_rt.export.config import GammaConfig
-    from gamma_rt.export.tokenizer import write_tokenizer
+    from gamma_rt.export.families.gamma.config import GammaConfig
+    from gamma_rt.export.families.gamma.tokenizer import write_tokenizer
 
     cfg = GammaConfig.tiny()
     cfg.llm = dataclasses.replace(cfg.llm, vocab_size=200)  # fewer ids than the 256 byte tokens alone

@@ -12,10 +12,11 @@ import torch
 
 from gamma_rt.cli import main
 from gamma_rt.errors import BundleError
-from gamma_rt.export.checkpoint import Checkpoint, write_random_checkpoint
-from gamma_rt.export.config import GammaConfig
+from gamma_rt.export.families.gamma.checkpoint import Checkpoint, write_random_checkpoint
+from gamma_rt.export.families.gamma.config import GammaConfig
 from gamma_rt.components import component_key as component_name
-from gamma_rt.export.onnx_export import export_onnx, graph_io
+from gamma_rt.export.families.gamma.family import graph_io
+from gamma_rt.export.onnx_export import export_onnx
 from gamma_rt.hashing import sha256_file
 from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
 

@@ -116,7 +116,7 @@ def test_more_questions_than_parallel_sequences_and_mixed_settings(pipe, song):
 def test_runtime_answer_equals_pytorch_reference(pipe, song, tiny_checkpoint):
     import torch
 
-    from gamma_rt.export.reference import ReferencePipeline
+    from gamma_rt.export.families.gamma.reference import ReferencePipeline
 
     ref = ReferencePipeline(tiny_checkpoint)
     question, n = QUESTIONS[0], 16

@@ -26,10 +26,10 @@ gguf = pytest.importorskip("gguf")
 @pytest.fixture(scope="module")
 def wide_bundle(tmp_path_factory):
     """A tiny-preset model whose LLM is 256 wide (ffn 512, 4 heads of 64), exported to an F32 GGUF."""
-    from gamma_rt.export.checkpoint import write_random_checkpoint
-    from gamma_rt.export.config import GammaConfig
+    from gamma_rt.export.families.gamma.checkpoint import write_random_checkpoint
+    from gamma_rt.export.families.gamma.config import GammaConfig
     from gamma_rt.export.gguf_export import export_gguf
-    from gamma_rt.export.tokenizer import write_tokenizer
+    from gamma_rt.export.families.gamma.tokenizer import write_tokenizer
 
     cfg = GammaConfig.tiny()
     cfg.llm = dataclasses.replace(cfg.llm, hidden_size=256, intermediate_size=512, head_dim=64)

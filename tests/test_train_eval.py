@@ -13,7 +13,7 @@ pytest.importorskip("llama_cpp")
 from gamma_rt.cli import main  # noqa: E402
 from gamma_rt.export.gguf_export import export_gguf  # noqa: E402
 from gamma_rt.export.onnx_export import export_onnx  # noqa: E402
-from gamma_rt.export.train import train  # noqa: E402
+from gamma_rt.export.families.gamma.train import train  # noqa: E402
 from gamma_rt.synthetic_tasks import ATTRIBUTES  # noqa: E402
 
 

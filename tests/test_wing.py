@@ -132,3 +132,39 @@ def test_pyproject_installs_every_package_folder():
     stages = ("export", "runtime", "quant", "bench")
     folders = {module_name(p) for stage in stages for p in (ROOT / stage).rglob("__init__.py")}
     assert folders <= listed, f"add to pyproject.toml's packages: {sorted(folders - listed)}"
+
+
+FAMILY_FOLDERS = {p.parent.name for p in FAMILIES.glob("*/__init__.py")}
+
+
+def family_of(module: str) -> str | None:
+    """gamma_rt.export.families.<family>[.x] -> <family>; None for the shared modules (base, folder,
+    registry) and the rest of export/."""
+    parts = module.split(".")
+    if len(parts) > 3 and parts[:3] == ["gamma_rt", "export", "families"] and parts[3] in FAMILY_FOLDERS:
+        return parts[3]
+    return None
+
+
+def test_a_family_imports_no_other_familys_internals():
+    modules = export_modules()
+    crossings = {}
+    for name, path in modules.items():
+        own = family_of(name)
+        for target, line in imported_names(path.read_text(), name, path.name == "__init__.py"):
+            other = family_of(target)
+            if other and other != own and (own or name != "gamma_rt.export.commands"):
+                crossings.setdefault(name, []).append(f"{target} (line {line})")
+    # gamma-rt train is GaMMA's own command, registered beside init and export
+    assert not crossings, crossings
+
+
+def test_generic_export_code_reads_families_through_the_registry_only():
+    """The exporters, the GGUF vocabulary, the TensorRT builders: no import of a family folder."""
+    modules = export_modules()
+    for name in ("onnx_export", "gguf_export", "gguf_vocab", "onnx_optimize", "onnx_attention", "bundle",
+                 "engines", "engine_plan", "engine_sources", "cosine_report", "calibration", "weights", "bpe"):
+        module = f"gamma_rt.export.{name}"
+        path = modules[module]
+        found = [t for t, _ in imported_names(path.read_text(), module) if family_of(t)]
+        assert not found, f"{module} imports {found}"

@@ -148,18 +148,21 @@ class Weights:
         return h.hexdigest()
 
 
+def map_key(key: str, table: dict[str, str]) -> str | None:
+    """``key`` renamed by a key-map table (prefix -> replacement prefix; the longest prefix wins), None when
+    no prefix matches."""
+    for src in sorted(table, key=len, reverse=True):
+        if key.startswith(src):
+            return table[src] + key[len(src):]
+    return None
+
+
 def strip_prefixes(keys, table: dict[str, str]) -> dict[str, str]:
     """{our name: stored key} for stored keys under a prefix of ``table`` (stored prefix -> our prefix).
 
     Longest prefix wins; keys under no prefix are left out.
     """
-    out = {}
-    for key in keys:
-        for src in sorted(table, key=len, reverse=True):
-            if key.startswith(src):
-                out[table[src] + key[len(src):]] = key
-                break
-    return out
+    return {ours: key for key in keys if (ours := map_key(key, table)) is not None}
 
 
 # --- tokenizer, template, processor, generation -------------------------------------------------------

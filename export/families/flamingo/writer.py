@@ -4,7 +4,7 @@ Written by transformers' own classes (the model's and the processor's ``save_pre
 model.safetensors (shards + index for ``full``), generation_config.json, tokenizer.json,
 tokenizer_config.json, processor_config.json and chat_template.jinja.
 
-The tokenizer is a small byte-level BPE trained here with Qwen2's pre-tokenizer (export/tokenizer.py), plus
+The tokenizer is a small byte-level BPE trained here with Qwen2's pre-tokenizer (export/bpe.py), plus
 the Qwen and audio special tokens, so llama.cpp's ``qwen2`` pre-tokenizer splits text identically. The chat
 template renders what the published ones render (transformers' convert_musicflamingo_to_hf.py /
 convert_audioflamingo3_to_hf.py): a default system turn, ChatML turns, and a user turn whose audio items
@@ -63,10 +63,10 @@ def chat_template(family: str) -> str:
 
 
 def train_tokenizer(vocab_size: int):
-    """Qwen2-style byte-level BPE (export/tokenizer.py's recipe) with the flamingo special tokens last."""
+    """Qwen2-style byte-level BPE (export/bpe.py's recipe) with the flamingo special tokens last."""
     from transformers import Qwen2TokenizerFast
 
-    from ...tokenizer import TRAINING_TEXT, train_qwen2_bpe
+    from ...bpe import TRAINING_TEXT, train_qwen2_bpe
 
     tok = train_qwen2_bpe(TRAINING_TEXT.split("\n\n"), min(vocab_size, 4096) - len(SPECIALS), list(SPECIALS))
     return Qwen2TokenizerFast(tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>",
@@ -131,44 +131,34 @@ def write_flamingo(family: str, preset: str, out: Path, seed: int = 0, progress=
     return out
 
 
-def _random(name: str, shape: tuple[int, ...], seed: int, std: float):
-    """A deterministic random tensor for ``name``: norms at one, biases small, matrices N(0, std)."""
-    import torch
-
-    from ...checkpoint import _stable_hash
-
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + _stable_hash(name)) % 2**63)
-    leaf, parent = name.rsplit(".", 1)[-1], name.rsplit(".", 2)[-2]
-    if "norm" in parent:
-        return torch.ones(shape) if leaf == "weight" else torch.zeros(shape)
-    return torch.randn(shape, generator=gen) * (std / 2 if leaf == "bias" else std)
-
-
 def _spread(model, seed: int, std: float = 0.2) -> None:
     """Wider random weights than transformers' init (std 0.02), so a tiny model's logits are far from ties."""
     import torch
 
+    from ...weights import random_tensor
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not name.endswith("embed_positions.weight"):
-                p.copy_(_random(name, tuple(p.shape), seed, std))
+                p.copy_(random_tensor(name, tuple(p.shape), seed, std))
 
 
 def _write_streamed(model_class, config, out: Path, seed: int, progress=None) -> None:
     """Shards of random bf16 tensors under save_pretrained's names, one tensor in memory at a time."""
     import torch
 
-    from ...checkpoint import _ShardWriter, _sinusoids, _map_key
+    from ...weights import ShardWriter, random_tensor, sinusoids
+    from ..folder import map_key
 
     with torch.device("meta"):
         model = model_class(config)
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     out.mkdir(parents=True, exist_ok=True)
-    writer = _ShardWriter(out)
+    writer = ShardWriter(out)
     for name, shape in (progress or (lambda it, **_: it))(shapes, description="weights"):
         if name.endswith("embed_positions.weight"):
-            tensor = _sinusoids(*shape)
+            tensor = sinusoids(*shape)
         else:
-            tensor = _random(name, shape, seed, 0.02)
-        writer.add(_map_key(name, SAVED_PREFIXES) or name, tensor.to(torch.bfloat16).contiguous())
+            tensor = random_tensor(name, shape, seed, 0.02)
+        writer.add(map_key(name, SAVED_PREFIXES) or name, tensor.to(torch.bfloat16).contiguous())
     writer.close()

@@ -1,7 +1,7 @@
 """GaMMA, gamma-rt's own checkpoint format (the first family), and a plain Qwen3 folder as its decoder.
 
 GaMMA's four audio graphs (two Whisper experts, fusion, projector) and its Qwen3 decoder under ``llm.*``
-are described by export/config.py and export/checkpoint.py; this module only declares them to the exporters.
+are described by config.py and checkpoint.py beside it; this module only declares them to the exporters.
 """
 
 from __future__ import annotations
@@ -70,12 +70,12 @@ class Gamma(Family):
 
     @classmethod
     def matches(cls, config: dict) -> bool:
-        from ...config import CONFIG_FORMAT
+        from .config import CONFIG_FORMAT
 
         return config.get("format") == CONFIG_FORMAT
 
     def __init__(self, folder: Path, config: dict):
-        from ...checkpoint import Checkpoint
+        from .checkpoint import Checkpoint
 
         super().__init__(folder, config)
         self.checkpoint = Checkpoint(folder)
@@ -125,9 +125,9 @@ class Gamma(Family):
         ``dtype`` a torch dtype name (tiny: float32, else bfloat16)."""
         import torch
 
-        from ...checkpoint import qwen3_source, whisper_source, write_random_checkpoint
-        from ...config import GammaConfig
-        from ...tokenizer import write_tokenizer
+        from .checkpoint import qwen3_source, whisper_source, write_random_checkpoint
+        from .config import GammaConfig
+        from .tokenizer import write_tokenizer
 
         cfg = GammaConfig.preset_named(preset)
         sources = {}
@@ -156,12 +156,12 @@ class Qwen3Decoder(Family):
         self.weights = Weights(self.folder)
 
     def _gamma_config(self):
-        from ...config import GammaConfig
+        from .config import GammaConfig
 
         return dataclasses.replace(GammaConfig(), llm=self.shape, preset="qwen3-hf")
 
     def decoder(self, scratch: Path) -> DecoderSpec:
-        from ...tokenizer import write_tokenizer
+        from .tokenizer import write_tokenizer
 
         tokenizer_folder = scratch / "tokenizer"
         write_tokenizer(tokenizer_folder, self._gamma_config(), qwen3_folder=self.folder)

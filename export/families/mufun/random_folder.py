@@ -110,7 +110,7 @@ def write_tokenizer(out: Path, vocab_size: int) -> dict[str, int]:
     from tokenizers import Tokenizer
     from transformers import Qwen2TokenizerFast
 
-    from ...tokenizer import TRAINING_TEXT, train_qwen2_bpe
+    from ...bpe import TRAINING_TEXT, train_qwen2_bpe
 
     bpe: Tokenizer = train_qwen2_bpe(TRAINING_TEXT.split("\n\n"), min(vocab_size, 4096) - len(SPECIALS), SPECIALS)
     tok = Qwen2TokenizerFast(tokenizer_object=bpe, bos_token=None, eos_token="<|endoftext|>",
@@ -145,8 +145,7 @@ def write_mufun(preset: str, out: Path, seed: int = 0, progress=None) -> Path:
     """Write a random MuFun of ``preset`` into ``out``; returns ``out``."""
     import torch
 
-    from ...checkpoint import _ShardWriter, _sinusoids
-    from ..flamingo.writer import _random
+    from ...weights import ShardWriter, random_tensor, sinusoids
 
     if preset not in PRESETS:
         raise CheckpointError(f"unknown preset {preset!r} for mufun; choose {', '.join(PRESETS)}")
@@ -156,13 +155,13 @@ def write_mufun(preset: str, out: Path, seed: int = 0, progress=None) -> Path:
     ids = write_tokenizer(out, p["qwen3"]["vocab_size"])
     config = mufun_config(preset, ids)
     dtype = getattr(torch, p["dtype"])
-    writer = _ShardWriter(out)
+    writer = ShardWriter(out)
     shapes = weight_shapes(preset, config)
     for name, shape in (progress or (lambda it, **_: it))(shapes, description="weights"):
         if name.endswith("embed_positions.weight"):
-            tensor = _sinusoids(*shape)
+            tensor = sinusoids(*shape)
         else:
-            tensor = _random(name, shape, seed, p["std"])
+            tensor = random_tensor(name, shape, seed, p["std"])
         writer.add(name, tensor.to(dtype).contiguous())
     writer.close()
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

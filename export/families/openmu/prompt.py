@@ -64,7 +64,7 @@ def train_llama3_bpe(bpe_size: int, vocab_size: int):
     vocab_size - 256 unused, then the 256 specials (ids vocab_size - 256 ..), as in Llama 3."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from ...tokenizer import TRAINING_TEXT
+    from ...bpe import TRAINING_TEXT
 
     tokenizer = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([

@@ -8,23 +8,20 @@ time, so a full-size checkpoint (about 19 GB in bf16) is made and exported in bo
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gamma_rt.errors import CheckpointError
 
+from ...weights import ShardWriter, generator, sinusoids
+from ..folder import map_key
 from .config import GammaConfig
 from .model import GammaModel
 
-INDEX_NAME = "model.safetensors.index.json"
-SHARD_BYTES = 2 * 1024**3
 
 # Stock checkpoints' key prefixes -> ours. Longest prefix wins; keys matching no row are skipped.
 WHISPER_KEY_MAP = {"model.encoder.": "{expert}.", "encoder.": "{expert}."}
@@ -47,10 +44,10 @@ def expected_shapes(cfg: GammaConfig) -> dict[str, tuple[int, ...]]:
 
 def random_tensor(name: str, shape: tuple[int, ...], cfg: GammaConfig, seed: int, std: float) -> torch.Tensor:
     """A deterministic random tensor for ``name``: the same seed gives the same value, whatever the order."""
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + _stable_hash(name)) % 2**63)
+    gen = generator(name, seed)
     leaf = name.rsplit(".", 1)[-1]
     if name.endswith("embed_positions.weight"):
-        return _sinusoids(*shape)
+        return sinusoids(*shape)
     if name.endswith("injector_gate"):
         return torch.full(shape, float(cfg.fusion.injector_gate_init))
     parent = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else ""
@@ -79,7 +76,7 @@ def write_random_checkpoint(
     sources = sources or {}
     cfg.save(out)
 
-    writer = _ShardWriter(out)
+    writer = ShardWriter(out)
     for name, shape in (progress or (lambda it, **_: it))(list(shapes.items()), description="weights"):
         tensor = None
         for src in sources.values():
@@ -107,7 +104,7 @@ class StockSource:
         for f in files:
             with safe_open(f, "pt") as sf:
                 for key in sf.keys():
-                    ours = _map_key(key, key_map)
+                    ours = map_key(key, key_map)
                     if ours is not None:
                         self._where[ours] = (f, key)
         if not self._where:
@@ -267,61 +264,6 @@ def _rebuild_buffers(module: torch.nn.Module) -> None:
         for name, buf in list(sub.named_buffers(recurse=False)):
             if buf.is_meta:
                 raise CheckpointError(f"buffer {name} of {type(sub).__name__} was not restored")
-
-
-class _ShardWriter:
-    """Writes tensors into ~2 GB safetensors shards plus an HF index, holding one shard in memory at most."""
-
-    def __init__(self, out: Path):
-        self.out = out
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.shards: list[list[str]] = []
-        self.written: list[Path] = []
-
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + size > SHARD_BYTES:
-            self._flush()
-        self.pending[name] = tensor
-        self.pending_bytes += size
-
-    def _flush(self) -> None:
-        path = self.out / f"model-{len(self.written) + 1:05d}.safetensors.tmp"
-        save_file(self.pending, str(path), metadata={"format": "pt"})
-        self.written.append(path)
-        self.shards.append(list(self.pending))
-        self.pending, self.pending_bytes = {}, 0
-
-    def close(self) -> None:
-        if self.pending or not self.written:
-            self._flush()
-        n = len(self.written)
-        weight_map = {}
-        for i, (tmp, names) in enumerate(zip(self.written, self.shards), 1):
-            final = self.out / ("model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors")
-            tmp.rename(final)
-            weight_map.update({k: final.name for k in names})
-        if n > 1:
-            (self.out / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=1))
-
-
-def _map_key(key: str, key_map: dict[str, str]) -> str | None:
-    for src in sorted(key_map, key=len, reverse=True):
-        if key.startswith(src):
-            return key_map[src] + key[len(src):]
-    return None
-
-
-def _sinusoids(length: int, channels: int, max_timescale: float = 10000) -> torch.Tensor:
-    log_inc = math.log(max_timescale) / (channels // 2 - 1)
-    inv = torch.exp(-log_inc * torch.arange(channels // 2))
-    scaled = torch.arange(length)[:, None] * inv[None, :]
-    return torch.cat([scaled.sin(), scaled.cos()], dim=1)
-
-
-def _stable_hash(name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
 
 
 def _listing(items: list[str], limit: int = 8) -> str:

@@ -76,7 +76,8 @@ def train_tokenizer(folder: Path, cfg):
     """A byte-level BPE (Qwen2 split) of ``cfg.llm.vocab_size`` on the task's text; writes the tokenizer files."""
     from gamma_rt.synthetic_tasks import corpus
 
-    from .tokenizer import _write_tokenizer_config, special_tokens, train_qwen2_bpe
+    from ...bpe import train_qwen2_bpe
+    from .tokenizer import _write_tokenizer_config, special_tokens
 
     specials = special_tokens(cfg)
     tok = train_qwen2_bpe(corpus(), cfg.llm.vocab_size - len(specials), specials)
@@ -131,7 +132,7 @@ def listen_init(model, cfg) -> None:
     """Give both experts the listening filters and near-zero residual branches (see the module docstring)."""
     import torch
 
-    from .checkpoint import _sinusoids
+    from ...weights import sinusoids
 
     filters = torch.tensor(listening_filters(cfg), dtype=torch.float32)
     with torch.no_grad():
@@ -143,7 +144,7 @@ def listen_init(model, cfg) -> None:
             expert.conv2.weight.zero_()
             expert.conv2.weight[torch.arange(d), torch.arange(d), 1] = 1.0
             expert.conv2.bias.zero_()
-            positions = 0.1 * _sinusoids(*expert.embed_positions.weight.shape)
+            positions = 0.1 * sinusoids(*expert.embed_positions.weight.shape)
             # A clock: channel RAMP is silent in conv1 and rises 0 -> 2 over the window, so every token knows
             # its time (an event's second is where the instrument's tokens begin or end).
             expert.conv1.weight[RAMP] = 0.0
