@@ -79,6 +79,10 @@ def test_prompt_set_hash_ignores_formatting_and_tags_but_not_questions(tmp_path)
      r"sampling\.heat"),
     ('[[prompt]]\nname = "g"\nquestion = "q"\nschema = "{not json"\n', r"'g'\.schema: not valid JSON"),
     ('prompt = [\n', "not valid TOML"),
+    pytest.param('[[prompt]]\nname = "g"\nquestion = "q"\nschema = ' + "{ a = " * 5000 + "1" + " }" * 5000 + "\n",
+                 "nested too deeply to read", id="toml-nested-5000-deep"),
+    pytest.param('[[prompt]]\nname = "g"\nquestion = "q"\nschema = \'' + '{"a": ' * 100_000 + "1" + "}" * 100_000
+                 + "\'\n", r"'g'\.schema: nested too deeply to read", id="json-schema-nested-100000-deep"),
 ])
 def test_bad_prompt_set_raises_one_line_naming_file_and_field(tmp_path, body, message):
     path = tmp_path / "mine.toml"

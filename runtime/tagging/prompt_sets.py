@@ -104,10 +104,14 @@ def _parse(path: Path, text: str) -> dict:
             return yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise PromptSetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        except RecursionError:  # the parsers recurse per level of nesting
+            raise PromptSetError(f"{path}: nested too deeply to read") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PromptSetError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise PromptSetError(f"{path}: nested too deeply to read") from None
 
 
 def _prompt(item: object, where: str) -> Prompt:
@@ -129,6 +133,8 @@ def _prompt(item: object, where: str) -> Prompt:
             schema = json.loads(schema)
         except json.JSONDecodeError as e:
             raise PromptSetError(f"{where}.schema: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise PromptSetError(f"{where}.schema: nested too deeply to read") from None
     schema = normalize_schema(schema, f"{where}.schema")
     to_gbnf(schema, f"{where}.schema")  # its size is bounded too: refused here, not on the first track
     bound = max_answer_bytes(schema)
