@@ -257,6 +257,15 @@ def test_an_idle_connection_is_closed_keep_alive_seconds_after_its_answer(served
     assert KEEP_ALIVE_S * 0.9 <= closed_after < KEEP_ALIVE_S + 10
 
 
+def test_a_body_trickled_after_its_answer_ends_at_the_body_deadline_without_a_408(served):
+    # /health answers without reading the body it was promised; the trickle keeps keep-alive from closing it
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 400\r\n\r\n"
+    trickle = Trickle(served.url, b" " * 400, first=head)
+    received, closed_after = trickle.outcome()
+    assert received.startswith(b"HTTP/1.1 200 ") and b" 408 " not in received
+    assert BODY_S * 0.9 <= closed_after < BODY_S + 10
+
+
 def test_a_request_split_across_slow_writes_within_the_deadlines_is_answered(served):
     # the deadlines bound the whole head and the whole body, not one write: a slow but honest client is served
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()

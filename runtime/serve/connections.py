@@ -10,8 +10,9 @@ clients hold the server's file descriptors. So every connection here has three d
 - ``body_timeout``: the whole body is in within this many seconds of the head;
 - ``keep_alive``: an idle connection is closed this long after its last response (uvicorn's own timer).
 
-A client past a deadline gets 408 (when no response has started) and the connection is closed; the request's
-handler sees a disconnect. An answer being sent has no deadline: it is as long as the model takes.
+A client past a deadline gets 408 (unless its request was answered already, without waiting for the body)
+and the connection is closed; the request's handler sees a disconnect. An answer being sent has no deadline:
+it is as long as the model takes.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class _TimedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        if self.conn.their_state is h11.IDLE or (cycle is not None and not cycle.response_started):
             body = json.dumps(error_body(408, f"the {what} did not arrive within {seconds:g} s "
                                          f"(--{flag}-timeout)")).encode()
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
