@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+PAGE = 4096  # tmpfs hands out space a page at a time
+
 
 class SmallDisk:
     """A tmpfs of ``size`` at ``root``; :meth:`fill` takes every free byte, :meth:`free` gives them back."""
@@ -27,7 +29,21 @@ class SmallDisk:
         if done.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {done.stderr.strip()}")
 
-    def fill(self) -> None:
+    def fill(self, leave: int = 0) -> None:
+        """Take every free byte but ``leave`` (rounded up to whole pages: a file of that size still fits)."""
+        self._fill()
+        if leave:
+            pages = -(-leave // PAGE)
+            os.truncate(self.filler, os.path.getsize(self.filler) // PAGE * PAGE)  # whole pages only
+            missing = pages - self.free_bytes() // PAGE
+            os.truncate(self.filler, os.path.getsize(self.filler) - missing * PAGE)
+            assert self.free_bytes() == pages * PAGE, (self.free_bytes(), pages)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def _fill(self) -> None:
         fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             for chunk in (1 << 20, 4096, 1):  # big writes first, then the last page byte by byte

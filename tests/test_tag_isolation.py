@@ -3,6 +3,7 @@ real SQLite journal, a real tmpfs filled to the last byte, real signals to a rea
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from gamma_rt.errors import DiskFull
 from gamma_rt.runtime.embed_cache import EmbeddingCache
 from gamma_rt.runtime.options import RuntimeOptions
 from gamma_rt.runtime.tagging.journal import Journal
+from gamma_rt.runtime.tagging.file_tags import write_tags
 from gamma_rt.runtime.tagging.library import Track
 from gamma_rt.runtime.tagging.prompt_sets import PromptSet
 from gamma_rt.runtime.tagging.records import FORMATS, RecordFile, read_records, results_path
@@ -246,6 +248,31 @@ def test_write_tags_on_a_full_disk_stops_with_one_line_leaves_the_files_as_they_
     small_disk.free()
     assert main([*argv, "--write-tags"]) == 0
     assert all(p.read_bytes() != data for p, data in before.items()), "the rerun wrote every file's tags"
+
+
+def _page_sized_flac(path: Path) -> Path:
+    """A FLAC of a whole number of 4 KiB pages and no padding: any tag added must grow it by a page."""
+    import mutagen.flac
+
+    write_good(path.parent, "rock/live/encore.flac").rename(path)
+    tags = mutagen.flac.FLAC(path)
+    tags["comment"] = "x"
+    tags.save(padding=lambda info: 0)
+    tags["comment"] = "x" * (1 + (-path.stat().st_size) % 4096)  # the same layout, that many bytes longer
+    tags.save(padding=lambda info: 0)
+    assert path.stat().st_size % 4096 == 0
+    return path
+
+
+def test_a_tag_save_that_runs_out_of_space_raises_the_os_error_and_leaves_the_file_as_it_was(small_disk):
+    path = _page_sized_flac(small_disk.root / "song.flac")
+    before = path.read_bytes()
+    small_disk.fill(leave=len(before))  # room for the verified copy, and not a byte for its new tags
+    with pytest.raises(OSError) as raised:  # mutagen's wrapper of it would be a traceback in the run
+        write_tags(path, {"genre": "rock", "caption": "x" * 5000})
+    assert raised.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in small_disk.root.iterdir() if p.is_file()) == [".filler", "song.flac"]
 
 
 @pytest.mark.parametrize("where", ["a file in the way", "a read-only file system"])

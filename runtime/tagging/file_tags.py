@@ -147,10 +147,7 @@ def write_tags(path: str | Path, values: dict[str, str]) -> list[tuple[str, str 
         kind = _container(audio)
         for field, _, new in changes:
             _set(audio, kind, field, new)
-        if kind == "id3":
-            audio.save(v2_version=4)
-        else:
-            audio.save()
+        _save(audio, kind, path)
         if kind == "asf":
             _fix_asf_file_size(tmp)
         _verify(path, tmp, changes)
@@ -161,6 +158,20 @@ def write_tags(path: str | Path, values: dict[str, str]) -> list[tuple[str, str 
         tmp.unlink(missing_ok=True)
         raise
     return changes
+
+
+def _save(audio, kind: str, original: Path) -> None:
+    """Save the copy's tags. mutagen wraps the OSError of a failed write (a full disk) in its own error:
+    unwrapped, the run says "disk full" and stops instead of failing every file that follows."""
+    import mutagen
+
+    try:
+        audio.save(v2_version=4) if kind == "id3" else audio.save()
+    except mutagen.MutagenError as e:
+        cause = e.args[0] if e.args else None
+        if isinstance(cause, OSError):
+            raise cause from None
+        raise TagWriteError(f"{original}: cannot save its tags ({e}); file left as it was") from None
 
 
 def _verify(original: Path, copy: Path, changes) -> None:
