@@ -52,6 +52,9 @@ class RuntimeOptions:
     # a LoRA adapter component of the manifest ("lora") that llama.cpp applies at run time; its base decoder
     # is then the default, and a decoder it was not made for is refused
     lora: str | None = None
+    # encode every window of a song past the model's own limit (manifest audio.max_seconds: OpenMU's 30.72 s),
+    # as if it took any length; the model was not trained so, and the runtime says it once
+    every_window: bool = False
     # windows per audio-backend call: 1 streams each window as soon as it has arrived; 4 or 8 fill a GPU
     # better on whole files (the first window then waits for its batch)
     batch_windows: int = 1
@@ -88,7 +91,8 @@ class RuntimeOptions:
         """The options of a command that took :func:`add_runtime_options`."""
         return cls(backend=args.backend, precision=args.precision, threads=args.threads,
                    gpu_layers=args.gpu_layers, cache_dir=args.cache_dir, overlap=not args.no_overlap,
-                   decoder=args.decoder, batch_windows=args.batch_windows, lora=getattr(args, "lora", None))
+                   decoder=args.decoder, batch_windows=args.batch_windows, lora=getattr(args, "lora", None),
+                   every_window=getattr(args, "every_window", False))
 
 
 def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = None) -> None:
@@ -106,6 +110,9 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
                    help="LoRA adapter of the manifest (e.g. lora) for llama.cpp to apply at run time on its base "
                    "decoder (decoder.base, the default with --lora); without it an OpenMU bundle runs 'decoder', "
                    "the adapter merged at export")
+    g.add_argument("--every-window", action="store_true",
+                   help="read a song past the model's own limit (manifest audio.max_seconds, e.g. OpenMU's 30.72 s), "
+                   "window after window; departs from how the model was trained")
     g.add_argument("--threads", type=int, default=None, metavar="N",
                    help=THREADS_HELP)
     g.add_argument("--gpu-layers", type=int, default=None, metavar="N",

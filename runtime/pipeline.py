@@ -20,7 +20,9 @@ How a run goes (one code path for files, arrays and live streams; a whole file i
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,11 @@ class Pipeline:
                  progress=None):
         self.bundle, self.manifest, self.backend, self.options = bundle, manifest, backend, options
         self.layout = AudioLayout.from_manifest(manifest.audio)
+        if options.every_window and self.layout.max_seconds is not None:
+            print(f"gamma-rt: --every-window: reading past the model's {self.layout.max_seconds:g} s (manifest "
+                  "audio.max_seconds), window after window; the model was not trained on longer audio",
+                  file=sys.stderr)
+            self.layout = dataclasses.replace(self.layout, max_seconds=None)
         self.prompt = prompt_from_manifest(manifest.prompt, str(bundle / MANIFEST_NAME))
         self.decoder_file = manifest.path(bundle, options.decoder)
         self.lora_file = manifest.path(bundle, options.lora) if options.lora else None

@@ -117,3 +117,17 @@ def test_a_projector_of_another_type_is_refused_naming_the_field(tmp_path, openm
     (folder / "config.json").write_text(json.dumps({**config, "mm_projector_type": "linear"}))
     with pytest.raises(CheckpointError, match="mm_projector_type is 'linear'"):
         openmu_family(folder)
+
+
+def test_every_window_reads_past_30_72_s_and_says_it_departs(tmp_path, capsys, openmu_bundle):
+    from gamma_rt.runtime import Pipeline
+
+    path = tmp_path / "long.wav"
+    sf.write(path, synthesize(Music(40.0, RATE, 1))[:, 0], RATE, subtype="FLOAT")
+    with Pipeline.open(openmu_bundle, threads=1) as pipe:
+        assert [len(w.embeddings) for w in pipe.embed(path)] == [192]
+    with Pipeline.open(openmu_bundle, threads=1, every_window=True) as pipe:
+        windows = list(pipe.embed(path))
+    assert [len(w.embeddings) for w in windows] == [192, 192]
+    assert windows[1].start_s == pytest.approx(30.72)
+    assert "the model was not trained on longer audio" in capsys.readouterr().err

@@ -8,7 +8,8 @@
       vitb_finetuned.pth          AudioMAE's fine-tuned ViT ({"model": state dict}), torch.save
       base/                       the Llama 3 base (Meta-Llama-3-8B-Instruct's layout), save_pretrained
 
-``tiny``: a 2-layer Llama of width 64 and a 6-block ViT of width 64. ``full``: Llama-3-8B's and ViT-B/16's
+``tiny``: a 2-layer Llama of width 64 and a 6-block ViT of width 64; ``small``: an 8-layer Llama of width
+1024 with the same ViT (for bench/lora_cost.py). ``full``: Llama-3-8B's and ViT-B/16's
 shapes; its Llama is written one tensor at a time (16 GB in bf16). LoRA B matrices are random, not PEFT's
 zeros, so that the adapter changes the answers.
 """
@@ -24,6 +25,10 @@ PRESETS = {
     "tiny": {"llm": dict(vocab_size=768, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
              "vit": dict(dim=64, depth=6), "bpe": 512},
+    # a decoder wide enough that a LoRA adapter's run-time cost shows (bench/lora_cost.py)
+    "small": {"llm": dict(vocab_size=768, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                          num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048),
+              "vit": dict(dim=64, depth=6), "bpe": 512},
     "full": {"llm": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192),
              "vit": dict(dim=768, depth=12), "bpe": 4096},
