@@ -238,7 +238,7 @@ class TensorSpec:
 
 @dataclass
 class Component:
-    kind: str  # "onnx" | "gguf" | "engine"
+    kind: str  # "onnx" | "gguf" | "gguf_lora" | "engine"
     file: str
     sha256: str
     bytes: int

@@ -204,7 +204,7 @@ SHORT = Text(0, 4096)
 TENSOR = Obj({"name": NAME, "shape": ListOf(Either((Int(0, 2**31), NAME)), 8),
               "dtype": OneOf(DTYPES)}, required=("name", "shape", "dtype"), open=False)
 COMPONENT = Obj({
-    "kind": OneOf(("onnx", "gguf", "engine")),
+    "kind": OneOf(("onnx", "gguf", "gguf_lora", "engine")),  # gguf_lora: a LoRA adapter of a gguf decoder
     "file": Text(1, 4096),
     "sha256": SHA256,
     "bytes": BYTES,
