@@ -9,6 +9,8 @@ is each side's own.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -126,3 +128,28 @@ def test_the_prompt_tokenized_by_the_gguf_equals_the_references(pipe, reference)
 def test_a_follow_up_turn_is_qwen2_instruct(pipe):
     assert pipe.prompt.follow_up("And the key?") == "<|im_end|>USER: And the key? ASSISTANT: "
     assert pipe.prompt.stop[0] == "<|im_end|>"
+
+
+def test_quantize_and_tag_take_a_mufun_bundle(bundle, tmp_path, capsys):
+    """The generic commands need no MuFun step: a Q8_0 decoder answers, and a library with one bad file is
+    tagged with the bad one recorded as failed."""
+    import json
+    import shutil
+
+    from gamma_rt.cli import main
+    from gamma_rt.runtime import Pipeline, RuntimeOptions, Sampling
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    assert main(["quantize", "gguf", str(copy), "--type", "Q8_0"]) == 0
+    with Pipeline.open(copy, RuntimeOptions(threads=1, decoder="decoder.q8_0")) as quantized:
+        assert quantized.ask(synthesize(Music(31.0, rate=16000)), QUESTION, Sampling(), 4)[0].tokens
+    library = tmp_path / "lib"
+    library.mkdir()
+    write(library / "a.flac", Music(35.0, rate=22050))
+    (library / "bad.flac").write_bytes(b"not audio")
+    assert main(["tag", str(library), "--bundle", str(copy), "--out", str(tmp_path / "tags"), "--quiet",
+                 "--threads", "1"]) == 1  # one track failed
+    records = {Path(r["path"]).name: r for r in map(json.loads, (tmp_path / "tags" / "records.jsonl").open())}
+    assert records["a.flac"]["status"] == "ok" and records["a.flac"]["answers"]
+    assert records["bad.flac"]["status"] == "failed"
