@@ -87,6 +87,53 @@ def test_a_track_unreadable_or_deleted_after_listing_gets_a_failed_record_and_th
     assert (again.todo, again.done_before) == (0, len(GOOD))
 
 
+def _walk_as_nobody(root: Path) -> list[Track]:
+    """walk(root) with the file-system rights of user nobody: setfsuid holds for the calling thread only, and
+    drops root's power to read anything, so the kernel really refuses."""
+    import ctypes
+    import threading
+
+    from gamma_rt.runtime.tagging.library import audio_extensions, walk
+
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        pytest.skip("needs root on Linux to take the rights of another user for one thread")
+    audio_extensions()  # its imports read site-packages, which nobody may not
+    libc, found = ctypes.CDLL(None, use_errno=True), {}
+
+    def as_nobody():
+        libc.setfsuid(65534)
+        try:
+            found["tracks"] = list(walk(root))
+        except BaseException as e:  # raised again in the test's own thread
+            found["error"] = e
+        finally:
+            libc.setfsuid(0)
+
+    thread = threading.Thread(target=as_nobody)
+    thread.start()
+    thread.join()
+    if "error" in found:
+        raise found["error"]
+    return found["tracks"]
+
+
+def test_a_track_in_a_folder_that_cannot_be_searched_is_listed_to_fail_not_a_traceback(tmp_path):
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are root's alone
+    try:
+        root.chmod(0o755)
+        write_good(root, "rock/intro.wav")
+        write_good(root, "jazz/solo.mp3")
+        (root / "jazz").chmod(0o644)  # names can be read, the files cannot be looked at
+        tracks = {t.path: t for t in _walk_as_nobody(root)}
+    finally:
+        (root / "jazz").chmod(0o755)
+        shutil.rmtree(root)
+    assert tracks[str(root / "rock/intro.wav")].size > 0
+    assert (tracks[str(root / "jazz/solo.mp3")].size, tracks[str(root / "jazz/solo.mp3")].mtime_ns) == (-1, -1)
+
+
 def test_a_changed_track_that_cannot_be_read_any_more_is_pending_not_an_exception(tmp_path):
     path = write_good(tmp_path, "rock/intro.wav")
     track = Track.stat(path)
