@@ -1,8 +1,9 @@
 """Audio side per 30 s window: ORT with unfused attention, ORT with fused attention, PyTorch eager.
 
 Two bundles exported from one checkpoint (before and after the MultiHeadAttention fusion) and the
-checkpoint's eager modules run the same mel window (1, n_mels, 3000) float32, same thread count,
-interleaved round by round so machine load hits all three alike. Prints medians, ms per window.
+checkpoint's eager modules run the same mel window (1, n_mels, frames) float32 along the manifest's audio
+chain, same thread count, interleaved round by round so machine load hits all three alike. Prints medians,
+ms per window per component.
 
     python -m bench.attention_fusion CKPT BUNDLE_UNFUSED BUNDLE_FUSED [--rounds 5] [--threads 1]
 """
@@ -18,55 +19,49 @@ from pathlib import Path
 import numpy as np
 
 
+def _timed_walk(chain, mel: np.ndarray, run):
+    """(embeddings, {component: ms}) of ``run(component, {graph input: array}) -> array`` along ``chain``."""
+    from gamma_rt.export.cosine_report import chain_inputs
+
+    values, ms = dict(chain_inputs(chain, mel)), {}
+    for step in chain:
+        t0 = time.perf_counter()
+        out = run(step.component, {k: values[v] for k, v in step.inputs.items()})
+        ms[step.component] = (time.perf_counter() - t0) * 1e3
+        values[next(iter(step.outputs.values()))] = out
+    return out, ms
+
+
 def ort_chain(bundle: Path, threads: int):
-    """A function mel -> (embeddings, {stage: ms}) over the bundle's fp32 graphs."""
+    """A function mel -> (embeddings, {component: ms}) over the bundle's fp32 graphs, along its chain."""
     import onnxruntime as ort
 
-    from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+    from gamma_rt.manifest import Manifest
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     manifest = Manifest.read(bundle)
-    s = {n: ort.InferenceSession(str(bundle / manifest.component(n).file), opts) for n in AUDIO_COMPONENTS}
-
-    def run(mel):
-        ms, t0 = {}, time.perf_counter()
-        temporal = s["temporal_encoder"].run(None, {"mel": mel})[0]
-        t1 = time.perf_counter()
-        global_ = s["global_encoder"].run(None, {"mel": mel})[0]
-        t2 = time.perf_counter()
-        fused = s["fusion"].run(None, {"temporal": temporal, "global": global_})[0]
-        t3 = time.perf_counter()
-        out = s["projector"].run(None, {"fused": fused})[0]
-        t4 = time.perf_counter()
-        ms = {"experts": (t2 - t0) * 1e3, "fusion": (t3 - t2) * 1e3, "projector": (t4 - t3) * 1e3}
-        return out, ms
-
-    return run
+    s = {n: ort.InferenceSession(str(bundle / manifest.component(n).file), opts) for n in manifest.audio.components}
+    return lambda mel: _timed_walk(manifest.audio.chain, mel, lambda name, feed: s[name].run(None, feed)[0])
 
 
 def eager_chain(ckpt_dir: Path):
+    """The same over the checkpoint family's PyTorch graph modules (what export onnx traces)."""
     import torch
 
-    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
+    from gamma_rt.audio_chain import read_chain
+    from gamma_rt.export.families import detect
 
-    model = Checkpoint(ckpt_dir).model().eval()
-    m = model.audio_side_modules()
+    family = detect(ckpt_dir)
+    graphs = {g.name: g for g in family.graphs()}
+    modules = {name: g.build().eval() for name, g in graphs.items()}
+    chain = read_chain(family.manifest_sections()["audio"]["chain"], str(ckpt_dir))
 
-    def run(mel):
+    def run(name, feed):
         with torch.no_grad():
-            x = torch.from_numpy(mel)
-            t0 = time.perf_counter()
-            temporal = m["temporal_encoder"](x).last_hidden_state
-            global_ = m["global_encoder"](x).last_hidden_state
-            t2 = time.perf_counter()
-            fused = m["fusion"](temporal, global_)
-            t3 = time.perf_counter()
-            out = m["projector"](fused)
-            t4 = time.perf_counter()
-        return out.numpy(), {"experts": (t2 - t0) * 1e3, "fusion": (t3 - t2) * 1e3, "projector": (t4 - t3) * 1e3}
+            return modules[name](*(torch.from_numpy(feed[spec.name]) for spec in graphs[name].inputs)).numpy()
 
-    return run
+    return lambda mel: _timed_walk(chain, mel, run)
 
 
 def main() -> None:
@@ -81,10 +76,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
+    from gamma_rt.manifest import Manifest
 
-    cfg = Checkpoint(a.checkpoint).config
-    mel = np.random.default_rng(0).standard_normal((1, cfg.temporal.num_mel_bins, 3000)).astype(np.float32)
+    audio = Manifest.read(a.unfused).audio
+    mel = np.random.default_rng(0).standard_normal((1, audio.n_mels, audio.window_frames)).astype(np.float32)
     engines = {"ort_unfused": ort_chain(a.unfused, a.threads), "ort_fused": ort_chain(a.fused, a.threads),
                "eager": eager_chain(a.checkpoint)}
     outs = {k: f(mel)[0] for k, f in engines.items()}  # warm-up; also the parity check below

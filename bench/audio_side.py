@@ -5,9 +5,9 @@ flamingo's encoder and projector, whatever their names. One 30 s window's feeds 
 runtime makes them (``runtime.embed.window_feeds``: mel, mel_mask, window_index) and encoded by the
 runtime's own audio backend (``runtime.backends.open_backend``, from the bench's RuntimeOptions) at every
 precision the bundle holds; each graph's time is the backend's own per-stage figure. The PyTorch baseline
-runs the same mel in eager mode at the same threads (a GaMMA checkpoint's modules here; a flamingo folder's
-transformers class in bench/hf_baseline.py), so the ratios compare ways of running one model, not two
-inputs.
+runs the same mel in eager mode at the same threads (the family's own graph modules here, walked along the
+same chain; a flamingo folder's transformers class in bench/hf_baseline.py), so the ratios compare ways of
+running one model, not two inputs.
 
 Shapes, one window (batch 1), GaMMA / a flamingo:
     samples  (window_samples,) float32, 16 kHz
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+from gamma_rt.manifest import Manifest
 
 from .timing import Stats, measure, summarize
 
@@ -76,41 +76,30 @@ def time_backend(bundle: str | Path, manifest: Manifest, options, precision: str
 
 
 def time_eager(checkpoint: str | Path, mel: np.ndarray, threads: int, repeat: int, warmup: int) -> dict[str, Stats]:
-    """ms per window of each GaMMA audio stage as the checkpoint's PyTorch modules in eager mode (fp32,
-    inference mode)."""
+    """ms per window of each graph of the checkpoint's audio chain as its family's PyTorch modules (the
+    modules ``export onnx`` traces) in eager mode, fp32, inference mode; each on the real output of the
+    steps before it."""
     import torch
 
-    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
+    from gamma_rt.audio_chain import read_chain
+    from gamma_rt.export.cosine_report import chain_inputs
+    from gamma_rt.export.families import detect
 
     torch.set_num_threads(threads)
-    ckpt = Checkpoint(checkpoint)
-    modules = {name: ckpt.component(name).eval() for name in AUDIO_COMPONENTS}
-
-    def run(stage: str, *arrays: np.ndarray):
-        tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
-        module = modules[stage]
-
-        def call():
-            with torch.inference_mode():
-                out = module(*tensors)
-            return (out.last_hidden_state if hasattr(out, "last_hidden_state") else out).numpy()
-
-        return call
-
-    return _chain(run, mel, repeat, warmup)
-
-
-def _chain(run, mel: np.ndarray, repeat: int, warmup: int) -> dict[str, Stats]:
-    """Time each GaMMA stage on the real output of the one before: mel -> experts -> fusion -> projector."""
+    family = detect(checkpoint)
+    graphs = {g.name: g for g in family.graphs()}
+    modules = {name: g.build().eval() for name, g in graphs.items()}
+    chain = read_chain(family.manifest_sections()["audio"]["chain"], str(checkpoint))
+    values = chain_inputs(chain, np.ascontiguousarray(mel, dtype=np.float32))
     timings = {}
-    outputs = {}
-    for stage, inputs in (("temporal_encoder", (mel,)), ("global_encoder", (mel,)), ("fusion", None),
-                          ("projector", None)):
-        if stage == "fusion":
-            inputs = (outputs["temporal_encoder"], outputs["global_encoder"])
-        elif stage == "projector":
-            inputs = (outputs["fusion"],)
-        call = run(stage, *inputs)
-        timings[stage] = measure(call, repeat, warmup)
-        outputs[stage] = np.asarray(call(), dtype=np.float32)
+    for step in chain:
+        tensors = [torch.from_numpy(np.ascontiguousarray(values[step.inputs[spec.name]]))
+                   for spec in graphs[step.component].inputs]
+
+        def call(module=modules[step.component], tensors=tensors):
+            with torch.inference_mode():
+                return module(*tensors).numpy()
+
+        timings[step.component] = measure(call, repeat, warmup)
+        values[next(iter(step.outputs.values()))] = np.asarray(call(), dtype=np.float32)
     return timings

@@ -24,7 +24,7 @@ import numpy as np
 
 from gamma_rt import machine
 from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+from gamma_rt.manifest import Manifest
 from gamma_rt.progress import track
 from gamma_rt.runtime.options import RuntimeOptions
 
@@ -122,16 +122,19 @@ def run_bench(opts: BenchOptions) -> dict:
 
 
 def check_baseline(bundle: Path, manifest: Manifest, checkpoint: Path) -> None:
-    """The checkpoint must be the kind the bundle was exported from, as far as its config.json says: a folder
-    transformers runs names the bundle's family as its ``model_type``; one without (GaMMA's own format) goes
-    with GaMMA's chain. A mismatch is one line of error before anything is measured."""
+    """The checkpoint must be the kind the bundle was exported from, as far as its config.json says: the
+    family that reads it (export/families' registry) is the bundle's ``source.family``. A mismatch is one
+    line of error before anything is measured."""
+    from gamma_rt.export.families import claimant
+
     config = Path(checkpoint) / "config.json"
     if not config.is_file():
         raise GammaError(f"{config}: missing; --baseline takes the checkpoint folder the bundle was exported from")
-    model_type = json.loads(config.read_text()).get("model_type")
+    data = json.loads(config.read_text())
+    model_type = data.get("model_type")
     family = manifest.source.get("family", "unknown")
-    if (model_type is not None and model_type != family) or (model_type is None and
-                                                             manifest.audio.components != AUDIO_COMPONENTS):
+    reader = claimant(data, str(config))
+    if reader is None or reader.name != family:
         raise GammaError(f"--baseline {checkpoint}: config.json's model_type is {model_type!r}, but {bundle} is a "
                          f"{family} bundle (audio graphs {', '.join(manifest.audio.components)}); give the "
                          "checkpoint it was exported from")

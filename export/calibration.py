@@ -2,9 +2,9 @@
 
 Calibration audio is the bundle's demo music (``BUNDLE/demo/``) plus any folder the user names: decoded,
 cut into 30 s windows, turned into log-mel with the runtime's own front end, so the engines see the same
-input distribution as at run time. Each component is calibrated on its real inputs: the experts on
-log-mel, fusion on the fp32 experts' outputs, the projector on the fp32 fusion output
-(``cosine_report.component_feeds`` through ONNX Runtime on CPU).
+input distribution as at run time. Each step of the manifest's audio chain is calibrated on its real
+inputs: the first steps on log-mel (and a full-window mask), later ones on the fp32 outputs of the steps
+before them (``cosine_report.component_feeds`` through ONNX Runtime on CPU).
 
 The calibration set is named by :func:`calibration_sha256`, the hash of the log-mel batches themselves (the
 music, the window count, the batch size and the front end all change it); the engine plan puts that hash

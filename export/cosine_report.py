@@ -12,9 +12,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from gamma_rt.audio_chain import EMBEDDINGS, embeddings_at, fed_values
 from gamma_rt.components import component_key
 from gamma_rt.errors import GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+from gamma_rt.manifest import Manifest
 
 Feed = dict[str, np.ndarray]
 # A candidate runner: (component name, feed of float32 inputs) -> float32 output.
@@ -22,15 +23,17 @@ Runner = Callable[[str, Feed], np.ndarray]
 
 
 class OrtChain:
-    """The four audio graphs of one precision (manifest keys ``component_key(name, precision)``) as ORT CPU sessions."""
+    """The audio graphs of one precision (manifest keys ``component_key(name, precision)``) as ORT CPU
+    sessions, one per step of the manifest's audio chain."""
 
     def __init__(self, bundle: str | Path, manifest: Manifest, precision: str = "fp32", threads: int = 1):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        self.chain = manifest.audio.chain
         self.sessions = {}
-        for name in AUDIO_COMPONENTS:
+        for name in manifest.audio.components:
             c = manifest.component(component_key(name, precision))
             self.sessions[name] = ort.InferenceSession(str(Path(bundle) / c.file), opts, providers=["CPUExecutionProvider"])
 
@@ -38,19 +41,31 @@ class OrtChain:
         return self.sessions[name].run(None, feed)[0]
 
 
-def component_feeds(run: Runner, mel: np.ndarray) -> dict[str, Feed]:
-    """Every component's inputs for one batch, from running ``run`` along the chain; also the final output
-    under ``"embeddings"``."""
-    temporal = run("temporal_encoder", {"mel": mel})
-    global_ = run("global_encoder", {"mel": mel})
-    fused = run("fusion", {"temporal": temporal, "global": global_})
-    return {
-        "temporal_encoder": {"mel": mel},
-        "global_encoder": {"mel": mel},
-        "fusion": {"temporal": temporal, "global": global_},
-        "projector": {"fused": fused},
-        "embeddings": {"embeddings": run("projector", {"fused": fused})},
-    }
+def chain_inputs(chain, mel: np.ndarray) -> Feed:
+    """The chain inputs for a batch of full windows: ``mel``, ``mel_mask`` (every frame real) and
+    ``window_index`` (0, 1, ...), those the chain reads."""
+    batch, _, frames = mel.shape
+    values = {"mel": mel, "mel_mask": np.ones((batch, frames), np.int64), "window_index": np.arange(batch, dtype=np.int64)}
+    return {v: values[v] for v in fed_values(chain)}
+
+
+def _walk(run: Runner, chain, mel: np.ndarray) -> tuple[dict[str, Feed], dict[str, np.ndarray]]:
+    """(each component's inputs, each component's output) from running ``run`` along ``chain``."""
+    values = dict(chain_inputs(chain, mel))
+    feeds, outputs = {}, {}
+    for step in chain:
+        feeds[step.component] = {graph_input: values[value] for graph_input, value in step.inputs.items()}
+        value = next(iter(step.outputs.values()))  # a runner returns the graph's first output
+        values[value] = outputs[step.component] = run(step.component, feeds[step.component])
+    return feeds, outputs
+
+
+def component_feeds(run: Runner, mel: np.ndarray, chain=None) -> dict[str, Feed]:
+    """Every component's inputs for one batch, from running ``run`` along the chain (``run.chain`` unless
+    given); also the final output under ``"embeddings"``."""
+    chain = chain if chain is not None else run.chain
+    feeds, outputs = _walk(run, chain, mel)
+    return {**feeds, EMBEDDINGS: {EMBEDDINGS: outputs[embeddings_at(chain)[0]]}}
 
 
 def token_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -61,20 +76,18 @@ def token_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-30)
 
 
-def cosine_report(reference: Runner, candidate: Runner, mel_batches: Iterable[np.ndarray]) -> dict:
-    """Per component: mean and min token cosine of ``candidate`` vs ``reference`` on the reference's
-    inputs ("isolated"), and of the whole candidate chain's embeddings ("chained")."""
-    cos: dict[str, list[np.ndarray]] = {name: [] for name in (*AUDIO_COMPONENTS, "chained")}
+def cosine_report(reference: OrtChain, candidate: Runner, mel_batches: Iterable[np.ndarray]) -> dict:
+    """Per component of the reference's chain: mean and min token cosine of ``candidate`` vs ``reference``
+    on the reference's inputs ("isolated"), and of the whole candidate chain's embeddings ("chained")."""
+    chain = reference.chain
+    last = embeddings_at(chain)[0]
+    cos: dict[str, list[np.ndarray]] = {name: [] for name in (*(s.component for s in chain), "chained")}
     for mel in mel_batches:
-        feeds = component_feeds(reference, mel)
-        outputs = {
-            "temporal_encoder": feeds["fusion"]["temporal"], "global_encoder": feeds["fusion"]["global"],
-            "fusion": feeds["projector"]["fused"], "projector": feeds["embeddings"]["embeddings"],
-        }
-        for name in AUDIO_COMPONENTS:
+        feeds, outputs = _walk(reference, chain, mel)
+        for name in feeds:
             cos[name].append(token_cosines(outputs[name], candidate(name, feeds[name])).ravel())
-        chained = component_feeds(candidate, mel)["embeddings"]["embeddings"]
-        cos["chained"].append(token_cosines(outputs["projector"], chained).ravel())
+        _, chained = _walk(candidate, chain, mel)
+        cos["chained"].append(token_cosines(outputs[last], chained[last]).ravel())
     if not cos["chained"]:
         raise GammaError("cosine report: no calibration windows")
     return {k: {"mean": float(np.concatenate(v).mean()), "min": float(np.concatenate(v).min())} for k, v in cos.items()}

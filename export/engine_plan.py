@@ -27,7 +27,7 @@ from pathlib import Path
 
 from gamma_rt.errors import BundleError, GammaError
 from gamma_rt.hashing import sha256_file
-from gamma_rt.manifest import AUDIO_COMPONENTS, MANIFEST_NAME, Manifest
+from gamma_rt.manifest import MANIFEST_NAME, Manifest
 from gamma_rt.runtime.engine_record import GpuIdentity, trt_major, trt_version_tuple
 
 ENGINES_DIR = "engines"
@@ -241,7 +241,7 @@ def plan_engines(
     engine_dir = f"{ENGINES_DIR}/{identity.engine_dir()}"
     plan = EnginePlan(identity, engine_dir, f"{engine_dir}/{TIMING_CACHE}")
     existing = manifest.engines.get(identity.engine_dir(), {}).get("components", {})
-    for name in AUDIO_COMPONENTS:
+    for name in manifest.audio.components:
         source_name, source = source_graph(manifest, name, where, mode.source_suffix)
         key = f"{name}.{precision}"
         build = EngineBuild(

@@ -52,7 +52,7 @@ def export_plain_graphs(checkpoint_dir: str | Path, bundle_dir: str | Path, opse
             _save(onnx.load(str(raw)), out)  # onnx.load also reads the tracer's one-file-per-tensor data
             for precision in precisions:
                 if precision != "fp32":
-                    _save(cast_graph(raw, precision), bundle / f"{plain_name(name, precision)}.onnx")
+                    _save(cast_graph(raw, precision, graph.fp32_scopes), bundle / f"{plain_name(name, precision)}.onnx")
         for precision in dict.fromkeys(("fp32", *precisions)):
             path = bundle / f"{plain_name(name, precision)}.onnx"
             data = path.name + ".data"
@@ -77,15 +77,24 @@ def _save(model, out: Path) -> None:
                     location=data, size_threshold=1024)
 
 
-def cast_graph(raw: Path, precision: str):
+def cast_graph(raw: Path, precision: str, fp32_scopes: tuple[str, ...] = ()):
     """The fp32 graph at ``raw`` with every float tensor inside cast to ``precision`` (fp16 or bf16); inputs and
-    outputs stay float32, converted by Cast nodes at the edges. Standard operators only."""
+    outputs stay float32, converted by Cast nodes at the edges, and so do the nodes under the family's
+    ``fp32_scopes`` (Music Flamingo's RoTE). Standard operators only."""
+    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from .onnx_optimize import bypass_fp16_round_trips, fp32_nodes
 
     if precision not in CAST_PRECISIONS:
         raise GammaError(f"plain graphs: precision {precision!r}: choose fp32, {', '.join(CAST_PRECISIONS)}")
+    keep = fp32_nodes(onnx.load(str(raw), load_external_data=False), tuple(fp32_scopes)) if fp32_scopes else None
     # The path form runs ONNX's shape inference on the file, which works past protobuf's 2 GB.
-    model = convert_float_to_float16(str(raw), keep_io_types=True, op_block_list=[], force_fp16_initializers=True)
+    # forcing every initializer to fp16 would round the kept scope's constants too (RoTE's frequencies)
+    model = convert_float_to_float16(str(raw), keep_io_types=True, op_block_list=[], node_block_list=keep,
+                                     force_fp16_initializers=not keep)
+    if keep:
+        bypass_fp16_round_trips(model)
     if precision == "bf16":
         _float16_to_bfloat16(model)
     return model

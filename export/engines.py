@@ -17,14 +17,14 @@ from pathlib import Path
 
 from gamma_rt.errors import BundleError, GammaError
 from gamma_rt.hashing import sha256_file, sha256_files
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+from gamma_rt.manifest import Manifest
 from gamma_rt.progress import track
 
 from .engine_plan import EngineBuild, EnginePlan, plan_engines, record_engines
 
 HELP = """\
-Compile the bundle's ONNX audio graphs (both experts, fusion, projector) into TensorRT engines for the
-GPU in this machine. Engines go to BUNDLE/engines/<gpu>-sm<cc>-trt<version>/ and are recorded in the
+Compile the bundle's ONNX audio graphs (every step of its manifest's audio chain, any family) into
+TensorRT engines for the GPU in this machine. Engines go to BUNDLE/engines/<gpu>-sm<cc>-trt<version>/ and are recorded in the
 manifest with hashes; the runtime refuses engines built for another GPU or TensorRT version and falls
 back to ONNX Runtime. Unchanged engines are kept; --rebuild forces a fresh build.
 
@@ -106,7 +106,7 @@ def _cmd_build_engines(args) -> int:
         if mode.calibrate:
             reference = OrtChain(bundle, manifest)  # one set of sessions for every batch
             per_batch = [component_feeds(reference, mel) for mel in mel_batches]
-            feeds = {name: [pb[name] for pb in per_batch] for name in AUDIO_COMPONENTS}
+            feeds = {name: [pb[name] for pb in per_batch] for name in manifest.audio.components}
     plan = plan_engines(bundle, manifest, identity, args.precision, args.max_batch, args.opt_batch,
                         args.workspace, args.rebuild, calibration_sha, args.version_compatible,
                         args.exclude_lean_runtime)

@@ -68,7 +68,7 @@ def optimize_graph(
         fusions[FUSED_OP] = attention
     load_external_data_for_model(model.model, str(raw.parent))
     if precision == "fp16":
-        _to_fp16(model, _fp32_nodes(model.model, tuple(fp32_scopes)))
+        _to_fp16(model, fp32_nodes(model.model, tuple(fp32_scopes)))
     weight_bytes = sum(_tensor_bytes(t) for t in model.model.graph.initializer)
     external = weight_bytes > EXTERNAL_DATA_BYTES
     # With external data the optimizer writes every tensor into one file named ``<out>.data``.
@@ -97,14 +97,14 @@ def _to_fp16(model, fp32_nodes: list[str] = ()) -> None:
         model.model, keep_io_types=True, disable_shape_infer=True, node_block_list=list(fp32_nodes) or None
     )
     if fp32_nodes:
-        _bypass_fp16_round_trips(converted)
+        bypass_fp16_round_trips(converted)
     model.initialize(converted)
     model.prune_graph()
     model.remove_cascaded_cast_nodes()
     model.remove_useless_cast_nodes()
 
 
-def _fp32_nodes(model: onnx.ModelProto, scopes: tuple[str, ...]) -> list[str]:
+def fp32_nodes(model: onnx.ModelProto, scopes: tuple[str, ...]) -> list[str]:
     """Names of the nodes in ``scopes``, plus the constants only they read (the tracer names some
     folded constants outside any scope). Unnamed nodes get a name, since the converter blocks by name."""
     if not scopes:
@@ -122,7 +122,7 @@ def _fp32_nodes(model: onnx.ModelProto, scopes: tuple[str, ...]) -> list[str]:
     return sorted(inside)
 
 
-def _bypass_fp16_round_trips(model: onnx.ModelProto) -> None:
+def bypass_fp16_round_trips(model: onnx.ModelProto) -> None:
     """Where a float32 value is cast to float16 only to be cast back up (to float32 or float64), feed the
     second Cast the float32 value itself.
 

@@ -38,6 +38,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from gamma_rt.audio_chain import EMBEDDINGS, SCHEMA_1_CHAIN, check_chain, read_chain
 from gamma_rt.errors import BundleError
 from gamma_rt.hashing import VerifiedHashes, sha256_file
 from gamma_rt.manifest_fields import AUDIO, LLM, check_fields, check_section, read_manifest
@@ -45,41 +46,13 @@ from gamma_rt.token_count import TokenRule
 
 # 2: ``audio.chain`` says how the audio graphs connect, ``audio.token_count`` how many tokens a partial
 # window keeps, ``prompt`` may hold the checkpoint's own chat template. Version 1 bundles (GaMMA only)
-# still load: their chain is GAMMA_CHAIN.
+# still load: their chain is audio_chain.SCHEMA_1_CHAIN.
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-# Value names the runtime feeds into the audio chain; the chain's last value must be EMBEDDINGS.
-CHAIN_INPUTS = ("mel", "mel_mask", "window_index")
-EMBEDDINGS = "embeddings"
 # audio.front_end: Whisper's log-mel (runtime/mel.py) or Kaldi's fbank, AudioSet-normalized (runtime/fbank.py)
 FRONT_ENDS = ("whisper_mel", "kaldi_fbank")
 MAX_WINDOW_SAMPLES = 2**24  # samples per window: 17 min at 16 kHz
 MAX_SPECTRUM = 2**24  # frames (or mel bins) x FFT bins per window
-
-
-@dataclass(frozen=True)
-class ChainStep:
-    """One audio graph in the per-window chain: ``inputs`` maps the graph's input names to value names
-    (``mel``, ``mel_mask``, ``window_index`` or an earlier step's output), ``outputs`` its output names to
-    the value names later steps read."""
-
-    component: str
-    inputs: dict
-    outputs: dict
-
-
-def _step(component: str, inputs: dict, outputs: dict) -> ChainStep:
-    return ChainStep(component, inputs, outputs)
-
-
-# GaMMA's chain: the two experts read the same mel; fusion mixes them; the projector pools and projects.
-GAMMA_CHAIN = (
-    _step("temporal_encoder", {"mel": "mel"}, {"hidden": "temporal"}),
-    _step("global_encoder", {"mel": "mel"}, {"hidden": "global"}),
-    _step("fusion", {"temporal": "temporal", "global": "global"}, {"fused": "fused"}),
-    _step("projector", {"fused": "fused"}, {"embeddings": EMBEDDINGS}),
-)
-AUDIO_COMPONENTS = tuple(s.component for s in GAMMA_CHAIN)  # GaMMA's; a bundle's own are manifest.audio.components
 
 
 @dataclass
@@ -105,7 +78,7 @@ class AudioSection:
     token_count: TokenRule = field(default_factory=TokenRule)
     front_end: str = "whisper_mel"
     front_end_options: dict = field(default_factory=dict)  # kaldi_fbank: {"mean": ..., "std": ...}
-    chain: tuple = GAMMA_CHAIN
+    chain: tuple = SCHEMA_1_CHAIN
     recorded: dict = field(default_factory=dict)
 
     @property
@@ -125,7 +98,7 @@ class AudioSection:
         if "token_count" in known:
             known["token_count"] = TokenRule.read(known["token_count"], where)
         try:
-            section = cls(**known, chain=_read_chain(d.get("chain"), where),
+            section = cls(**known, chain=read_chain(d.get("chain"), where),
                           recorded={k: v for k, v in d.items() if k not in names and k != "chain"})
         except TypeError as e:
             raise BundleError(f"{where}: field audio malformed ({e})") from None
@@ -153,36 +126,13 @@ class AudioSection:
             raise BundleError(f"{where}: field audio.window_frames is {self.window_frames} but a "
                               f"{self.window_seconds} s window at {self.sample_rate} Hz, hop {self.hop_length}, "
                               f"has {self.window_samples // self.hop_length} frames")
-        known = set(CHAIN_INPUTS)
-        for i, step in enumerate(self.chain):
-            for graph_input, value in step.inputs.items():
-                if value not in known:
-                    raise BundleError(f"{where}: field audio.chain[{i}].inputs.{graph_input} reads {value!r}, "
-                                      "which no earlier step makes")
-            known.update(step.outputs.values())
-        if EMBEDDINGS not in known:
-            raise BundleError(f"{where}: field audio.chain makes no {EMBEDDINGS!r} value")
+        check_chain(self.chain, where)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("recorded", "chain")}
         d["token_count"] = self.token_count.to_manifest()
         d["chain"] = [dataclasses.asdict(step) for step in self.chain]
         return {**self.recorded, **d}
-
-
-def _read_chain(raw, where: str) -> tuple:
-    if raw is None:
-        return GAMMA_CHAIN
-    if not isinstance(raw, list) or not raw:
-        raise BundleError(f"{where}: field audio.chain must be a non-empty list")
-    steps = []
-    for i, item in enumerate(raw):
-        ok = (isinstance(item, dict) and isinstance(item.get("component"), str)
-              and all(isinstance(item.get(k), dict) for k in ("inputs", "outputs")))
-        if not ok:
-            raise BundleError(f"{where}: field audio.chain[{i}] needs component (text), inputs and outputs (objects)")
-        steps.append(ChainStep(item["component"], dict(item["inputs"]), dict(item["outputs"])))
-    return tuple(steps)
 
 
 @dataclass

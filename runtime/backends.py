@@ -30,7 +30,7 @@ import numpy as np
 from gamma_rt.components import component_key
 from gamma_rt.errors import BundleError, EngineMismatch, GammaError
 from gamma_rt.machine import available_cores
-from gamma_rt.manifest import GAMMA_CHAIN, MANIFEST_NAME, Manifest
+from gamma_rt.manifest import MANIFEST_NAME, Manifest
 
 from .engine_record import GpuIdentity, find_engines, fitting_precisions
 from .timings import StageTimes
@@ -182,9 +182,6 @@ def _trt_check(machine: Machine, manifest: Manifest, precision: str, where: str)
         raise GammaError("TensorRT or cuda-python is not installed")
     if machine.gpu is None:
         raise GammaError("no CUDA GPU is visible")
-    if manifest.audio.chain != GAMMA_CHAIN:
-        raise GammaError("the TensorRT chain runs GaMMA's four graphs; this bundle's audio chain is "
-                         f"{'/'.join(manifest.audio.components)} (use an ort-* backend)")
     dispatch = machine.trt_module == "tensorrt_dispatch"
     if precision == "auto":  # the best precision of which engines fit this GPU
         fits = fitting_precisions(manifest.engines, machine.gpu, dispatch)
@@ -216,7 +213,7 @@ class TrtBackend:
 
     def encode(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         with self.times.stage("audio_side"):
-            return self.chain.encode(feeds["mel"])
+            return self.chain.encode(feeds)
 
     def close(self) -> None:
         self.chain.close()

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gamma_rt.audio_chain import EMBEDDINGS
 from gamma_rt.errors import BundleError, GammaError
-from gamma_rt.manifest import EMBEDDINGS, MANIFEST_NAME, Manifest
+from gamma_rt.manifest import MANIFEST_NAME, Manifest
 
 from .onnx_graph import check_signature, control_flow_ops
 from .ort_run import OrtRuns

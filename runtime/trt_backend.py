@@ -1,10 +1,14 @@
-"""The TensorRT audio backend: the four engines of one precision, run with cuda-python device buffers.
+"""The TensorRT audio backend: the engines of the manifest's audio chain at one precision, run with
+cuda-python device buffers. Any chain: where values go and which step runs on which stream come from
+``audio.chain`` (gamma_rt/audio_chain.py), never from a family's names.
 
 - Engines are checked before loading: GPU, compute capability and TensorRT version against the manifest's
   engine record (runtime/engine_record.py), and the file's sha256; a mismatch raises EngineMismatch
   instead of failing inside TensorRT.
-- The two experts run at the same time on two CUDA streams; fusion and projector follow on the first.
-- Stages hand over in device memory: the experts write straight into fusion's input buffers.
+- Steps of one wave (independent of each other, e.g. GaMMA's two experts) run at the same time, one CUDA
+  stream each; the next wave starts on the first stream once all of them are done.
+- Stages hand over in device memory: a step writes straight into the input buffers of the steps that read
+  its value, and a chain input several steps read (the mel) is copied in once.
 - Every shape but the batch is fixed (30 s windows), so the whole chain is captured into a CUDA graph
   (thread-local capture, at open) and replayed: one launch instead of hundreds of kernel launches per window.
   A new batch size recaptures; a failed capture falls back to plain enqueues.
@@ -23,14 +27,9 @@ import numpy as np
 
 from gamma_rt.errors import BundleError, EngineMismatch, GammaError
 from gamma_rt.hashing import sha256_file
-from gamma_rt.manifest import AUDIO_COMPONENTS, MANIFEST_NAME, Manifest
+from gamma_rt import audio_chain
+from gamma_rt.manifest import MANIFEST_NAME, Manifest
 from gamma_rt.runtime.engine_record import GpuIdentity, find_engines
-
-# stream 0 runs the temporal expert, fusion and projector; stream 1 the global expert
-STREAM_OF = {"temporal_encoder": 0, "global_encoder": 1, "fusion": 0, "projector": 0}
-# which buffer each graph input reads: stages share device buffers instead of copying
-SOURCE_OF = {("fusion", "temporal"): ("temporal_encoder", "hidden"), ("fusion", "global"): ("global_encoder", "hidden"),
-             ("projector", "fused"): ("fusion", "fused"), ("global_encoder", "mel"): ("temporal_encoder", "mel")}
 
 
 def cuda_runtime():
@@ -122,7 +121,8 @@ def check_bound(ok: bool, what: str, component: str, tensor: str, value) -> None
 
 
 class TrtChain:
-    """The audio side on TensorRT. ``encode(mel)``: (B, 128, 3000) float32 -> (B, 750, n_embd) float32.
+    """The audio side on TensorRT. ``encode(feeds)``: the chain inputs (``mel`` (B, n_mels, frames) float32,
+    and ``mel_mask`` / ``window_index`` where the chain reads them) -> (B, tokens, n_embd) float32.
 
     Also callable per component, ``chain(name, feed) -> output``, as the cosine report needs.
 
@@ -138,6 +138,13 @@ class TrtChain:
         self.streams: list = []
         self.events: list = []
         self.graph_note = ""  # why CUDA graphs are off, when capture failed
+        chain = manifest.audio.chain
+        self.components = [step.component for step in chain]
+        self.waves = audio_chain.waves(chain)
+        self.stream_of = audio_chain.stream_of(chain)
+        self.shared = audio_chain.shared_inputs(chain)  # (step, input) -> the buffer it reads
+        self.fed_at = audio_chain.fed_at(chain)  # chain input value -> the buffer it is copied into
+        self.output = audio_chain.embeddings_at(chain)
 
     # --- lifetime --------------------------------------------------------------------------------
 
@@ -159,15 +166,16 @@ class TrtChain:
         if record.get("lean_runtime_included"):
             runtime.engine_host_code_allowed = True  # the engine carries the lean runtime's code: our own build
         self.engines, self.contexts = {}, {}
-        for name in AUDIO_COMPONENTS:
+        for name in self.components:
             self.engines[name] = self._load(runtime, record, name, where)
             self.contexts[name] = self.engines[name].create_execution_context()
             if self.contexts[name] is None:
                 raise GammaError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
-        self.max_batch = min(self._profile_max(name) for name in AUDIO_COMPONENTS)
-        self.streams = [_ok(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)) for _ in range(2)]
-        self.events = [_ok(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming)) for _ in range(2)]
-        self.fork, self.join = self.events
+        self.max_batch = min(self._profile_max(name) for name in self.components)
+        n_streams = max(len(wave) for wave in self.waves)
+        self.streams = [_ok(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)) for _ in range(n_streams)]
+        # one event per stream: stream i records it when handing over (fork: stream 0, join: the others)
+        self.events = [_ok(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming)) for _ in range(n_streams)]
         self._allocate()
         if self.use_graphs:
             self._capture(1)  # once at open, on the opening thread, for the streaming batch
@@ -200,22 +208,22 @@ class TrtChain:
 
     def _allocate(self) -> None:
         self.specs, self.dtypes = {}, {}
-        for name in AUDIO_COMPONENTS:
+        for name in self.components:
             c = self.manifest.component(name)
             shapes = {spec.name: tuple(spec.shape[1:]) for spec in [*c.inputs, *c.outputs]}
             for tensor, _, dtype in self._io(name):
                 if tensor not in shapes:
                     raise EngineMismatch(f"{name} engine tensor {tensor!r} is not in the manifest's graph; rebuild")
                 self.specs[(name, tensor)], self.dtypes[(name, tensor)] = shapes[tensor], dtype
-        for key, src in SOURCE_OF.items():
+        for key, src in self.shared.items():
             if self.dtypes[key] != self.dtypes[src]:
                 raise EngineMismatch(f"{key[0]}.{key[1]} is {self.dtypes[key]} but {src[0]}.{src[1]} is "
                                      f"{self.dtypes[src]}: the engines cannot share that buffer; rebuild them together")
         for key, shape in self.specs.items():
-            if key not in SOURCE_OF:
+            if key not in self.shared:
                 nbytes = self.max_batch * int(np.prod(shape)) * self.dtypes[key].itemsize
                 self.buffers[key] = _ok(self.cudart.cudaMalloc(nbytes))
-        for key, src in SOURCE_OF.items():
+        for key, src in self.shared.items():
             self.buffers[key] = self.buffers[src]
 
     def close(self) -> None:
@@ -224,7 +232,7 @@ class TrtChain:
             return
         if self.graph is not None:
             cudart.cudaGraphExecDestroy(self.graph)
-        for ptr in {v for k, v in self.buffers.items() if k not in SOURCE_OF}:
+        for ptr in {v for k, v in self.buffers.items() if k not in self.shared}:
             cudart.cudaFree(ptr)
         for e in self.events:
             cudart.cudaEventDestroy(e)
@@ -254,15 +262,17 @@ class TrtChain:
         self.bound_batch[name] = batch
 
     def _enqueue(self, batch: int) -> None:
-        """The whole chain on the two streams: fork, both experts, join, fusion, projector."""
-        s0, s1 = self.streams
-        fork_join(self.fork, s1, s0, self.cudart)
-        for name in AUDIO_COMPONENTS:
-            if name == "fusion":
-                fork_join(self.join, s0, s1, self.cudart)
-            self._bind(name, batch)
-            if not self.contexts[name].execute_async_v3(int(self.streams[STREAM_OF[name]])):
-                raise RuntimeError(f"TensorRT could not enqueue {name}")
+        """The whole chain, wave by wave: the steps of a wave on streams 0, 1, ... (forked from stream 0,
+        which holds the inputs), joined back into stream 0 before the next wave."""
+        for wave in self.waves:
+            for i in range(1, len(wave)):  # fork: stream i waits for stream 0's work so far
+                fork_join(self.events[0], self.streams[i], self.streams[0], self.cudart)
+            for name in wave:
+                self._bind(name, batch)
+                if not self.contexts[name].execute_async_v3(int(self.streams[self.stream_of[name]])):
+                    raise RuntimeError(f"TensorRT could not enqueue {name}")
+            for i in range(1, len(wave)):  # join: stream 0 waits for stream i
+                fork_join(self.events[i], self.streams[0], self.streams[i], self.cudart)
 
     def _capture(self, batch: int) -> None:
         """(Re)capture the chain at ``batch`` after one plain run (TensorRT's lazy setup); on failure CUDA
@@ -292,27 +302,34 @@ class TrtChain:
         _ok(self.cudart.cudaStreamSynchronize(stream))
         return out.astype(np.float32, copy=False)
 
-    def encode(self, mel: np.ndarray) -> np.ndarray:
-        """(B, 128, 3000) float32 log-mel -> (B, 750, n_embd) float32 embeddings, B <= the engines' max batch."""
-        batch = mel.shape[0]
-        if mel.shape[1:] != self.specs[("temporal_encoder", "mel")]:
-            raise GammaError(f"mel batch shape {mel.shape}: expected (B, {', '.join(map(str, self.specs[('temporal_encoder', 'mel')]))})")
+    def encode(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The chain inputs it reads (each (B, ...) as the first reading graph's input) -> (B, tokens, n_embd)
+        float32 embeddings, B <= the engines' max batch."""
+        missing = [v for v in self.fed_at if v not in feeds]
+        if missing:
+            raise GammaError(f"the audio chain reads {', '.join(missing)}, which the feeds lack")
+        batch = feeds[next(iter(self.fed_at))].shape[0]
+        for value, key in self.fed_at.items():
+            shape = np.shape(feeds[value])
+            if tuple(shape[1:]) != self.specs[key] or shape[0] != batch:
+                raise GammaError(f"{value} of shape {shape}: the bundle's {key[0]} takes "
+                                 f"(batch {batch}, {', '.join(map(str, self.specs[key]))})")
         self._check_batch(batch)  # before any copy into the max-batch buffers
         s0 = self.streams[0]
-        keep = self._copy_in(("temporal_encoder", "mel"), mel, s0)
+        keep = [self._copy_in(key, feeds[value], s0) for value, key in self.fed_at.items()]
         if self.use_graphs and self.graph_batch != batch:
             self._capture(batch)
         if self.use_graphs:
             _ok(self.cudart.cudaGraphLaunch(self.graph, s0))
         else:
             self._enqueue(batch)
-        out = self._copy_out(("projector", "embeddings"), batch, s0)
+        out = self._copy_out(self.output, batch, s0)
         del keep
         return out
 
     def __call__(self, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
         """One component on its own (synchronous, no graph): for the per-component cosine report."""
-        s = self.streams[STREAM_OF[name]]
+        s = self.streams[self.stream_of[name]]
         batch = next(iter(feed.values())).shape[0]
         self._check_batch(batch)
         keep = [self._copy_in((name, tensor), value, s) for tensor, value in feed.items()]

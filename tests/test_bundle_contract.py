@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from gamma_rt.errors import BundleError
-from gamma_rt.manifest import GAMMA_CHAIN, AudioSection, Component, Manifest
+from gamma_rt.audio_chain import SCHEMA_1_CHAIN
+from gamma_rt.manifest import AudioSection, Component, Manifest
 from gamma_rt.runtime.prompt import TemplatePrompt, prompt_from_manifest
 from gamma_rt.runtime.windows import Window
 
@@ -86,7 +87,7 @@ def test_a_symlink_inside_the_bundle_is_fine(tiny_bundle, tmp_path):
 def test_schema_1_bundles_get_gammas_chain_and_keep_their_recorded_fields():
     audio = AudioSection.from_dict({"sample_rate": 16000, "n_mels": 128, "tokens_per_window": 750,
                                     "pool_stride": 2, "window_frames": 3000}, "m.json")
-    assert audio.chain == GAMMA_CHAIN
+    assert audio.chain == SCHEMA_1_CHAIN
     assert audio.components == ("temporal_encoder", "global_encoder", "fusion", "projector")
     assert audio.to_dict()["pool_stride"] == 2
 

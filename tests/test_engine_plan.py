@@ -12,8 +12,9 @@ import pytest
 
 from gamma_rt.errors import BundleError, GammaError
 from gamma_rt.export.engine_plan import PRECISION_FLAGS, batch_profile, plan_engines, record_engines, source_graph
+from gamma_rt.export.families.gamma.family import COMPONENTS as GAMMA_COMPONENTS
 from gamma_rt.hashing import sha256_file
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest, TensorSpec
+from gamma_rt.manifest import Manifest, TensorSpec
 from gamma_rt.runtime.engine_record import GpuIdentity
 
 H100 = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "10.13.0")
@@ -34,7 +35,7 @@ def bundle(tiny_bundle_onnx, tiny_checkpoint, tmp_path_factory):
 
 
 def test_plain_graphs_use_only_standard_onnx_operators(bundle):
-    for name in AUDIO_COMPONENTS:
+    for name in GAMMA_COMPONENTS:
         graph = onnx.load(str(bundle / f"{name}.plain.onnx"), load_external_data=False)
         assert {n.domain for n in graph.graph.node} <= {"", "ai.onnx"}, name
 
@@ -51,8 +52,8 @@ def test_plain_graphs_compute_what_the_ort_graphs_compute(bundle):
 
 def test_engines_are_built_from_the_plain_fp32_graphs(bundle):
     plan = plan_engines(bundle, Manifest.load(bundle), H100, "fp16")
-    assert [b.source for b in plan.builds] == [f"{n}.plain" for n in AUDIO_COMPONENTS]
-    assert [b.component for b in plan.builds] == [f"{n}.fp16" for n in AUDIO_COMPONENTS]
+    assert [b.source for b in plan.builds] == [f"{n}.plain" for n in GAMMA_COMPONENTS]
+    assert [b.component for b in plan.builds] == [f"{n}.fp16" for n in GAMMA_COMPONENTS]
 
 
 def test_ort_optimized_graph_alone_is_refused_with_the_fix(tiny_bundle_onnx):
@@ -93,14 +94,14 @@ def test_trt10_asks_for_the_precision_with_builder_flags_on_the_fp32_graph(bundl
     plan = plan_engines(bundle, Manifest.load(bundle), H100, precision, calibration_sha256="c" * 64)
     assert {b.flags for b in plan.builds} == {PRECISION_FLAGS[precision]}
     assert {b.network_flags for b in plan.builds} == {()} and {b.trt_major for b in plan.builds} == {10}
-    assert [b.source for b in plan.builds] == [f"{n}.plain" for n in AUDIO_COMPONENTS]
+    assert [b.source for b in plan.builds] == [f"{n}.plain" for n in GAMMA_COMPONENTS]
     assert {b.needs_calibration for b in plan.builds} == {precision == "int8"}
 
 
 def test_trt11_builds_strongly_typed_from_the_cast_graph_without_precision_flags(bundle):
     plan = plan_engines(bundle, Manifest.load(bundle), TRT11, "fp16")
     assert {b.flags for b in plan.builds} == {()} and {b.network_flags for b in plan.builds} == {("STRONGLY_TYPED",)}
-    assert [b.source for b in plan.builds] == [f"{n}.plain.fp16" for n in AUDIO_COMPONENTS]
+    assert [b.source for b in plan.builds] == [f"{n}.plain.fp16" for n in GAMMA_COMPONENTS]
     assert not any(b.needs_calibration for b in plan.builds)
     assert all(b.record("x", 1)["strongly_typed"] for b in plan.builds)
 
@@ -237,7 +238,7 @@ def test_tensorrt_fp16_engines_encode_like_onnx_runtime_fp32(bundle, tmp_path):
     m = Manifest.load(folder)
     plan = plan_engines(folder, m, identity, "fp16", max_batch=2)
     built = build_all(folder, plan)
-    assert set(built) == {f"{n}.fp16" for n in AUDIO_COMPONENTS}
+    assert set(built) == {f"{n}.fp16" for n in GAMMA_COMPONENTS}
     assert (folder / plan.timing_cache).stat().st_size > 0
     record_engines(m, plan, built)
     m.write(folder)
@@ -250,9 +251,9 @@ def test_tensorrt_fp16_engines_encode_like_onnx_runtime_fp32(bundle, tmp_path):
     mel = np.random.default_rng(0).standard_normal((2, 128, 3000)).astype(np.float32)
     reference = component_feeds(OrtChain(folder, m), mel)["embeddings"]["embeddings"]
     with TrtChain(folder, Manifest.load(folder), "fp16") as chain:
-        graphed = chain.encode(mel)
+        graphed = chain.encode({"mel": mel})
         assert token_cosines(reference, graphed).min() > 0.999
-        np.testing.assert_array_equal(chain.encode(mel), graphed)  # the CUDA graph replays the same work
+        np.testing.assert_array_equal(chain.encode({"mel": mel}), graphed)  # the CUDA graph replays the same work
 
 
 def test_cast_plain_graphs_are_fp16_inside_fp32_at_the_edges_and_standard_onnx(bundle):

@@ -11,14 +11,16 @@ import pytest
 import torch
 
 from gamma_rt.cli import main
+from gamma_rt.components import component_key as component_name
 from gamma_rt.errors import BundleError
 from gamma_rt.export.families.gamma.checkpoint import Checkpoint, write_random_checkpoint
 from gamma_rt.export.families.gamma.config import GammaConfig
-from gamma_rt.components import component_key as component_name
+from gamma_rt.export.families.gamma.family import COMPONENTS as GAMMA_COMPONENTS
 from gamma_rt.export.families.gamma.family import graph_io
 from gamma_rt.export.onnx_export import export_onnx
 from gamma_rt.hashing import sha256_file
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+from gamma_rt.manifest import Manifest
+
 
 # ||out - ref|| / ||ref|| limits from the issue.
 REL_TOL = {"fp32": 1e-4, "fp16": 1e-2}
@@ -55,7 +57,7 @@ def fresh_inputs(cfg, name: str, batch: int, seed: int) -> dict[str, np.ndarray]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("name", AUDIO_COMPONENTS)
+@pytest.mark.parametrize("name", GAMMA_COMPONENTS)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_each_component_matches_pytorch_within_tolerance(both_precisions, reference, name, precision, batch):
     ckpt, model = reference
@@ -126,8 +128,8 @@ def test_every_attention_is_fused_and_listed_in_the_manifest(both_precisions, re
 def test_manifest_records_hashes_shapes_and_precisions(both_precisions):
     manifest = Manifest.load(both_precisions)  # verify=True: every file's size and sha256
     cfg = GammaConfig.tiny()
-    assert set(manifest.components) == {component_name(n, p) for n in AUDIO_COMPONENTS for p in ("fp32", "fp16")}
-    for name in AUDIO_COMPONENTS:
+    assert set(manifest.components) == {component_name(n, p) for n in GAMMA_COMPONENTS for p in ("fp32", "fp16")}
+    for name in GAMMA_COMPONENTS:
         for precision in ("fp32", "fp16"):
             c = manifest.component(component_name(name, precision))
             path = both_precisions / c.file
@@ -154,7 +156,7 @@ def test_manifest_records_hashes_shapes_and_precisions(both_precisions):
 def test_second_precision_merges_without_touching_the_first(tiny_bundle_onnx, both_precisions):
     before = Manifest.read(tiny_bundle_onnx)
     after = Manifest.read(both_precisions)
-    for name in AUDIO_COMPONENTS:
+    for name in GAMMA_COMPONENTS:
         assert after.components[name] == before.components[name]
     assert after.source == before.source
 

@@ -9,7 +9,8 @@ import pytest
 
 from gamma_rt.cli import main
 from gamma_rt.errors import GammaError
-from gamma_rt.manifest import AUDIO_COMPONENTS, Manifest
+from gamma_rt.export.families.gamma.family import COMPONENTS as GAMMA_COMPONENTS
+from gamma_rt.manifest import Manifest
 from gamma_rt.plan import (GB, budget, context_tokens, device_named, kv_cache_bytes, plan, sizes_from_bundle,
                            sizes_from_preset)
 
@@ -30,7 +31,7 @@ def bundle(tiny_bundle_onnx, tiny_checkpoint, tmp_path_factory):
 def test_tiny_bundle_sizes_come_from_the_manifest_and_gguf_header(bundle):
     s = sizes_from_bundle(bundle)
     m = Manifest.load(bundle)
-    assert s.audio_params == sum(m.component(n).bytes for n in AUDIO_COMPONENTS) / 4
+    assert s.audio_params == sum(m.component(n).bytes for n in GAMMA_COMPONENTS) / 4
     assert (s.enc_tokens, s.d_audio, s.n_encoders, s.tokens_per_second) == (1500, 64, 2, 25.0)
     assert (s.n_layer, s.n_kv_heads, s.head_dim, s.n_vocab) == (2, 2, 16, 1024)
     f16 = m.component("decoder.f16").bytes

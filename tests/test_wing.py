@@ -7,6 +7,7 @@ imports resolved); each module is also imported on its own, in a fresh interpret
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 from pathlib import Path
@@ -168,3 +169,84 @@ def test_generic_export_code_reads_families_through_the_registry_only():
         path = modules[module]
         found = [t for t, _ in imported_names(path.read_text(), module) if family_of(t)]
         assert not found, f"{module} imports {found}"
+
+
+def test_gammas_chain_is_the_one_schema_1_bundles_meant():
+    from gamma_rt.audio_chain import SCHEMA_1_CHAIN, read_chain
+    from gamma_rt.export.families.gamma.family import GAMMA_CHAIN
+
+    assert read_chain(GAMMA_CHAIN, "gamma") == SCHEMA_1_CHAIN
+
+
+def _as_main_wrote_it(manifest: dict, schema: int) -> None:
+    """The manifest as gamma-rt wrote it before token rules were objects (schema 2: a plain rule name)
+    and before chains were recorded at all (schema 1: no chain, no token_count)."""
+    manifest["audio"]["token_count"] = "proportional"
+    if schema == 1:
+        manifest["schema_version"] = 1
+        del manifest["audio"]["chain"], manifest["audio"]["token_count"]
+
+
+@pytest.mark.parametrize("schema", [1, 2])
+def test_bundles_written_before_the_wing_load_and_embed_the_same(tiny_bundle, tmp_path, schema):
+    import json
+    import shutil
+
+    import numpy as np
+
+    from gamma_rt.runtime import Pipeline
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    data = json.loads((old / "manifest.json").read_text())
+    assert data["audio"]["token_count"] == {"rule": "proportional"}
+    _as_main_wrote_it(data, schema)
+    (old / "manifest.json").write_text(json.dumps(data))
+    audio = (0.1 * np.sin(np.arange(int(16000 * 41.3)) / 7)).astype(np.float32)  # one full window, one partial
+    runs = []
+    for bundle in (tiny_bundle, old):
+        with Pipeline.open(str(bundle), threads=1) as p:
+            runs.append([w.embeddings for w in p.embed(audio)])
+    assert [e.shape for e in runs[0]] == [e.shape for e in runs[1]] == [(750, 64), (ceil_tokens(11.3), 64)]
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def ceil_tokens(seconds: float) -> int:
+    import math
+
+    return math.ceil(int(16000 * seconds) * 750 / 480000)
+
+
+GENERIC = ["export/onnx_export.py", "export/gguf_export.py", "export/engines.py", "export/engine_plan.py",
+           "export/engine_sources.py", "export/cosine_report.py", "export/calibration.py", "export/bundle.py",
+           "runtime/trt_backend.py", "runtime/backends.py", "runtime/ort_backend.py", "runtime/embed.py",
+           "bench/run.py", "bench/audio_side.py", "bench/attention_fusion.py", "gamma_rt/manifest.py"]
+GAMMA_NAMES = {"temporal_encoder", "global_encoder", "fusion", "GAMMA_CHAIN", "AUDIO_COMPONENTS"}
+
+
+def code_names(source: str) -> set[str]:
+    """Identifiers and string constants of ``source``, docstrings left out."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.alias):
+            names.add(node.name.rpartition(".")[2])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            names.add(node.value)
+    return names
+
+
+@pytest.mark.parametrize("path", GENERIC)
+def test_generic_code_names_no_gamma_component(path):
+    assert not code_names((ROOT / path).read_text()) & GAMMA_NAMES
+
+
+def test_the_name_finder_sees_code_and_skips_docstrings():
+    source = '"""temporal_encoder in a docstring."""\nx = {"fusion": 1}\nfrom a import GAMMA_CHAIN\n'
+    assert code_names(source) & GAMMA_NAMES == {"fusion", "GAMMA_CHAIN"}

@@ -45,7 +45,7 @@ serves, the fact belongs in the manifest instead.
 from __future__ import annotations
 
 from .base import DecoderSpec, Family, GraphSpec
-from .registry import FAMILIES, detect, discover, family_named, known, register, writable
+from .registry import FAMILIES, claimant, detect, discover, family_named, known, register, writable
 
-__all__ = ["DecoderSpec", "FAMILIES", "Family", "GraphSpec", "detect", "discover", "family_named", "known",
-           "register", "writable"]
+__all__ = ["DecoderSpec", "FAMILIES", "Family", "GraphSpec", "claimant", "detect", "discover", "family_named",
+           "known", "register", "writable"]

@@ -45,6 +45,14 @@ def known() -> str:
     return ", ".join(f"{f.name} ({'/'.join(f.architectures or f.model_types)})" for f in discover())
 
 
+def claimant(config: dict, where: str = CONFIG) -> type[Family] | None:
+    """The family class that reads a folder with this config.json, without opening the folder."""
+    claimed = [f for f in discover() if f.matches(config)]
+    if len(claimed) > 1:
+        raise RuntimeError(f"{where}: families {', '.join(f.name for f in claimed)} all claim this folder")
+    return claimed[0] if claimed else None
+
+
 def detect(folder: str | Path) -> Family:
     """The family that reads ``folder``, opened on it."""
     folder = Path(folder)
@@ -54,11 +62,9 @@ def detect(folder: str | Path) -> Family:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; is this a checkpoint folder?")
     config = read_json(path)
-    claimed = [f for f in discover() if f.matches(config)]
-    if len(claimed) > 1:
-        raise RuntimeError(f"{path}: families {', '.join(f.name for f in claimed)} all claim this folder")
-    if claimed:
-        return claimed[0](folder, config)
+    family = claimant(config, str(path))
+    if family is not None:
+        return family(folder, config)
     archs = config.get("architectures") or config.get("model_type")
     raise CheckpointError(f"{path}: field 'architectures' is {archs}; gamma-rt knows {known()}")
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from gamma_rt.manifest import AUDIO_COMPONENTS
-
 from ..registry import register
 from ..base import DecoderSpec, Family, GraphSpec, chain_step, spec
 from ..folder import Weights, chat_template, decoder_shape, strip_prefixes, tokenizer_files
@@ -22,6 +20,7 @@ GAMMA_CHAIN = [
     chain_step("fusion", {"temporal": "temporal", "global": "global"}, {"fused": "fused"}),
     chain_step("projector", {"fused": "fused"}, {"embeddings": "embeddings"}),
 ]
+COMPONENTS = tuple(step["component"] for step in GAMMA_CHAIN)
 
 
 def graph_io(cfg, name: str):
@@ -91,7 +90,7 @@ class Gamma(Family):
             "global_encoder": cfg.global_.encoder_attention_heads,
         }
         out = []
-        for name in AUDIO_COMPONENTS:
+        for name in COMPONENTS:
             inputs, outputs = graph_io(cfg, name)
             out.append(GraphSpec(name, inputs, outputs, heads.get(name, cfg.fusion.n_heads), cfg.temporal.d_model,
                                  build=lambda name=name: self.module(name)))
