@@ -87,23 +87,21 @@ def test_a_track_unreadable_or_deleted_after_listing_gets_a_failed_record_and_th
     assert (again.todo, again.done_before) == (0, len(GOOD))
 
 
-def _walk_as_nobody(root: Path) -> list[Track]:
-    """walk(root) with the file-system rights of user nobody: setfsuid holds for the calling thread only, and
-    drops root's power to read anything, so the kernel really refuses."""
+def _as_nobody(work):
+    """``work()`` with the file-system rights of user nobody: setfsuid holds for the calling thread only, and
+    drops root's power to read anything, so the kernel really refuses. What it imports must be imported
+    before (site-packages are root's alone)."""
     import ctypes
     import threading
 
-    from gamma_rt.runtime.tagging.library import audio_extensions, walk
-
     if os.geteuid() != 0 or not sys.platform.startswith("linux"):
         pytest.skip("needs root on Linux to take the rights of another user for one thread")
-    audio_extensions()  # its imports read site-packages, which nobody may not
     libc, found = ctypes.CDLL(None, use_errno=True), {}
 
     def as_nobody():
         libc.setfsuid(65534)
         try:
-            found["tracks"] = list(walk(root))
+            found["result"] = work()
         except BaseException as e:  # raised again in the test's own thread
             found["error"] = e
         finally:
@@ -114,15 +112,28 @@ def _walk_as_nobody(root: Path) -> list[Track]:
     thread.join()
     if "error" in found:
         raise found["error"]
-    return found["tracks"]
+    return found["result"]
 
 
-def test_a_track_in_a_folder_that_cannot_be_searched_is_listed_to_fail_not_a_traceback(tmp_path):
+def _walk_as_nobody(root: Path, unlisted=None) -> list[Track]:
+    from gamma_rt.runtime.tagging.library import audio_extensions, walk
+
+    audio_extensions()  # its imports
+    return _as_nobody(lambda: list(walk(root, unlisted)))
+
+
+def _open_folder() -> Path:
+    """A folder every user may enter (tmp_path's parents are root's alone)."""
     import tempfile
 
-    root = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are root's alone
+    root = Path(tempfile.mkdtemp(dir="/tmp"))
+    root.chmod(0o755)
+    return root
+
+
+def test_a_track_in_a_folder_that_cannot_be_searched_is_listed_to_fail_not_a_traceback():
+    root = _open_folder()
     try:
-        root.chmod(0o755)
         write_good(root, "rock/intro.wav")
         write_good(root, "jazz/solo.mp3")
         (root / "jazz").chmod(0o644)  # names can be read, the files cannot be looked at
@@ -132,6 +143,42 @@ def test_a_track_in_a_folder_that_cannot_be_searched_is_listed_to_fail_not_a_tra
         shutil.rmtree(root)
     assert tracks[str(root / "rock/intro.wav")].size > 0
     assert (tracks[str(root / "jazz/solo.mp3")].size, tracks[str(root / "jazz/solo.mp3")].mtime_ns) == (-1, -1)
+
+
+def test_a_folder_that_cannot_be_listed_is_named_in_one_line_and_the_rest_is_listed():
+    root, unlisted = _open_folder(), []
+    try:
+        write_good(root, "rock/intro.wav")
+        write_good(root, "jazz/solo.mp3")
+        (root / "jazz").chmod(0o311)  # the files could be read, but their names cannot be listed
+        tracks = [t.path for t in _walk_as_nobody(root, unlisted.append)]
+    finally:
+        (root / "jazz").chmod(0o755)
+        shutil.rmtree(root)
+    assert tracks == [str(root / "rock/intro.wav")]
+    assert unlisted == [f"{root / 'jazz'}: cannot list this folder (Permission denied); its files are not tagged"]
+
+
+def test_dry_run_warns_of_a_folder_it_cannot_list_on_stderr(tiny_bundle, capsys):
+    root = _open_folder()
+    try:
+        shutil.copytree(tiny_bundle, root / "bundle")
+        for path in [root / "bundle", *(root / "bundle").rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        write_good(root / "lib", "rock/intro.wav")
+        write_good(root / "lib", "jazz/solo.mp3")
+        argv = ["tag", str(root / "lib"), "--bundle", str(root / "bundle"), "--out", str(root / "out"), "--dry-run"]
+        assert main(argv) == 0  # as root, which can list it all; and it imports what the next one needs
+        assert "2 tracks: 0 done, 2 to ask" in capsys.readouterr().out
+        (root / "lib" / "jazz").chmod(0o311)
+        assert _as_nobody(lambda: main(argv)) == 0
+    finally:
+        (root / "lib" / "jazz").chmod(0o755)
+        shutil.rmtree(root)
+    shown = capsys.readouterr()
+    assert "1 tracks: 0 done, 1 to ask" in shown.out
+    assert shown.err == (f"gamma-rt: warning: {root / 'lib' / 'jazz'}: cannot list this folder (Permission denied); "
+                         "its files are not tagged\n")
 
 
 def test_a_changed_track_that_cannot_be_read_any_more_is_pending_not_an_exception(tmp_path):

@@ -24,8 +24,8 @@ The run is resumable: RESULTS/journal.sqlite remembers each finished track (keye
 content hash, bundle and prompt set), so running the same command again, after a crash, a kill or Ctrl-C,
 does only the rest. A new prompt set re-asks every track but reuses the cached audio embeddings
 (RESULTS/embedding-cache). A file that cannot be decoded or read gets a 'failed' record and the run goes on;
-the exit code is 1 if any track failed. A full disk stops the run with one line and exit code 2: free space
-and run the same command to resume.
+the exit code is 1 if any track failed or a folder could not be listed (a warning names it). A full disk
+stops the run with one line and exit code 2: free space and run the same command to resume.
 
 Formats: whatever libsndfile reads (WAV, FLAC, Ogg, MP3, AIFF) and, through FFmpeg, M4A/MP4 (AAC, ALAC),
 Opus, WebM, WMA, WavPack, APE and the audio of MP4 videos.
@@ -116,7 +116,7 @@ def _report_plan(job, args) -> int:
 
     from .run import plan, write_file_tags
 
-    todo, done = plan(job)
+    todo, done = plan(job, _warn)
     if not args.count_only:
         for track, reason in todo:
             print(printable(f"would ask ({reason}): {track.path}"))
@@ -142,6 +142,8 @@ def _run(job, args) -> int:
     print(f"this run: {summary.ok} ok, {summary.failed} failed of {summary.todo} to do "
           f"({summary.done_before} already done); all records: {counts['ok']} ok, {counts['failed']} failed; "
           f"results in {printable(summary.records_file)}", file=sys.stderr)
+    for line in summary.unlisted:
+        _warn(line)
     if summary.interrupted:
         print("gamma-rt: interrupted; the finished tracks are journaled, run the same command to finish the rest",
               file=sys.stderr)
@@ -149,4 +151,8 @@ def _run(job, args) -> int:
     tag_failures = 0
     if args.write_tags:
         tag_failures = write_file_tags(job, False, lambda line: print(printable(line)))
-    return 1 if counts["failed"] or tag_failures else 0
+    return 1 if counts["failed"] or tag_failures or summary.unlisted else 0
+
+
+def _warn(line: str) -> None:
+    print(printable(f"gamma-rt: warning: {line}"), file=sys.stderr)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from gamma_rt.errors import GammaError
 from gamma_rt.hashing import sha256_file
@@ -61,13 +61,20 @@ class Track:
         return sha256_file(self.path)
 
 
-def walk(root: str | os.PathLike) -> Iterator[Track]:
-    """Audio files under ``root``, depth first, names sorted, so every run sees the same order."""
+def walk(root: str | os.PathLike, unlisted: Callable[[str], None] | None = None) -> Iterator[Track]:
+    """Audio files under ``root``, depth first, names sorted, so every run sees the same order.
+    ``unlisted`` hears one line for each folder that cannot be listed (no permission): its files are
+    not tracks, and the user is to be told."""
     root = Path(root)
     if not root.is_dir():
         raise GammaError(f"{root}: library folder not found (LIBRARY_DIR must be a folder of audio files)")
     extensions = audio_extensions()
-    for folder, dirs, files in os.walk(root):
+
+    def cannot_list(e: OSError) -> None:
+        if unlisted is not None:
+            unlisted(f"{e.filename}: cannot list this folder ({e.strerror or e}); its files are not tagged")
+
+    for folder, dirs, files in os.walk(root, onerror=cannot_list):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith(".") or Path(name).suffix.lower() not in extensions:

@@ -87,6 +87,7 @@ class TagSummary:
     interrupted: bool = False
     library_counts: dict = field(default_factory=dict)
     records_file: Path | None = None
+    unlisted: list[str] = field(default_factory=list)  # folders that could not be listed, one line each
 
 
 class Stop:
@@ -136,13 +137,14 @@ def pending_tracks(journal: Journal, tracks: Iterable[Track], b_hash: str, ps_ha
     return todo, done
 
 
-def plan(job: TagJob) -> tuple[list[tuple[Track, str]], int]:
-    """What a run of ``job`` would ask, and why; writes nothing. Returns (to do with reasons, done)."""
+def plan(job: TagJob, unlisted: Callable[[str], None] | None = None) -> tuple[list[tuple[Track, str]], int]:
+    """What a run of ``job`` would ask, and why; writes nothing. Returns (to do with reasons, done);
+    ``unlisted`` hears of each folder that cannot be listed."""
     from gamma_rt.manifest import Manifest
 
     Manifest.read(job.bundle)
     journal_path = Path(job.out) / JOURNAL_NAME
-    tracks = walk(job.library)
+    tracks = walk(job.library, unlisted)
     if not journal_path.exists():
         return [(t, "new") for t in tracks], 0
     with Journal(journal_path) as journal:
@@ -221,7 +223,8 @@ def _run(job: TagJob, on_record, on_start, on_wait, on_engine) -> TagSummary:
     with RunLock(out, job.wait, on_wait), Journal(out / JOURNAL_NAME) as journal:
         records = RecordFile(summary.records_file, job.fmt, [p.name for p in ps.prompts])
         records.rebuild(journal.records(b_hash, key))  # repairs a file torn by a killed run
-        pending, summary.done_before = pending_tracks(journal, walk(job.library), b_hash, key, job.retry_failed)
+        tracks = walk(job.library, summary.unlisted.append)
+        pending, summary.done_before = pending_tracks(journal, tracks, b_hash, key, job.retry_failed)
         todo = [t for t, _ in pending]
         summary.todo = len(todo)
         if on_start:
