@@ -91,7 +91,8 @@ def _timed_blocks(blocks: Iterable[np.ndarray], times: StageTimes) -> Iterator[n
 
 def _encode_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
                     cache: EmbeddingCache | None, batch: int = 1) -> Iterator[WindowEmbedding]:
-    cut = windows(_timed_blocks(blocks, times), layout.sample_rate, layout.window_seconds)
+    cut = windows(_timed_blocks(blocks, times), layout.sample_rate, layout.window_seconds,
+                  layout.front_end.lookahead)
     limit = layout.max_windows
     pending: list[Window] = []
     for window in itertools.islice(cut, limit):
@@ -112,7 +113,7 @@ def _encode_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout:
 def window_feeds(window: Window, layout: AudioLayout) -> dict[str, np.ndarray]:
     """The values the audio chain reads, for one window: ``mel`` (1, n_mels, frames) float32,
     ``mel_mask`` (1, frames) int64 (1 where the frame holds real audio), ``window_index`` (1,) int64."""
-    mel = layout.front_end(window.samples[None], window.n_valid)
+    mel = layout.front_end(window.samples[None], window.n_valid, window.after)
     mask = np.zeros((1, mel.shape[-1]), np.int64)
     mask[0, :window.valid_frames(layout.front_end.hop_length)] = 1
     return {"mel": mel, "mel_mask": mask, "window_index": np.array([window.index], np.int64)}
@@ -142,7 +143,8 @@ def _encode_batch(batch: list[Window], backend: AudioBackend, layout: AudioLayou
     if cache is not None:
         with times.stage("cache"):
             for i, window in enumerate(batch):
-                keys[i] = cache.key(window.samples, window.index, window.n_valid)
+                audio = np.concatenate([window.samples, window.after]) if len(window.after) else window.samples
+                keys[i] = cache.key(audio, window.index, window.n_valid)
                 full[i] = cache.get(keys[i])
     todo = [i for i, f in enumerate(full) if f is None]
     if todo:

@@ -97,9 +97,10 @@ def pad_or_cut(features: np.ndarray, n_frames: int = N_FRAMES) -> np.ndarray:
 class KaldiFbank:
     """The ``kaldi_fbank`` front end of a bundle: audio -> (n_mels, n_frames) float32, normalized.
 
-    ``__call__(audio, n_valid)``: audio (batch, samples) float32 16 kHz windows; only the first ``n_valid``
-    samples of each are audio (the rest is the window's zero padding, which Kaldi never sees: the
-    features are padded instead)."""
+    ``__call__(audio, n_valid, after)``: audio (batch, samples) float32 16 kHz windows; only the first
+    ``n_valid`` samples of each are audio (the rest is the window's zero padding, which Kaldi never sees:
+    the features are padded instead). ``after``: the samples that follow a full window in the source, up to
+    :attr:`lookahead`: as over the whole file, the last frames of the window read into them."""
 
     n_mels: int = N_MELS
     n_frames: int = N_FRAMES
@@ -108,6 +109,12 @@ class KaldiFbank:
     hop_length: int = FRAME_SHIFT
     mean: float = AUDIOSET_MEAN
     std: float = AUDIOSET_STD
+
+    @property
+    def lookahead(self) -> int:
+        """Samples past a window that its last frames cover: n_frames frames need (n_frames - 1) * hop +
+        frame_length samples (3,072 frames: 491,760, 240 past 30.72 s)."""
+        return max(0, (self.n_frames - 1) * self.hop_length + self.frame_length - self.n_frames * self.hop_length)
 
     @classmethod
     def from_manifest(cls, audio) -> "KaldiFbank":
@@ -128,9 +135,10 @@ class KaldiFbank:
         fixed = pad_or_cut(raw, self.n_frames)
         return ((fixed - self.mean) / (2.0 * self.std)).T.astype(np.float32)
 
-    def __call__(self, audio: np.ndarray, n_valid: int | None = None) -> np.ndarray:
+    def __call__(self, audio: np.ndarray, n_valid: int | None = None, after: np.ndarray | None = None) -> np.ndarray:
         audio = np.asarray(audio)
         batch = audio.reshape(1, -1) if audio.ndim == 1 else audio
         n = batch.shape[-1] if n_valid is None else n_valid
-        out = np.stack([self.features(row[:n]) for row in batch])
+        tail = np.zeros(0, np.float32) if after is None or n < batch.shape[-1] else np.asarray(after, np.float32)
+        out = np.stack([self.features(np.concatenate([row[:n], tail])) for row in batch])
         return out[0] if audio.ndim == 1 else out

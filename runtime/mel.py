@@ -41,8 +41,10 @@ class FrontEnd:
         """From a :class:`gamma_rt.manifest.AudioSection`."""
         return cls(audio.n_mels, audio.n_fft, audio.hop_length, audio.sample_rate)
 
-    def __call__(self, audio: np.ndarray, n_valid: int | None = None) -> np.ndarray:
-        # Whisper's extractor sees the zero-padded window itself: n_valid changes nothing here
+    lookahead = 0  # samples past a window its frames read: none, Whisper pads each window itself
+
+    def __call__(self, audio: np.ndarray, n_valid: int | None = None, after: np.ndarray | None = None) -> np.ndarray:
+        # Whisper's extractor sees the zero-padded window itself: n_valid and after change nothing here
         return log_mel_spectrogram(audio, self.n_mels, self.n_fft, self.hop_length, self.sample_rate)
 
 

@@ -7,7 +7,7 @@ gets (``Window.valid_tokens``, gamma_rt/token_count.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -23,6 +23,8 @@ class Window:
 
     samples: (window_seconds * sample_rate,) float32, 16 kHz mono; zero-padded after n_valid samples.
     start_s, end_s: position of its real audio in the source, seconds (end_s - start_s = n_valid / rate).
+    after: up to ``lookahead`` samples that follow the window in the source (empty for the last one), for a
+    front end whose last frames reach past the window (Kaldi's 25 ms frames every 10 ms).
     """
 
     index: int
@@ -30,6 +32,7 @@ class Window:
     end_s: float
     samples: np.ndarray
     n_valid: int
+    after: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def valid_frames(self, hop_length: int) -> int:
         """Mel frames that hold real audio: ceil(n_valid / hop_length), as WhisperFeatureExtractor's mask."""
@@ -47,34 +50,45 @@ class Window:
 
 
 def windows(blocks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE,
-            window_seconds: float = CHUNK_SECONDS) -> Iterator[Window]:
+            window_seconds: float = CHUNK_SECONDS, lookahead: int = 0) -> Iterator[Window]:
     """Windows of ``window_seconds`` from 1-D float32 blocks of any size; the last one zero-padded.
 
-    Empty input yields no window. Each window owns a fresh array, so callers may keep them.
+    With ``lookahead`` a full window waits for that many more samples (or the end) and carries them as
+    ``Window.after``. Empty input yields no window. Each window owns fresh arrays, so callers may keep them.
     """
     size = int(round(window_seconds * sample_rate))
     if size <= 0:
         raise ValueError(f"a window must hold at least one sample, got {window_seconds} s at {sample_rate} Hz")
-    buffer = np.zeros(size, np.float32)
+    buffer = np.zeros(size + lookahead, np.float32)
     filled = 0
     index = 0
     for block in blocks:
         block = np.asarray(block, dtype=np.float32).reshape(-1)
         offset = 0
         while offset < len(block):
-            take = min(size - filled, len(block) - offset)
+            take = min(len(buffer) - filled, len(block) - offset)
             buffer[filled:filled + take] = block[offset:offset + take]
             filled += take
             offset += take
-            if filled == size:
-                yield _window(index, buffer, size, sample_rate)
-                buffer = np.zeros(size, np.float32)
-                filled = 0
+            if filled == len(buffer):
+                yield _window(index, buffer[:size].copy(), size, sample_rate, buffer[size:].copy())
+                rest = buffer[size:filled].copy()
+                buffer = np.zeros(size + lookahead, np.float32)
+                buffer[:len(rest)] = rest
+                filled = len(rest)
                 index += 1
+    if filled > size:
+        yield _window(index, buffer[:size].copy(), size, sample_rate, buffer[size:filled].copy())
+        buffer[:filled - size] = buffer[size:filled].copy()
+        buffer[filled - size:] = 0
+        filled -= size
+        index += 1
     if filled:
-        yield _window(index, buffer, filled, sample_rate)
+        yield _window(index, buffer[:size].copy(), filled, sample_rate)
 
 
-def _window(index: int, samples: np.ndarray, n_valid: int, sample_rate: int) -> Window:
+def _window(index: int, samples: np.ndarray, n_valid: int, sample_rate: int, after: np.ndarray | None = None) -> Window:
     start = index * len(samples) / sample_rate
-    return Window(index, start, start + n_valid / sample_rate, samples, n_valid)
+    if after is None:
+        return Window(index, start, start + n_valid / sample_rate, samples, n_valid)
+    return Window(index, start, start + n_valid / sample_rate, samples, n_valid, after)

@@ -128,3 +128,30 @@ def test_unknown_fbank_options_are_refused_naming_the_key():
     audio = AudioSection.from_dict({**OPENMU_AUDIO, "front_end_options": {"mean": 0, "gain": 2}}, "manifest.json")
     with pytest.raises(BundleError, match="front_end_options has unknown key"):
         KaldiFbank.from_manifest(audio)
+
+
+def test_a_full_window_reads_the_240_samples_after_it_as_the_whole_file_does(tmp_path):
+    """OpenMU computes the fbank over the whole file, then keeps 3,072 frames: the last two reach 240
+    samples past 30.72 s. The runtime's window carries those samples (Window.after)."""
+    audio = _clip(tmp_path, 41.3)
+    layout = AudioLayout.from_manifest(AudioSection.from_dict(OPENMU_AUDIO, "manifest.json"))
+    assert layout.front_end.lookahead == 240
+    blocks = [audio[i:i + 7919] for i in range(0, len(audio), 7919)]
+    first, second = windows(blocks, RATE, 30.72, layout.front_end.lookahead)
+    np.testing.assert_array_equal(first.after, audio[491520:491760])
+    assert first.n_valid == 491520 and second.n_valid == len(audio) - 491520 and len(second.after) == 0
+    np.testing.assert_array_equal(second.samples[:second.n_valid], audio[491520:])
+    mel = window_feeds(first, layout)["mel"][0]
+    np.testing.assert_allclose(mel.T, _ast(audio), rtol=0, atol=1e-4)
+    without = KaldiFbank()(first.samples)  # what a window cut at 30.72 s alone gives: its last 2 frames differ
+    assert np.abs(without[:, -2:] - mel[:, -2:]).max() > 0.01
+    np.testing.assert_array_equal(without[:, :-2], mel[:, :-2])
+
+
+def test_windows_with_lookahead_keep_every_sample_once():
+    audio = np.arange(1000, dtype=np.float32)
+    cut = list(windows([audio[:333], audio[333:]], 100, 3.0, lookahead=40))
+    assert [w.n_valid for w in cut] == [300, 300, 300, 100]
+    np.testing.assert_array_equal(np.concatenate([w.samples[:w.n_valid] for w in cut]), audio)
+    assert [len(w.after) for w in cut] == [40, 40, 40, 0]
+    np.testing.assert_array_equal(cut[2].after, audio[900:940])

@@ -91,12 +91,18 @@ def test_the_runtime_embeds_a_file_as_openmu_does(tmp_path, openmu_folder, openm
     assert relative_error(window.embeddings, ref) <= 1e-4
 
 
-def test_audio_past_30_72_s_is_cut_as_openmu_truncates(tmp_path, capsys, openmu_onnx_bundle):
+def test_audio_past_30_72_s_is_cut_as_openmu_truncates(tmp_path, capsys, openmu_folder, openmu_onnx_bundle):
+    """OpenMU's fbank of the whole 40 s, cut to 3,072 frames: the runtime's one window gives its tokens."""
+    from gamma_rt.export.families.openmu.reference import audio_reference
+
+    audio = synthesize(Music(40.0, RATE, 1))[:, 0]
     path = tmp_path / "long.wav"
-    sf.write(path, synthesize(Music(40.0, RATE, 1))[:, 0], RATE, subtype="FLOAT")
+    sf.write(path, audio, RATE, subtype="FLOAT")
     windows = _embed_file(openmu_onnx_bundle, path)
     assert len(windows) == 1 and windows[0].end_s == pytest.approx(30.72)
     assert "using the first 30.72 s" in capsys.readouterr().err
+    ref = audio_reference(openmu_family(openmu_folder))(torch.from_numpy(_ast_features(audio))).numpy()[0]
+    assert relative_error(windows[0].embeddings, ref) <= 1e-4
 
 
 def test_a_folder_without_audiomae_weights_is_refused_naming_the_file(tmp_path, openmu_folder):
