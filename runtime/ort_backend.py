@@ -24,7 +24,7 @@ from gamma_rt.errors import BundleError, GammaError
 from gamma_rt.manifest import MANIFEST_NAME, Manifest
 
 from .onnx_graph import check_signature, control_flow_ops
-from .ort_run import OrtRuns
+from .ort_run import OrtRuns, capped_session_options
 from .timings import StageTimes
 
 # numpy dtype of each graph tensor type the manifest may record
@@ -88,6 +88,7 @@ class OrtBackend:
         # ORT's pool spin-waits between parallel sections and after a run; in gamma-rt it always shares the
         # process, and often the cores, with llama.cpp's threads, which it then starves (issue 23)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        capped_session_options(ort, options)
         try:
             return ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types for a file it cannot load

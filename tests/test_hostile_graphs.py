@@ -65,14 +65,15 @@ def flat_input():
     return projector(nodes, inits, [_value("fused", TensorProto.FLOAT, ["batch", IN_TOKENS * WIDTH])])
 
 
-def huge_allocation():
-    """(batch * 2^20, 1500 * 2^20, 64) floats, sized at run time so no optimizer folds it away."""
+def huge_allocation(scale=(2**20, 2**20, 1)):
+    """(batch, 1500, 64) x ``scale`` floats (2^70 bytes by default), sized at run time so no optimizer
+    folds it away."""
     nodes, inits = _pool(out="pooled")
     nodes += [helper.make_node("Shape", ["fused"], ["shape"]), helper.make_node("Mul", ["shape", "big"], ["huge"]),
               helper.make_node("ConstantOfShape", ["huge"], ["block"]),
               helper.make_node("ReduceSum", ["block"], ["total"], keepdims=0),
               helper.make_node("Add", ["pooled", "total"], ["embeddings"])]
-    return projector(nodes, inits + [_const("big", np.array([2**20, 2**20, 1], np.int64))])
+    return projector(nodes, inits + [_const("big", np.array(scale, np.int64))])
 
 
 def loop_forever():
@@ -174,6 +175,25 @@ def test_a_hostile_projector_ends_in_one_line_from_gamma_rt_ask(tiny_bundle, tmp
     assert err.count("\n") == 1 and err.startswith("gamma-rt: error: "), err
     assert re.search(message, err), err
     assert time.perf_counter() - t0 < 60
+
+
+def test_an_allocation_past_the_memory_cap_is_refused_in_one_line(tiny_bundle, tmp_path, song):
+    bundle = with_projector(tiny_bundle, tmp_path, huge_allocation((2800, 1, 1)))  # 1.07 GB of float32
+    run = subprocess.run([sys.executable, "-m", "gamma_rt.cli", "ask", str(bundle), str(song), "-q", "Genre?",
+                          "--max-tokens", "2"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GAMMA_RT_ORT_MAX_MEMORY": "256M"})
+    assert run.returncode == 2, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("gamma-rt: error: ") and "projector.onnx (components.projector): ONNX Runtime failed" in last
+    assert "Traceback" not in run.stderr
+
+
+def test_a_bad_memory_cap_is_one_line(tiny_bundle, tmp_path, song):
+    run = subprocess.run([sys.executable, "-m", "gamma_rt.cli", "ask", str(tiny_bundle), str(song), "-q", "Genre?"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "GAMMA_RT_ORT_MAX_MEMORY": "lots"})
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        "gamma-rt: error: $GAMMA_RT_ORT_MAX_MEMORY is 'lots'; give bytes with an optional K, M, G or T (8G)")
 
 
 def test_an_audio_graph_past_the_time_limit_is_stopped_in_one_line(tiny_bundle, tmp_path, song):
