@@ -1,9 +1,10 @@
 """Every field of ``manifest.json``, typed and bounded, in one table: a bundle is untrusted input.
 
-:func:`parse_manifest` reads the text (size and nesting bounded, NaN and Infinity refused) and
-:func:`check_fields` walks it against :data:`MANIFEST`, so a hostile value (NaN or 1e308 in a duration,
-n_mels 10^9, a string where an object belongs, a sha256 that is a number) ends in one line naming the
-field path (``audio.window_seconds``), before any of it reaches numpy, ONNX Runtime or llama.cpp.
+:func:`parse_manifest` reads the text (its size bounded, values nested too deep cut out) and
+:func:`check_fields` walks it against :data:`MANIFEST`, NaN and Infinity refused anywhere, so a hostile
+value (NaN or 1e308 in a duration, n_mels 10^9, a string where an object belongs, a sha256 that is a
+number) ends in one line naming the field path (``audio.window_seconds``), before any of it reaches
+numpy, ONNX Runtime or llama.cpp.
 
 The bounds are far above any real model's (Whisper large-v3: 128 mel bins, 30 s windows, 750 tokens) and
 far below what would exhaust memory or overflow: they only refuse what no exporter writes. Cross-field
@@ -16,7 +17,7 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gamma_rt.errors import BundleError
 
@@ -182,7 +183,7 @@ class Obj:
 
 
 @dataclass(frozen=True)
-class Any_:
+class AnyJSON:
     """Any JSON value (its size and depth are bounded for the whole document)."""
 
     def check(self, value, path: str, where: str) -> None:
@@ -227,7 +228,7 @@ AUDIO = Obj({
     "window_frames": Int(1, 1_000_000),
     "tokens_per_window": Int(1, 100_000),
     "max_seconds": Nullable(Number(0, 7 * 86_400)),
-    "token_count": Any_(),  # a rule of gamma_rt/token_count.py, which checks its name and parameters
+    "token_count": AnyJSON(),  # a rule of gamma_rt/token_count.py, which checks its name and parameters
     "front_end": Text(1, 64, name=True),
     "front_end_options": Obj({"mean": Number(-1e6, 1e6), "std": Number(0, 1e6)}),
     "chain": ListOf(CHAIN_STEP, 64, 1),

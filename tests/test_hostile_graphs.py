@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -166,8 +167,6 @@ def ask(bundle, song, capsys) -> tuple[int, str]:
     (not_a_number, r"returned NaN or infinite embeddings for the window at 0 s"),
 ])
 def test_a_hostile_projector_ends_in_one_line_from_gamma_rt_ask(tiny_bundle, tmp_path, song, capsys, build, message):
-    import re
-
     bundle = with_projector(tiny_bundle, tmp_path, build())
     t0 = time.perf_counter()
     code, err = ask(bundle, song, capsys)
@@ -190,7 +189,8 @@ def test_an_allocation_past_the_memory_cap_is_refused_in_one_line(tiny_bundle, t
 
 def test_a_bad_memory_cap_is_one_line(tiny_bundle, tmp_path, song):
     run = subprocess.run([sys.executable, "-m", "gamma_rt.cli", "ask", str(tiny_bundle), str(song), "-q", "Genre?"],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "GAMMA_RT_ORT_MAX_MEMORY": "lots"})
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GAMMA_RT_ORT_MAX_MEMORY": "lots"})
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
         "gamma-rt: error: $GAMMA_RT_ORT_MAX_MEMORY is 'lots'; give bytes with an optional K, M, G or T (8G)")
