@@ -226,19 +226,52 @@ def runtime_against_raw(gguf: str | Path, embeddings: np.ndarray, n_decode: int,
     return out
 
 
+# gguf-py architecture name of a DecoderSpec -> the transformers class prefix of that decoder
+ARCH_CLASSES = {"qwen3": "Qwen3", "qwen2": "Qwen2", "llama": "Llama"}
+
+
+def decoder_model(checkpoint: str | Path, scratch: str | Path):
+    """transformers' causal LM of the checkpoint's decoder, fp32 eager, built from what its family declares
+    for the GGUF (export/families: ``decoder()``'s architecture, shape, tensor locations and any merge), so
+    it is the same decoder ``export gguf`` writes, for any family. ``scratch``: a folder the family may use."""
+    import torch
+    import transformers
+    from safetensors import safe_open
+
+    from gamma_rt.export.families import detect
+
+    spec = detect(checkpoint).decoder(Path(scratch))
+    prefix = ARCH_CLASSES[spec.arch]
+    config = getattr(transformers, f"{prefix}Config")(**spec.shape.to_dict())
+    config._attn_implementation = "eager"
+    state = {}
+    for key, (file, stored) in spec.tensors.items():
+        with safe_open(file, "pt") as sf:
+            weight = sf.get_tensor(stored).float()
+        state[key] = torch.from_numpy(spec.merge(key, weight.numpy())) if spec.merge is not None else weight
+    if spec.shape.tie_word_embeddings:
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+    with torch.no_grad():
+        model = getattr(transformers, f"{prefix}ForCausalLM")(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
 def transformers_generate(checkpoint: str | Path, embeddings: np.ndarray, n_decode: int, threads: int,
                           repeat: int, warmup: int) -> dict[str, Stats]:
-    """Greedy ``generate`` of the checkpoint's Qwen3 from the window's embeddings (fp32 eager).
+    """Greedy ``generate`` of the checkpoint's decoder (:func:`decoder_model`) from the window's embeddings
+    (fp32 eager).
 
     ``prefill_ms`` is a 1-token generate; ``decode_ms_per_token`` is (t(n_decode + 1) - t(1)) / n_decode,
     per repeat, so generate's own per-call overhead is charged to prefill, as it is in use.
     """
+    import tempfile
+
     import torch
 
-    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
-
     torch.set_num_threads(threads)
-    llm = Checkpoint(checkpoint).model().llm
+    with tempfile.TemporaryDirectory(prefix="gamma-rt-decoder-") as scratch:
+        llm = decoder_model(checkpoint, scratch)
     embeds = torch.from_numpy(embeddings)[None]
 
     def generate(n: int):

@@ -42,25 +42,30 @@ def calibration_files(bundle: str | Path, extra_folder: str | Path | None = None
     return files
 
 
-def calibration_windows(files: Iterable[Path], max_windows: int = 64) -> Iterator[np.ndarray]:
-    """Log-mel windows (128 mel bins, 3000 frames) float32 of every full or partial 30 s window."""
+def calibration_windows(files: Iterable[Path], max_windows: int = 64, audio=None) -> Iterator[np.ndarray]:
+    """(n_mels, frames) float32 front-end windows of every full or partial window, made as the runtime makes
+    them for the manifest's ``audio`` section (an AudioSection; None: Whisper's 128-bin log-mel of 30 s)."""
+    from gamma_rt.manifest import AudioSection
     from gamma_rt.runtime.audio import load_audio
-    from gamma_rt.runtime.mel import N_SAMPLES, log_mel_spectrogram, pad_or_trim
+    from gamma_rt.runtime.embed import AudioLayout, window_feeds
+    from gamma_rt.runtime.windows import windows
 
+    layout = AudioLayout.from_manifest(audio if audio is not None else AudioSection())
     n = 0
     for f in files:
-        audio = load_audio(f)
-        for start in range(0, max(len(audio), 1), N_SAMPLES):
+        for window in windows([load_audio(f, layout.sample_rate)], layout.sample_rate, layout.window_seconds):
             if n >= max_windows:
                 return
-            yield log_mel_spectrogram(pad_or_trim(audio[start:start + N_SAMPLES]))
+            yield window_feeds(window, layout)["mel"][0]
             n += 1
 
 
-def calibration_batches(files: Iterable[Path], batch: int = 1, max_windows: int = 64) -> Iterator[np.ndarray]:
-    """(batch, 128, 3000) float32 log-mel batches; the last, short batch is dropped (fixed engine batch)."""
+def calibration_batches(files: Iterable[Path], batch: int = 1, max_windows: int = 64,
+                        audio=None) -> Iterator[np.ndarray]:
+    """(batch, n_mels, frames) float32 batches of :func:`calibration_windows`; the last, short batch is
+    dropped (fixed engine batch)."""
     pending: list[np.ndarray] = []
-    for w in calibration_windows(files, max_windows):
+    for w in calibration_windows(files, max_windows, audio):
         pending.append(w)
         if len(pending) == batch:
             yield np.stack(pending)

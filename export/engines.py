@@ -101,7 +101,7 @@ def _cmd_build_engines(args) -> int:
         from .cosine_report import OrtChain, component_feeds
 
         files = calibration_files(bundle, args.calibration_audio)
-        mel_batches = list(calibration_batches(files, batch=args.opt_batch))
+        mel_batches = list(calibration_batches(files, batch=args.opt_batch, audio=manifest.audio))
         calibration_sha = calibration_sha256(mel_batches)
         if mode.calibrate:
             reference = OrtChain(bundle, manifest)  # one set of sessions for every batch

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from flamingo_fixtures import mf_folder  # noqa: F401  (session fixture)
 from test_layering import ROOT, imported_names, module_name
 
 EXPORT = ROOT / "export"
@@ -250,3 +251,23 @@ def test_generic_code_names_no_gamma_component(path):
 def test_the_name_finder_sees_code_and_skips_docstrings():
     source = '"""temporal_encoder in a docstring."""\nx = {"fusion": 1}\nfrom a import GAMMA_CHAIN\n'
     assert code_names(source) & GAMMA_NAMES == {"fusion", "GAMMA_CHAIN"}
+
+
+def test_benchs_pytorch_decoder_is_the_familys_own(tiny_checkpoint, mf_folder, tmp_path):
+    """bench's transformers decoder comes from the family's DecoderSpec (what export gguf writes): it
+    equals GaMMA's PyTorch model and Music Flamingo's language model as transformers loads them."""
+    import torch
+    from transformers import MusicFlamingoForConditionalGeneration
+
+    from gamma_rt.bench.decoder_side import decoder_model
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
+
+    ids = torch.tensor([[1, 5, 9, 30, 2]])
+    ours = decoder_model(tiny_checkpoint, tmp_path / "g")
+    reference = Checkpoint(tiny_checkpoint).model().llm.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+    ours = decoder_model(mf_folder, tmp_path / "m")
+    reference = MusicFlamingoForConditionalGeneration.from_pretrained(mf_folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-4)

@@ -20,9 +20,13 @@ decoder hyperparameters                        ``folder.decoder_shape`` -> gamma
                                                ``DecoderShape`` (the only decoder-shape type)
 the audio graphs (ONNX) and their I/O          ``graphs()``: one ``GraphSpec`` per graph, torch modules in
                                                the family's own ``graphs.py``
-how the graphs connect                         ``manifest_sections()["audio"]["chain"]`` (``chain_step``);
-                                               the exporters, TensorRT builders, trt_backend and bench
-                                               read the chain and know no family
+how the graphs connect                         ``manifest_sections()["audio"]["chain"]`` (``chain_step``,
+                                               read by gamma_rt/audio_chain.py); the exporters, TensorRT
+                                               builders, trt_backend and bench walk the chain and know
+                                               no family. Steps that read no value of each other run
+                                               side by side on TensorRT (one CUDA stream each)
+graph scopes that must stay float32            ``GraphSpec.fp32_scopes`` (kept in fp16 ONNX graphs and in
+                                               TensorRT's cast plain graphs)
 front end and windowing                        ``manifest_sections()["audio"]``: sample rate, n_fft, hop,
                                                mel bins, window seconds and frames, max_seconds
 how many tokens a window keeps                 ``audio.token_count``: ``{"rule": name, ...}``, a rule of
@@ -33,9 +37,10 @@ the decoder for GGUF                           ``decoder()``: a ``DecoderSpec`` 
                                                locations, tokenizer folder, template)
 PyTorch reference (the oracle for tests)       a ``reference.py`` in the folder, built from transformers'
                                                own classes where they exist
-random folder for ``gamma-rt init``            ``presets`` and ``init()``; write tensors with
-                                               export/weights.py (sharded safetensors, deterministic
-                                               random tensors), one at a time for big presets
+random folder for ``gamma-rt init``            ``presets`` and ``init()`` (``init_options``: its own
+                                               flags); write tensors with export/weights.py (sharded
+                                               safetensors, seeded random tensors), one at a time for
+                                               big presets; a Qwen-style tokenizer with export/bpe.py
 =============================================  =============================================================
 
 Generic code never names a family: if an exporter, builder or runtime module needs to know which family it
