@@ -64,7 +64,7 @@ def write_random_qwen3_gguf(path: str | Path, shape: DecoderShape, seed: int = 0
     """Write an F16 GGUF (norm weights F32, as llama.cpp's converter does) of ``shape`` with N(0, 0.02) weights."""
     import gguf
 
-    from gamma_rt.export.gguf_export import add_qwen3_hparams
+    from gamma_rt.export.gguf_arch import add_qwen3_hparams
 
     path = Path(path)
     rng = np.random.default_rng(seed)
