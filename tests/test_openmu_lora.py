@@ -147,3 +147,27 @@ def test_ask_refuses_a_component_that_is_not_an_adapter_in_one_line(capsys, open
     code = main(["ask", str(openmu_bundle), str(clip[0]), "-q", QUESTION, "--lora", "decoder"])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "not gguf_lora" in err
+
+
+def test_serve_with_lora_answers_as_the_merged_decoder(openmu_bundle, clip):
+    """serve --lora: the server's one context has the adapter; the official openai client gets the answer
+    the merged decoder gives."""
+    pytest.importorskip("fastapi", reason="gamma-rt serve needs the serve extra")
+    import openai
+
+    from gamma_rt.runtime.options import RuntimeOptions
+    from gamma_rt.runtime.serve.service import ServeOptions, Service
+    from test_serve import ServerThread, audio_part
+
+    with Pipeline.open(openmu_bundle, threads=1, decoder="decoder") as pipe:
+        merged = pipe.ask(clip[0], QUESTION, Sampling(), TOKENS)[0].text
+    options = ServeOptions(parallel=1, max_queue=1, max_tokens=256, max_audio_seconds=60, model_name="openmu")
+    server = ServerThread(Service.open(openmu_bundle, RuntimeOptions(threads=1, lora="lora"), options))
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": [audio_part(clip[0]), {"type": "text", "text": QUESTION}]}]
+        reply = client.chat.completions.create(model="openmu", messages=messages, max_tokens=TOKENS, temperature=0)
+    finally:
+        server.stop()
+    assert server.service.pipeline.options.decoder == "decoder.base"
+    assert merged and reply.choices[0].message.content == merged
