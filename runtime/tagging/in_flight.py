@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from gamma_rt.bundle_id import bundle_identity
-from gamma_rt.errors import DiskFull, is_disk_full
+from gamma_rt.errors import DiskFull, GammaError, is_disk_full
 from gamma_rt.machine import available_cores
 
 from ..audio import AudioStream, AudioTimeout, open_audio
@@ -261,7 +261,13 @@ def _drive(engine: InFlight, ahead: deque, fill: Callable[[int], None], prefetch
             elif not engine.fits(item):
                 too_long.append(item.track)
             else:
-                engine.submit(item)
+                try:
+                    engine.submit(item)
+                except GammaError as e:  # refused before it took a sequence (Scheduler.submit): this track only
+                    record = new_record(item, engine.bundle_hash, engine.job_key)
+                    record["error"] = track_error(item.track, e)
+                    yield record
+                    continue
                 running += 1
             fill(engine.n + prefetch)
         if stop:  # drop what has not started; what has, finishes and is journaled
