@@ -79,6 +79,8 @@ def test_prompt_set_hash_ignores_formatting_and_tags_but_not_questions(tmp_path)
      r"sampling\.heat"),
     ('[[prompt]]\nname = "g"\nquestion = "q"\nschema = "{not json"\n', r"'g'\.schema: not valid JSON"),
     ('prompt = [\n', "not valid TOML"),
+    pytest.param('[[prompt]]\nname = "g"\nquestion = "' + "genre? " * 150_000 + '"\nschema = { type = "boolean" }\n',
+                 r"'g'\.question: 1050000 characters, at most 4000", id="a-1-MB-question"),
     pytest.param('[[prompt]]\nname = "g"\nquestion = "q"\nschema = ' + "{ a = " * 5000 + "1" + " }" * 5000 + "\n",
                  "nested too deeply to read", id="toml-nested-5000-deep"),
     pytest.param('[[prompt]]\nname = "g"\nquestion = "q"\nschema = \'' + '{"a": ' * 100_000 + "1" + "}" * 100_000

@@ -22,6 +22,9 @@ from .schema_grammar import max_answer_bytes, normalize_schema, to_gbnf
 DEFAULT_PROMPTS = Path(__file__).with_name("default_prompts.toml")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SAMPLING_FIELDS = {"temperature": float, "top_k": int, "top_p": float, "seed": int}
+# A question is a sentence or a paragraph. A 1 MB one made `tag` size a 2.4M-token context and prefill it for
+# minutes on every track; past this it is refused before any track is read.
+MAX_QUESTION_CHARS = 4000
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ def _prompt(item: object, where: str) -> Prompt:
     question = item.get("question")
     if not isinstance(question, str) or not question.strip():
         raise PromptSetError(f"{where}.question: must be a non-empty string")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise PromptSetError(f"{where}.question: {len(question)} characters, at most {MAX_QUESTION_CHARS}")
     schema = item.get("schema")
     if isinstance(schema, str):  # a JSON text is accepted too: easier to paste than TOML tables
         try:
