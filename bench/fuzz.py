@@ -95,6 +95,12 @@ def run_command(argv: list, timeout: float, env: dict | None = None, stdin: byte
     return classify(rc, text, timed_out), rc, text
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of a command's output: a clean error's one-line message."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def gamma_rt_command(*args) -> list:
     """The ``gamma-rt`` command line with this interpreter (the console script may not be on PATH)."""
     return [sys.executable, "-m", "gamma_rt.cli", *[str(a) for a in args]]

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 from gamma_rt.hashing import sha256_file
 
-from .fuzz import CaseResult, FuzzContext, TAIL_CHARS, FAILING, run_command
+from .fuzz import last_line, CaseResult, FuzzContext, TAIL_CHARS, FAILING, run_command
 
 # Values a number field is set to, by its struct format: the edges llama.cpp and the manifest reader meet.
 SPECIAL = {
@@ -47,7 +47,7 @@ def bundle_case(ctx: FuzzContext, area: str, name: str, write: Callable[[Path], 
     t0 = time.monotonic()
     outcome, rc, text = run_command(ctx.ask(bundle), ctx.timeout, env=ctx.env())
     seconds = time.monotonic() - t0
-    return CaseResult(area, name, outcome, round(seconds, 2), rc, text[-TAIL_CHARS:] if outcome in FAILING else "")
+    return CaseResult(area, name, outcome, round(seconds, 2), rc, text[-TAIL_CHARS:] if outcome in FAILING else last_line(text))
 
 
 def rerecord(bundle: Path, component: str) -> None:

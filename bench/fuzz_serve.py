@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .fuzz import FAILING, TAIL_CHARS, TRACEBACK, CaseResult, FuzzContext, gamma_rt_command, run_command
+from .fuzz import last_line, FAILING, TAIL_CHARS, TRACEBACK, CaseResult, FuzzContext, gamma_rt_command, run_command
 from .fuzz_bundle import json_paths
 
 SERVER_START_S = 120.0  # the bundle loads and warms up before the first case
@@ -347,7 +347,7 @@ def library_cases(ctx: FuzzContext, n: int) -> Iterator[CaseResult]:
         if outcome in ("ok", "clean-error") and what.startswith("file:") and not has_record(out, "good.flac"):
             outcome = "lost"
         yield CaseResult("library", what, outcome, round(time.monotonic() - t0, 2), rc,
-                         text[-TAIL_CHARS:] if outcome in FAILING else "")
+                         text[-TAIL_CHARS:] if outcome in FAILING else last_line(text))
         for f in lib.iterdir():
             if f.name == "locked.flac":
                 f.chmod(0o600)
