@@ -152,28 +152,13 @@ def decoder_shape(m: Manifest, bundle: Path) -> dict:
     }
 
 
-def sizes_from_preset(name: str) -> ModelSizes:
-    """Parameter counts of a preset's config, for planning before anything is exported."""
-    from gamma_rt.export.families.gamma.config import GammaConfig
+def sizes_from_preset(name: str, family: str = "gamma") -> ModelSizes:
+    """Sizes of a family's preset (its ``plan_sizes``), for planning before anything is exported."""
+    from gamma_rt.export.families.registry import family_named
 
-    cfg = GammaConfig.preset_named(name)
-    d, t, llm = cfg.temporal.d_model, cfg.temporal, cfg.llm
-
-    def expert(e):
-        return e.num_mel_bins * 3 * e.d_model + e.d_model * 3 * e.d_model + e.max_source_positions * e.d_model + \
-            e.encoder_layers * (4 * e.d_model**2 + 2 * e.d_model * e.encoder_ffn_dim)
-
-    fusion = cfg.fusion.n_blocks * 2 * 4 * d * d + 2 * d * 2 + 2 * d * cfg.fusion.ffn_dim
-    projector = d * cfg.projector.hidden_dim + cfg.projector.hidden_dim * llm.hidden_size
-    layer = 2 * llm.hidden_size * llm.num_attention_heads * llm.head_dim + \
-        2 * llm.hidden_size * llm.num_key_value_heads * llm.head_dim + 3 * llm.hidden_size * llm.intermediate_size
-    llm_params = llm.num_hidden_layers * layer + llm.vocab_size * llm.hidden_size * (1 if llm.tie_word_embeddings else 2)
-    return ModelSizes(
-        audio_params=expert(t) + expert(cfg.global_) + fusion + projector, enc_tokens=cfg.encoder_tokens_per_window,
-        d_audio=d, n_encoders=2, tokens_per_second=cfg.audio_tokens_per_second, n_layer=llm.num_hidden_layers,
-        n_kv_heads=llm.num_key_value_heads, head_dim=llm.head_dim, n_vocab=llm.vocab_size,
-        gguf_bytes={k: llm_params * b / 8 for k, b in GGUF_BITS.items()},
-    )
+    sizes = dict(family_named(family).plan_sizes(name))
+    llm_params = sizes.pop("llm_params")
+    return ModelSizes(**sizes, gguf_bytes={k: llm_params * b / 8 for k, b in GGUF_BITS.items()})
 
 
 def context_tokens(sizes: ModelSizes, seconds: float) -> int:
@@ -222,6 +207,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", nargs="?", help="bundle folder (or use --preset before exporting)")
     p.add_argument("--preset", choices=["tiny", "small", "full"], help="plan from a preset's config instead of a bundle")
+    p.add_argument("--family", default="gamma", help="whose preset --preset names (default gamma)")
     p.add_argument("--device", required=True, help='"Orin Nano 8GB", "Orin NX 16GB", "AGX Orin 64GB" or "<N>GB"')
     p.add_argument("--seconds", type=float, default=600, help="longest audio to answer about, s (default 600)")
     p.set_defaults(func=_cmd_plan)
@@ -230,7 +216,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_plan(args) -> int:
     if bool(args.bundle) == bool(args.preset):
         raise GammaError("give a BUNDLE folder or --preset, not both or neither")
-    sizes = sizes_from_bundle(args.bundle) if args.bundle else sizes_from_preset(args.preset)
+    sizes = sizes_from_bundle(args.bundle) if args.bundle else sizes_from_preset(args.preset, args.family)
     device = device_named(args.device)
     rows, best = plan(sizes, device, args.seconds)
     print(f"{device.name}: budget {device.budget / GB:.2f} GB ({device.memory_gb:g} GB less {device.reserved_gb:g} "

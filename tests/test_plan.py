@@ -132,3 +132,11 @@ def test_plan_cli_reads_a_flamingo_bundle(mf_bundle, capsys):
     assert main(["plan", str(mf_bundle), "--device", "Orin Nano 8GB", "--seconds", "240"]) == 0
     out = capsys.readouterr().out
     assert "6768 tokens of context" in out and "recommended: audio engines fp16, decoder F16" in out
+
+
+def test_a_preset_plan_asks_the_family_and_a_family_without_one_says_so():
+    assert sizes_from_preset("full", "gamma") == sizes_from_preset("full")
+    with pytest.raises(GammaError, match="plan --preset knows no mufun presets; export a bundle and plan that"):
+        sizes_from_preset("full", "mufun")
+    with pytest.raises(GammaError, match="unknown family 'nope'"):
+        sizes_from_preset("full", "nope")

@@ -125,3 +125,10 @@ class Family:
     def init(cls, preset: str, out: Path, seed: int = 0, progress=None, **options) -> Path:
         """Write a random folder of ``preset`` in this family's layout into ``out``; returns ``out``."""
         raise CheckpointError(f"gamma-rt init cannot write a {cls.name} folder")
+
+    @classmethod
+    def plan_sizes(cls, preset: str) -> dict:
+        """What ``gamma-rt plan --preset`` needs of a preset before anything is exported: audio_params,
+        enc_tokens, d_audio, n_encoders, tokens_per_second, n_layer, n_kv_heads, head_dim, n_vocab and
+        llm_params (the decoder's parameter count; the plan scales it to each GGUF type)."""
+        raise CheckpointError(f"gamma-rt plan --preset knows no {cls.name} presets; export a bundle and plan that")

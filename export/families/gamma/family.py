@@ -140,6 +140,31 @@ class Gamma(Family):
         write_tokenizer(out, cfg, qwen3_folder=qwen3_init)
         return Path(out)
 
+    @classmethod
+    def plan_sizes(cls, preset: str) -> dict:
+        """Parameter counts of a preset's config: two Whisper experts, the fusion blocks, the projector, Qwen3."""
+        from .config import GammaConfig
+
+        cfg = GammaConfig.preset_named(preset)
+        d, llm = cfg.temporal.d_model, cfg.llm
+
+        def expert(e):
+            return e.num_mel_bins * 3 * e.d_model + e.d_model * 3 * e.d_model + e.max_source_positions * e.d_model + \
+                e.encoder_layers * (4 * e.d_model**2 + 2 * e.d_model * e.encoder_ffn_dim)
+
+        fusion = cfg.fusion.n_blocks * 2 * 4 * d * d + 2 * d * 2 + 2 * d * cfg.fusion.ffn_dim
+        projector = d * cfg.projector.hidden_dim + cfg.projector.hidden_dim * llm.hidden_size
+        layer = 2 * llm.hidden_size * llm.num_attention_heads * llm.head_dim + \
+            2 * llm.hidden_size * llm.num_key_value_heads * llm.head_dim + 3 * llm.hidden_size * llm.intermediate_size
+        return {
+            "audio_params": expert(cfg.temporal) + expert(cfg.global_) + fusion + projector,
+            "enc_tokens": cfg.encoder_tokens_per_window, "d_audio": d, "n_encoders": 2,
+            "tokens_per_second": cfg.audio_tokens_per_second, "n_layer": llm.num_hidden_layers,
+            "n_kv_heads": llm.num_key_value_heads, "head_dim": llm.head_dim, "n_vocab": llm.vocab_size,
+            "llm_params": llm.num_hidden_layers * layer +
+            llm.vocab_size * llm.hidden_size * (1 if llm.tie_word_embeddings else 2),
+        }
+
 
 @register
 class Qwen3Decoder(Family):
