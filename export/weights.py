@@ -29,6 +29,7 @@ class ShardWriter:
         self.pending_bytes = 0
         self.shards: list[list[str]] = []
         self.written: list[Path] = []
+        self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         size = tensor.numel() * tensor.element_size()
@@ -36,6 +37,7 @@ class ShardWriter:
             self._flush()
         self.pending[name] = tensor
         self.pending_bytes += size
+        self.total_bytes += size
 
     def _flush(self) -> None:
         path = self.out / f"model-{len(self.written) + 1:05d}.safetensors.tmp"
@@ -54,7 +56,9 @@ class ShardWriter:
             tmp.rename(final)
             weight_map.update({k: final.name for k in names})
         if n > 1:
-            (self.out / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=1))
+            # transformers' from_pretrained requires "metadata" in the index, not only "weight_map"
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            (self.out / INDEX_NAME).write_text(json.dumps(index, indent=1))
 
 
 def stable_hash(name: str) -> int:

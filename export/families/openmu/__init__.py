@@ -30,7 +30,7 @@ class OpenMU(Family):
     name = "openmu"
     architectures = ("LlavaLlamaForCausalLM",)
     model_types = ("llava_llama",)
-    presets = ("tiny", "small")
+    presets = ("tiny", "small", "full")
 
     def __init__(self, folder: Path, config: dict):
         super().__init__(folder, config)

@@ -10,7 +10,8 @@
 
 ``tiny``: a 2-layer Llama of width 64 and a 6-block ViT of width 64; ``small``: an 8-layer Llama of width
 1024 with the same ViT (for bench/lora_cost.py). ``full``: Llama-3-8B's and ViT-B/16's
-shapes; its Llama is written one tensor at a time (16 GB in bf16). LoRA B matrices are random, not PEFT's
+shapes; its Llama is streamed one tensor at a time into ~2 GB bf16 shards (16 GB in all, one shard in memory
+at most) and its adapter written straight in PEFT's layout (``write_streamed``), so no 8B model is ever built. LoRA B matrices are random, not PEFT's
 zeros, so that the adapter changes the answers.
 """
 
@@ -31,7 +32,7 @@ PRESETS = {
               "vit": dict(dim=64, depth=6), "bpe": 512},
     "full": {"llm": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192),
-             "vit": dict(dim=768, depth=12), "bpe": 4096},
+             "vit": dict(dim=768, depth=12), "bpe": 4096, "stream": True, "std": 0.02, "lora_std": 0.01},
 }
 LORA = dict(r=16, lora_alpha=128, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -122,13 +123,66 @@ def write_audio(out: Path, vit: dict, n_embd: int, seed: int) -> None:
     torch.save(state, out / "non_lora_trainables.bin")
 
 
+def llama_config(spec: dict, tokenizer):
+    from transformers import LlamaConfig
+
+    bos, eot = (tokenizer.convert_tokens_to_ids(t) for t in (BOS, EOT))
+    return LlamaConfig(**spec["llm"], rope_theta=500000.0, rms_norm_eps=1e-5, hidden_act="silu",
+                       tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eot, attention_bias=False)
+
+
+def write_streamed(spec: dict, out: Path, seed: int = 0, progress=None, shard_bytes: int | None = None) -> dict:
+    """The base (bf16, sharded safetensors + index) and the PEFT adapter, one tensor at a time: shapes come
+    from a Llama on the meta device, values from ``weights.random_tensor``. Returns the base's config.json."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    from ...weights import SHARD_BYTES, ShardWriter, generator, random_tensor
+
+    progress = progress or (lambda items, **_: items)
+    folder = out / BASE
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer, _ = write_tokenizer(folder, spec)
+    config = llama_config(spec, tokenizer)
+    with torch.device("meta"):
+        shapes = [(k, tuple(v.shape)) for k, v in LlamaForCausalLM(config).state_dict().items()]
+    writer = ShardWriter(folder, shard_bytes or SHARD_BYTES)
+    for name, shape in progress(shapes, description="base weights"):
+        writer.add(name, random_tensor(name, shape, seed, spec["std"]).to(torch.bfloat16).contiguous())
+    writer.close()
+    config.save_pretrained(folder)
+    bos, eos, eot = (tokenizer.convert_tokens_to_ids(t) for t in (BOS, EOS, EOT))
+    GenerationConfig(bos_token_id=bos, eos_token_id=[eos, eot]).save_pretrained(folder)
+
+    # PEFT's save_pretrained layout: base_model.model.<module>.lora_A.weight (r, in), lora_B.weight (out, r)
+    LoraConfig(**LORA, base_model_name_or_path=BASE, inference_mode=True).save_pretrained(out)
+    adapter = {}
+    for name, (rows, cols) in ((n, s) for n, s in shapes if n.endswith("_proj.weight")):
+        module = name[: -len(".weight")]
+        if module.rsplit(".", 1)[-1] in LORA["target_modules"]:
+            for part, shape in (("lora_A", (LORA["r"], cols)), ("lora_B", (rows, LORA["r"]))):
+                key = f"base_model.model.{module}.{part}.weight"
+                adapter[key] = torch.randn(shape, generator=generator(key, seed + 1)) * spec["lora_std"]
+    save_file(adapter, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return json.loads((folder / "config.json").read_text())
+
+
 def write_openmu(preset: str, out: Path, seed: int = 0, progress=None) -> Path:
-    if preset == "full":
+    if preset not in PRESETS:
         from gamma_rt.errors import CheckpointError
 
-        raise CheckpointError("gamma-rt init --family openmu --preset full is not written yet; use tiny")
+        raise CheckpointError(f"unknown preset {preset!r} for openmu; choose {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     out = Path(out)
+    if spec.get("stream"):
+        out.mkdir(parents=True, exist_ok=True)
+        base_config = write_streamed(spec, out, seed, progress)
+        write_audio(out, spec["vit"], spec["llm"]["hidden_size"], seed)
+        config = llava_config(spec["llm"], spec["vit"]["dim"], base_config)
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        return out
     out.mkdir(parents=True, exist_ok=True)
     base_config, model = write_base(out, spec, seed)
     write_adapter(out, model, seed)
