@@ -3,6 +3,8 @@
     python -m gamma_rt.bench.full_export --work /tmp --out bench/results/full_export_cpu.json
     python -m gamma_rt.bench.full_export --family musicflamingo --work /tmp/gamma-full --precision fp32 \
         --precision fp16 --gguf f16 --ask 30 --out bench/results/full_export_musicflamingo_cpu.json
+    python -m gamma_rt.bench.full_export --family openmu --work /tmp/omfull --gguf f16 \
+        --out bench/results/full_export_openmu_cpu.json
 
 Steps: ``gamma-rt init --family F --preset full`` (random weights, bf16), then ``gamma-rt export onnx`` at each
 asked precision and ``gamma-rt export gguf`` at each asked type into one bundle, then optionally one
@@ -59,7 +61,8 @@ def timed(cmd: list[str], work: Path) -> dict:
 
 
 def file_sizes(folder: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    """Every file's size, sub-folders included (OpenMU's base/), by its path relative to ``folder``."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def expert_parity(ckpt: Path, bundle: Path) -> dict:
