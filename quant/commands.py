@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imatrix", type=Path, help="importance matrix from llama-imatrix (.gguf or legacy .dat)")
     p.add_argument("--out", type=Path, help="output .gguf (file input only; default IN-<type>.gguf)")
     p.add_argument("--threads", type=int, help="quantizer threads (default: all cores)")
+    p.add_argument("--source", metavar="NAME", help="bundle component to quantize (default: the best F32/F16 "
+                   "decoder; 'decoder.base' for the base a --lora adapter applies to, written as decoder.base.<type>)")
     p.set_defaults(func=_cmd_gguf)
 
     f = quant_sub.add_parser("fidelity", help="compare every decoder GGUF of a bundle with its F32 decoder",
@@ -66,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_gguf(args) -> int:
     from .gguf_quant import quantize
 
-    out = quantize(args.input, args.type, args.imatrix, args.out, args.threads)
+    out = quantize(args.input, args.type, args.imatrix, args.out, args.threads, args.source)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

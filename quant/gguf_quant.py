@@ -120,16 +120,21 @@ def quantize_file(src: str | Path, dst: str | Path, qtype: str, imatrix: dict[st
 
 
 def quantize(target: str | Path, qtype: str, imatrix_path: str | Path | None = None, out: str | Path | None = None,
-             n_threads: int | None = None) -> Path:
-    """Quantize a bundle's F32/F16 decoder (recording ``decoder.<type>`` in its manifest) or a .gguf file."""
+             n_threads: int | None = None, source_name: str | None = None) -> Path:
+    """Quantize a bundle's F32/F16 decoder (recording ``decoder.<type>`` in its manifest) or a .gguf file.
+
+    ``source_name`` picks the component to quantize; the base a LoRA adapter applies to (``decoder.base``,
+    one with ``extra.base_id`` and nothing merged) becomes ``decoder.base.<type>``, which keeps its base_id,
+    so ``--lora`` takes it."""
     target = Path(target)
     qtype = qtype.upper()
     imatrix = load_imatrix(imatrix_path) if imatrix_path else None
     if target.is_dir():
         manifest = Manifest.load(target)
-        source = _best_source(manifest, target)
-        name = f"decoder.{qtype.lower()}"
-        file = f"decoder-{qtype.lower()}.gguf"
+        source = _named_source(manifest, target, source_name) if source_name else _best_source(manifest, target)
+        stem = "decoder.base" if _is_adapter_base(source) else "decoder"
+        name = f"{stem}.{qtype.lower()}"
+        file = f"{stem.replace('.', '-')}-{qtype.lower()}.gguf"
         if out is not None and Path(out).resolve().parent != target.resolve():
             raise GammaError(f"--out {out}: a bundle's variant must be written inside the bundle {target}")
         quantize_file(target / source.file, target / file, qtype, imatrix, n_threads)
@@ -145,9 +150,25 @@ def quantize(target: str | Path, qtype: str, imatrix_path: str | Path | None = N
     return quantize_file(target, dst, qtype, imatrix, n_threads)
 
 
+def _is_adapter_base(component: Component) -> bool:
+    """A decoder a kept-apart LoRA adapter applies to: it has a base_id and no adapter merged in."""
+    return component.extra.get("base_id") is not None and component.extra.get("lora_merged") is None
+
+
+def _named_source(manifest: Manifest, bundle: Path, name: str) -> Component:
+    component = manifest.components.get(name)
+    if component is None or component.kind != "gguf" or component.precision not in ("f32", "bf16", "f16"):
+        known = ", ".join(k for k, c in manifest.components.items()
+                          if c.kind == "gguf" and c.precision in ("f32", "bf16", "f16"))
+        raise BundleError(f"{bundle / 'manifest.json'}: --source {name!r} is not an F32/F16/BF16 decoder of "
+                          f"this bundle; it has {known or 'none'}")
+    return component
+
+
 def _best_source(manifest: Manifest, bundle: Path) -> Component:
-    """The highest-precision decoder in the bundle: quantizing from F32 (or F16/BF16) loses least."""
-    by_type = {c.precision: c for c in manifest.components.values() if c.kind == "gguf"}
+    """The highest-precision decoder in the bundle: quantizing from F32 (or F16/BF16) loses least. The base
+    of a kept-apart LoRA adapter is taken only with --source."""
+    by_type = {c.precision: c for c in manifest.components.values() if c.kind == "gguf" and not _is_adapter_base(c)}
     for precision in ("f32", "bf16", "f16"):
         if precision in by_type:
             return by_type[precision]

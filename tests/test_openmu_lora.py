@@ -171,3 +171,23 @@ def test_serve_with_lora_answers_as_the_merged_decoder(openmu_bundle, clip):
         server.stop()
     assert server.service.pipeline.options.decoder == "decoder.base"
     assert merged and reply.choices[0].message.content == merged
+
+
+def test_the_base_quantizes_apart_and_keeps_taking_the_adapter(openmu_bundle, clip, tmp_path):
+    from gamma_rt.manifest import Manifest
+    from gamma_rt.quant.gguf_quant import quantize
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(openmu_bundle, bundle)
+    quantize(bundle, "Q8_0")  # the default source: the decoder with the adapter merged, never its base
+    quantize(bundle, "Q8_0", source_name="decoder.base")
+    m = Manifest.load(bundle)
+    merged, base = m.component("decoder.q8_0"), m.component("decoder.base.q8_0")
+    assert merged.extra["lora_merged"] == "lora" and merged.extra["quantized_from"] == "decoder-f32.gguf"
+    assert base.extra["base_id"] == m.component("lora").extra["base_id"] and "lora_merged" not in base.extra
+    assert base.extra["quantized_from"] == "decoder-base-f32.gguf"
+    assert len(_answer(bundle, clip, lora="lora", decoder="decoder.base.q8_0")) == TOKENS
+    with pytest.raises(BundleError, match="has lora merged in already"):
+        Pipeline.open(bundle, threads=1, lora="lora", decoder="decoder.q8_0")
+    with pytest.raises(BundleError, match=r"--source 'lora' is not an F32/F16/BF16 decoder"):
+        quantize(bundle, "Q8_0", source_name="lora")
