@@ -26,6 +26,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .protocol import error_body
 
+LINGER_S = 2.0  # how long a connection past its deadline is read and dropped before it is closed
+
 
 def server_config(app, header_timeout: float, body_timeout: float, keep_alive: float, access_log: bool = False,
                   log_level: str = "info", **kw) -> uvicorn.Config:
@@ -91,4 +93,21 @@ class _TimedH11Protocol(H11Protocol):
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()
+        self._linger()
+
+    def data_received(self, data: bytes) -> None:
+        if getattr(self, "_lingering", False):
+            return  # after a deadline: what the client still sends is read and dropped (see _linger)
+        super().data_received(data)
+
+    def _linger(self) -> None:
+        """Close after a deadline without losing the 408: closing a socket with unread input makes the kernel
+        send a reset, which can discard the 408 before the client reads it (a client that trickles bytes
+        always has some in flight). So send our end's FIN now, read and drop what still comes, close later."""
+        self._lingering = True
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.transport.resume_reading()
+        self.loop.call_later(LINGER_S, self.transport.close)
