@@ -32,7 +32,7 @@ from gamma_rt.bundle_id import bundle_identity
 from gamma_rt.errors import DiskFull, GammaError, is_disk_full
 from gamma_rt.machine import available_cores
 
-from ..audio import AudioStream, AudioTimeout, open_audio
+from ..audio import AudioStream, AudioTimeout
 from ..cores import Cores, cores_shared
 from ..decoder import DecoderSession
 from ..engine.events import Done, Failed, Piece
@@ -45,7 +45,7 @@ from .library import Track
 from .prompt_sets import PromptSet
 from .segment import Segment
 from .worker import (Decoded, TrackTagger, TrackTimeout, answered, decode, late_message, new_record, timeout_for,
-                     track_error)
+                     track_audio, track_error)
 
 MAX_IN_FLIGHT = 8  # the default at most (--in-flight sets more): bounds the pool and the per-song latency
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
@@ -190,12 +190,7 @@ class InFlight:
 
     def _audio(self, item: Decoded) -> AudioStream:
         """The audio to ask about, as a stream that stops at the track's deadline when there is one."""
-        if item.audio is not None:
-            stream = AudioStream.from_array(item.audio, name=item.track.path)
-        else:
-            stream = open_audio(item.track.path)
-            if item.span is not None:
-                stream = stream.clip(*item.span)
+        stream = track_audio(item)
         limit = self._limit(item)
         if limit is None:
             return stream

@@ -115,6 +115,17 @@ def answered(record: dict, prompt_set: PromptSet, texts: list[str], info: dict, 
     return record
 
 
+def track_audio(item: Decoded):
+    """The audio of a decoded track as a stream: the decoded samples when they were kept, else the file
+    (clipped to ``--segment``'s span)."""
+    from ..audio import AudioStream, open_audio
+
+    if item.audio is not None:
+        return AudioStream.from_array(item.audio, name=item.track.path)
+    stream = open_audio(item.track.path)
+    return stream if item.span is None else stream.clip(*item.span)
+
+
 def timeout_for(analysed_s: float | None, per_minute: float) -> float:
     """Seconds one track may take: ``per_minute`` per minute of audio analysed, at least one minute's."""
     minutes = max(TIMEOUT_FLOOR_MINUTES, (analysed_s or 0.0) / 60)
@@ -168,14 +179,7 @@ class TrackTagger:
 
     def _audio(self, item: Decoded, t0: float):
         """The audio to ask about, as a stream that stops at the track's deadline when there is one."""
-        from ..audio import AudioStream, open_audio
-
-        if item.audio is not None:
-            stream = AudioStream.from_array(item.audio, name=item.track.path)
-        else:
-            stream = open_audio(item.track.path)
-            if item.span is not None:
-                stream = stream.clip(*item.span)
+        stream = track_audio(item)
         if self.timeout_per_minute is None:
             return stream
         limit = timeout_for(item.analysed_s, self.timeout_per_minute)
