@@ -175,7 +175,7 @@ def test_cli_init_family_and_its_one_line_errors(tmp_path, capsys):
     assert main(["init", "--family", "audioflamingo3", "--out", str(tmp_path / "af3")]) == 0
     assert (tmp_path / "af3" / "chat_template.jinja").is_file()
     capsys.readouterr()
-    one_line_error(capsys, ["init", "--family", "musicflamingo", "--preset", "small", "--out", str(tmp_path / "x")],
+    one_line_error(capsys, ["init", "--family", "mufun", "--preset", "small", "--out", str(tmp_path / "x")],
                    "--preset small", "tiny, full")
 
 
@@ -195,6 +195,17 @@ def test_full_preset_streams_the_names_and_shapes_save_pretrained_writes(tmp_pat
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
     assert keys(tmp_path / "streamed") == keys(tmp_path / "saved")
+
+
+def test_small_preset_has_whisper_small_and_qwen2_05b_dimensions():
+    from gamma_rt.export.families.flamingo.writer import flamingo_config, train_tokenizer
+
+    config = flamingo_config("audioflamingo3", "small", train_tokenizer(151936))
+    audio, text = config.audio_config, config.text_config
+    assert (audio.hidden_size, audio.num_hidden_layers, audio.num_attention_heads, audio.intermediate_size) == \
+        (768, 12, 12, 3072)
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.num_attention_heads,
+            text.num_key_value_heads, text.vocab_size) == (896, 4864, 24, 14, 2, 151936)
 
 
 # --- the Qwen3 regression: theta and chat template from the folder -----------------------------

@@ -48,7 +48,7 @@ class AudioFlamingo3(Family):
     name = "audioflamingo3"
     architectures = ("AudioFlamingo3ForConditionalGeneration",)
     model_types = ("audioflamingo3",)
-    presets = ("tiny", "full")
+    presets = ("tiny", "small", "full")
     rotary = False  # RoTE before the projector
     framed = False  # <|sound_bos|> ... <|sound_eos|> around the placeholders
 
