@@ -3,7 +3,9 @@
 1. take the trained built-in checkpoint (``gamma_rt/builtin``: a small GaMMA taught on labelled synthetic
 music by ``gamma-rt train``), or with ``--random`` write the tiny random one;  2. export the audio side to
 ONNX and the decoder to GGUF;  3. synthesize a labelled song and write it as a FLAC;  4. ask about it
-through the runtime;  5. print each answer beside the truth, and a per-stage timing table.
+through the runtime;  5. print each answer beside the truth, and a per-stage timing table. ``--song FILE`` asks the built-in the
+same questions about the user's own file instead, with a note of what the built-in can and cannot know, and
+a consistency line per pair of answers where one contains the other (gamma_rt/agreement.py).
 
 It lives outside runtime/ because step 1-2 import export/ (torch); the runtime never does.
 """
@@ -35,10 +37,13 @@ graphs + GGUF decoder), synthesize music, ask about it and print the answers wit
 The trained built-in (gamma_rt/builtin, taught on labelled synthetic songs by `gamma-rt train`) answers
 questions about a labelled song, each answer printed beside the truth; --random runs the tiny random-weight
 model instead, whose answer is nonsense: it shows the machinery, not a model.
+--song FILE asks the trained built-in the same questions about your own audio file (any format the runtime
+reads; a long file is read window by window), with a note of what the built-in can and cannot know.
 Run it again and it reuses what it built (--fresh rebuilds).
 
 Examples:
   gamma-rt demo
+  gamma-rt demo --song my-song.mp3
   gamma-rt demo --random --workdir /tmp/gamma-demo --threads 2 --fresh
 """
 
@@ -49,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", type=Path, default=Path("gamma-rt-demo"),
                    help="folder for the checkpoint, bundle and music (default ./gamma-rt-demo)")
     p.add_argument("--fresh", action="store_true", help="rebuild the checkpoint and bundle even if present")
+    p.add_argument("--song", type=Path, metavar="FILE",
+                   help="ask the trained built-in about this audio file (yours) instead of a synthesized song")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: half the cores for the decoder, all for the encoders; see ask --help)")
     which = p.add_mutually_exclusive_group()
@@ -101,6 +108,10 @@ def build_bundle(workdir: Path, fresh: bool, trained: bool = False) -> Path:
 
 
 def cmd_demo(args) -> int:
+    if args.song is not None:
+        from gamma_rt.demo_song import ask_song
+
+        return ask_song(args)
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     trained = use_trained(args)

@@ -2,7 +2,10 @@
 
 Each of N held-out songs (seeds from ``synthetic_tasks.EVAL_SEED_BASE`` up, never trained on) is asked every
 scored question through the runtime, greedily; accuracy per attribute is key exact, tempo within ±4 %,
-meter exact, instrument-set F1 and event time within ±2 s. ``--checkpoint CKPT`` asks the PyTorch model
+meter exact, instrument-set F1 and event time within ±2 s. Each song is also asked for its one-line
+description, and per pair of answers where one contains the other (the description's key, tempo and meter
+beside the key, tempo and meter answers) the share of songs whose two answers agree is reported
+(gamma_rt/agreement.py). ``--checkpoint CKPT`` asks the PyTorch model
 the same questions in the same run (needs torch), so a path's accuracy is compared with its source's.
 
 The bundle side imports no torch.
@@ -16,12 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-from gamma_rt.synthetic_tasks import ATTRIBUTES, SCORED_QUESTIONS, chance, eval_song, score
+from gamma_rt.agreement import agreement_rates
+from gamma_rt.synthetic_tasks import ATTRIBUTES, QUESTION_OF, SCORED_QUESTIONS, chance, eval_song, score
 
 MAX_ANSWER_TOKENS = 32
+DESCRIPTION_TOKENS = 48  # the template description is up to 36 tokens of the built-in's BPE
 DESCRIPTION = """\
 Ask N held-out synthetic songs (never trained on) every scored question and print accuracy per attribute:
 key exact, tempo within 4 %, meter exact, instrument-set F1, event time within 2 s; chance beside each.
+Then, per pair of answers where one contains the other (the description's key, tempo and meter beside the
+key, tempo and meter answers), the share of songs whose two answers agree.
 
 Examples:
   gamma-rt eval bundle --synthetic 100
@@ -43,25 +50,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def bundle_replies(bundle: Path, songs, options) -> list[dict[str, str]]:
-    """Per song, the bundle's greedy reply to each scored question, by attribute."""
+def bundle_replies(bundle: Path, songs, options, description: bool = False) -> list[dict[str, str]]:
+    """Per song, the bundle's greedy reply to each scored question, by attribute (and to the description
+    question, as "description", where ``description``)."""
     from gamma_rt.runtime.pipeline import Pipeline
 
     with Pipeline.open(bundle, options) as pipe:
-        return pipeline_replies(pipe, songs)
+        return pipeline_replies(pipe, songs, description)
 
 
-def pipeline_replies(pipe, songs) -> list[dict[str, str]]:
+def pipeline_replies(pipe, songs, description: bool = False) -> list[dict[str, str]]:
     """:func:`bundle_replies` on an open ``Pipeline``, so a caller can read its state afterwards (its cache)."""
     from gamma_rt.synth import render
 
-    return [scored_replies(pipe, render(song, pipe.layout.sample_rate)) for song in songs]
+    return [scored_replies(pipe, render(song, pipe.layout.sample_rate), description) for song in songs]
 
 
-def scored_replies(pipe, audio) -> dict[str, str]:
-    """An open ``Pipeline``'s greedy reply to each scored question about ``audio`` (samples or a file)."""
-    replies = pipe.ask(audio, list(SCORED_QUESTIONS), max_tokens=MAX_ANSWER_TOKENS)
-    return {a: r.text for a, r in zip(ATTRIBUTES, replies)}
+def scored_replies(pipe, audio, description: bool = False) -> dict[str, str]:
+    """An open ``Pipeline``'s greedy reply to each scored question about ``audio`` (samples or a file), by
+    attribute; with ``description``, also to the one-line description question (one encode for all)."""
+    names = ATTRIBUTES + (("description",) if description else ())
+    questions = list(SCORED_QUESTIONS) + ([QUESTION_OF["description"].text] if description else [])
+    limits = [MAX_ANSWER_TOKENS] * len(ATTRIBUTES) + ([DESCRIPTION_TOKENS] if description else [])
+    replies = pipe.ask(audio, questions, max_tokens=limits)
+    return {a: r.text for a, r in zip(names, replies)}
 
 
 def checkpoint_scored_replies(checkpoint: Path, songs) -> list[dict[str, str]]:
@@ -86,9 +98,10 @@ def evaluate(bundle: Path, n: int, seed: int = 0, options=None, checkpoint: Path
     songs = [eval_song(i, seed) for i in range(n)]
     start = time.perf_counter()
     say(f"asking {n} held-out songs {len(ATTRIBUTES)} questions each through {bundle}")
-    replies = bundle_replies(bundle, songs, options or RuntimeOptions())
+    replies = bundle_replies(bundle, songs, options or RuntimeOptions(), description=True)
     record = {"bundle": str(bundle), "songs": n, "seed": seed, "accuracy": accuracy(songs, replies),
               "chance": {a: round(v, 4) for a, v in chance().items()},
+              "agreement": agreement_rates(replies),
               "seconds": round(time.perf_counter() - start, 1),
               "example": {"song": songs[0].__dict__, "replies": replies[0]} if songs else None}
     if checkpoint is not None:
@@ -135,4 +148,13 @@ def cmd_eval(args) -> int:
             row += f" {record['checkpoint_accuracy'][a]:>8.3f}"
         print(row + f" {record['chance'][a]:>8.3f}")
     print(f"{args.synthetic} held-out songs (seed {args.seed}) in {record['seconds']:.0f} s")
+    print(agreement_text(record["agreement"]))
     return 0
+
+
+def agreement_text(rates: dict[str, dict]) -> str:
+    """The agreement block of eval's text output: per pair, the rate and its counts."""
+    lines = [f"{'agreement':<20} {'rate':>6} {'agree':>6} {'differ':>6} {'unread':>6}"]
+    for name, r in rates.items():
+        lines.append(f"{name:<20} {r['agreement']:>6.3f} {r['agree']:>6} {r['disagree']:>6} {r['unparseable']:>6}")
+    return "\n".join(lines)
