@@ -23,7 +23,7 @@ _FLAT_TO_SHARP = {"Db": "C#", "Eb": "D#", "Gb": "F#", "Ab": "G#", "Bb": "A#", "C
                   "E#": "F", "B#": "C"}
 # the tonic's letter in capitals (so "a minor change" is no key), the mode in any case
 _KEY = re.compile(r"\b([A-G])([#♯b♭]?)[\s-]*((?i:major|minor|maj|min))\b")
-_BPM = re.compile(r"(\d{1,4}(?:\.\d{1,3})?)\s*(?:bpm|beats per minute)\b", re.I)
+_BPM = re.compile(r"(?<![\w.])(\d{1,4}(?:\.\d{1,3})?)\s*(?:bpm|beats per minute)\b", re.I)
 _METER = re.compile(r"\b(\d{1,2})\s*/\s*(\d{1,2})\b")
 
 
