@@ -89,8 +89,11 @@ def build_bundle(workdir: Path, fresh: bool, trained: bool = False) -> Path:
     if not fresh and (bundle / "manifest.json").is_file():
         m = Manifest.read(bundle)
         if "decoder" in m.components and "projector" in m.components:
-            _say(f"[1-2/5] reusing {bundle} (--fresh rebuilds it)")
-            return bundle
+            if built_from(m, ckpt):
+                _say(f"[1-2/5] reusing {bundle} (--fresh rebuilds it)")
+                return bundle
+            # the built-in was retrained (a pull, a `gamma-rt train`) since this bundle was compiled
+            _say(f"[1-2/5] {bundle} was compiled from another checkpoint than {ckpt}: rebuilding it")
     import shutil
 
     shutil.rmtree(bundle, ignore_errors=True)
@@ -105,6 +108,15 @@ def build_bundle(workdir: Path, fresh: bool, trained: bool = False) -> Path:
     export_onnx(ckpt, bundle, precision="fp32", progress=track)
     export_gguf(ckpt, bundle, "f32", progress=track)
     return bundle
+
+
+def built_from(manifest, ckpt: Path) -> bool:
+    """Whether the bundle of ``manifest`` was exported from the checkpoint folder ``ckpt`` as it is now."""
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
+
+    if not (ckpt / "config.json").is_file():
+        return False
+    return manifest.source.get("checkpoint_sha256") == Checkpoint(ckpt).hash()
 
 
 def cmd_demo(args) -> int:

@@ -118,3 +118,19 @@ def test_song_with_the_random_model_is_refused(tmp_path, capsys, monkeypatch):
     sf.write(path, np.zeros(16000, np.float32), 16000)
     code, _, err = demo(capsys, monkeypatch, "--song", path, "--random", "--workdir", tmp_path / "wd")
     assert code == 2 and "--random" in err and err.count("\n") == 1
+
+
+def test_a_bundle_compiled_from_another_checkpoint_is_rebuilt_not_reused(tiny_bundle, tmp_path, capsys):
+    """A workdir from before the built-in was retrained must not answer with the old weights."""
+    import shutil
+
+    from gamma_rt.demo import build_bundle
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
+    from gamma_rt.manifest import Manifest
+
+    shutil.copytree(tiny_bundle, tmp_path / "bundle-trained")  # the random tiny model's, in the built-in's place
+    bundle = build_bundle(tmp_path, fresh=False, trained=True)
+    assert "compiled from another checkpoint" in capsys.readouterr().err
+    assert Manifest.read(bundle).source["checkpoint_sha256"] == Checkpoint(BUILTIN).hash()
+    build_bundle(tmp_path, fresh=False, trained=True)
+    assert "reusing" in capsys.readouterr().err
