@@ -1,0 +1,67 @@
+"""Scoring a model's answers on a labelled set (the real compositions): accuracy per attribute, the best
+constant guess on the same set, and how many answers could not be read at all.
+
+The constant guess is the best a model that ignores the audio could score on *this* set: the most frequent
+key and meter, the single tempo that is within ±4 % of the most pieces, and the fixed instrument set with
+the highest mean F1. The event is not scored here: real compositions have none.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import combinations
+
+from gamma_rt.synth import INSTRUMENTS, MODES, TONICS, Song
+from gamma_rt.synthetic_tasks import TEMPO_TOLERANCE, f1, parse_instruments, parse_key, parse_meter, parse_number
+
+ATTRIBUTES = ("key", "tempo", "meter", "instruments")
+KEYS = {f"{t} {m}" for t in TONICS for m in MODES}
+
+
+def parsed(replies: dict[str, str]) -> dict:
+    """Each attribute's answer as a value, None where it cannot be read (a key that is no key, no number...)."""
+    key = parse_key(replies["key"])
+    instruments = parse_instruments(replies["instruments"])
+    return {"key": key if key in KEYS else None, "tempo": parse_number(replies["tempo"]),
+            "meter": parse_meter(replies["meter"]), "instruments": instruments or None}
+
+
+def _tempo_hit(bpm: float | None, song: Song) -> bool:
+    return bpm is not None and abs(bpm - song.bpm) <= TEMPO_TOLERANCE * song.bpm
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return round(sum(values) / max(1, len(values)), 4)
+
+
+def constant_guess(songs: list[Song]) -> tuple[dict[str, float], dict]:
+    """(score per attribute, the answer that scores it) of the best fixed answer on ``songs``."""
+    key, key_hits = Counter(s.key for s in songs).most_common(1)[0]
+    meter, meter_hits = Counter(s.meter for s in songs).most_common(1)[0]
+    tempo = max(range(60, 181), key=lambda c: sum(_tempo_hit(c, s) for s in songs))
+    sets = [set(c) for r in range(1, len(INSTRUMENTS) + 1) for c in combinations(INSTRUMENTS, r)]
+    instruments = max(sets, key=lambda c: sum(f1(c, set(s.instruments)) for s in songs))
+    n = len(songs)
+    score = {"key": round(key_hits / n, 4), "tempo": _mean(_tempo_hit(tempo, s) for s in songs),
+             "meter": round(meter_hits / n, 4), "instruments": _mean(f1(instruments, set(s.instruments)) for s in songs)}
+    answer = {"key": key, "tempo": tempo, "meter": meter, "instruments": sorted(instruments, key=INSTRUMENTS.index)}
+    return score, answer
+
+
+def score_set(songs: list[Song], replies: list[dict[str, str]]) -> dict:
+    """Accuracy per attribute (key exact, tempo within ±4 %, meter exact, instrument-set F1), the best
+    constant guess beside it, and the count of unparseable answers per attribute and in all."""
+    if not songs or len(songs) != len(replies):
+        raise ValueError(f"{len(songs)} songs and {len(replies)} replies: need one reply set per song, at least one")
+    values = [parsed(r) for r in replies]
+    accuracy = {
+        "key": _mean(v["key"] == s.key for s, v in zip(songs, values)),
+        "tempo": _mean(_tempo_hit(v["tempo"], s) for s, v in zip(songs, values)),
+        "meter": _mean(v["meter"] == s.meter for s, v in zip(songs, values)),
+        "instruments": _mean(f1(v["instruments"] or set(), set(s.instruments)) for s, v in zip(songs, values)),
+    }
+    unparseable = {a: sum(v[a] is None for v in values) for a in ATTRIBUTES}
+    constant, answer = constant_guess(songs)
+    return {"songs": len(songs), "accuracy": accuracy, "constant_guess": constant, "constant_answer": answer,
+            "unparseable": unparseable, "unparseable_total": sum(unparseable.values())}
