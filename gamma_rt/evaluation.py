@@ -97,7 +97,7 @@ def evaluate(bundle: Path, n: int, seed: int = 0, options=None, checkpoint: Path
 
     songs = [eval_song(i, seed) for i in range(n)]
     start = time.perf_counter()
-    say(f"asking {n} held-out songs {len(ATTRIBUTES)} questions each through {bundle}")
+    say(f"asking {n} held-out songs {len(ATTRIBUTES)} scored questions and the description each through {bundle}")
     replies = bundle_replies(bundle, songs, options or RuntimeOptions(), description=True)
     record = {"bundle": str(bundle), "songs": n, "seed": seed, "accuracy": accuracy(songs, replies),
               "chance": {a: round(v, 4) for a, v in chance().items()},
