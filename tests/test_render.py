@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gamma_rt.render import RATE, RenderError, available, compose, render_song, rendered_song
+from gamma_rt.render import RATE, RenderError, available, compose, render_song, rendered_song, rendered_songs
 from gamma_rt.render import augment as aug
 from gamma_rt.render import fluid, midi
 from gamma_rt.render.compose import CHANNELS
@@ -149,3 +149,20 @@ def test_a_render_past_its_time_limit_is_stopped(tmp_path):
     path = midi.write(tmp_path / "song.mid", compose(song_for_seed(0, 60.0)))
     with pytest.raises(RenderError, match="took over"):
         fluid.render_midi(path, 60.0, timeout_s=0.01)
+
+
+@needs_fluidsynth
+def test_songs_rendered_in_one_run_sound_like_songs_rendered_apart():
+    together = list(rendered_songs(range(20, 24), seconds=8.0, augment=False, batch=3))
+    for seed, (audio, song) in zip(range(20, 24), together):
+        apart, labels = rendered_song(seed, seconds=8.0, augment=False)
+        assert labels == song and audio.shape == apart.shape
+        assert np.corrcoef(audio, apart)[0, 1] > 0.99
+
+
+@needs_fluidsynth
+def test_nothing_of_one_piece_sounds_in_the_next_one_rendered_in_the_same_run():
+    loud = compose(song_for_seed(4))
+    quiet = dataclasses.replace(loud, notes=[], sound_off={})
+    first, second = fluid.render_pieces([loud, quiet])
+    assert rms(first) > 1e-2 and rms(second) < 1e-6

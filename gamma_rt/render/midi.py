@@ -70,30 +70,44 @@ def key_signature(tonic_pc: int, minor: bool) -> int:
 
 def write(path: str | Path, piece: Piece) -> Path:
     """Write ``piece`` as a format-1 Standard MIDI File. Returns ``path``."""
-    tick = lambda s: int(round(s * piece.bpm / 60.0 * TICKS_PER_BEAT))  # noqa: E731
-    end = tick(piece.seconds)
-    tempo_us = int(round(60_000_000 / piece.bpm))
-    sharps = key_signature(piece.tonic_pc, piece.minor)
-    meta = [(0, 0, b"\xff\x51\x03" + tempo_us.to_bytes(3, "big")),
-            (0, 0, bytes([0xFF, 0x58, 4, piece.beats_per_bar, 2, 24, 8])),
-            (0, 0, bytes([0xFF, 0x59, 2, sharps & 0xFF, int(piece.minor)])),
-            (end, 9, b"\xff\x01\x03end")]  # a text event at the end, so the file lasts the piece's seconds
-    tracks = [_track(meta)]
-    for channel in sorted({n.channel for n in piece.notes} | set(piece.programs)):
-        events = [(0, 0, bytes([0xC0 | channel, piece.programs.get(channel, 0) & 0x7F]))]
-        for n in piece.notes:
-            if n.channel == channel:
-                on, off = tick(n.start_s), max(tick(n.start_s) + 1, tick(n.end_s))
-                if on < end:
-                    events.append((on, 2, bytes([0x90 | channel, n.pitch & 0x7F, max(1, min(127, n.velocity))])))
-                    events.append((min(off, end), 1, bytes([0x80 | channel, n.pitch & 0x7F, 0])))
-        if channel in piece.sound_off:
-            events.append((tick(piece.sound_off[channel]), 3, bytes([0xB0 | channel, ALL_SOUND_OFF, 0])))
-        tracks.append(_track(events))
-    header = b"MThd" + struct.pack(">IHHH", 6, 1, len(tracks), TICKS_PER_BEAT)
-    path = Path(path)
-    path.write_bytes(header + b"".join(tracks))
-    return path
+    write_sequence(path, [piece])
+    return Path(path)
+
+
+def write_sequence(path: str | Path, pieces: list[Piece], gap_s: float = 0.0) -> list[float]:
+    """Write ``pieces`` one after another into one file, each at its own tempo, meter and key and with its own
+    programs, ``gap_s`` of silence between them (every voice cut at each piece's end), so one synth run
+    renders them all. Returns the second at which each piece starts."""
+    meta, tracks, starts = [], {}, []
+    origin, origin_s = 0, 0.0  # the tick and second where the current piece starts
+    for k, piece in enumerate(pieces):
+        tick = lambda s, p=piece, o=origin: o + int(round(s * p.bpm / 60.0 * TICKS_PER_BEAT))  # noqa: E731
+        end = tick(piece.seconds)
+        tempo_us = int(round(60_000_000 / piece.bpm))
+        sharps = key_signature(piece.tonic_pc, piece.minor)
+        meta += [(origin, 0, b"\xff\x51\x03" + tempo_us.to_bytes(3, "big")),
+                 (origin, 0, bytes([0xFF, 0x58, 4, piece.beats_per_bar, 2, 24, 8])),
+                 (origin, 0, bytes([0xFF, 0x59, 2, sharps & 0xFF, int(piece.minor)])),
+                 (end, 9, b"\xff\x01\x03end")]  # a text event at the end, so the file lasts the piece's seconds
+        last = k == len(pieces) - 1
+        for channel in sorted({n.channel for n in piece.notes} | set(piece.programs)):
+            events = tracks.setdefault(channel, [])
+            events.append((origin, 0, bytes([0xC0 | channel, piece.programs.get(channel, 0) & 0x7F])))
+            for n in piece.notes:
+                if n.channel == channel:
+                    on, off = tick(n.start_s), max(tick(n.start_s) + 1, tick(n.end_s))
+                    if on < end:
+                        events.append((on, 2, bytes([0x90 | channel, n.pitch & 0x7F, max(1, min(127, n.velocity))])))
+                        events.append((min(off, end), 1, bytes([0x80 | channel, n.pitch & 0x7F, 0])))
+            cuts = [tick(piece.sound_off[channel])] if channel in piece.sound_off else []
+            events += [(t, 3, bytes([0xB0 | channel, ALL_SOUND_OFF, 0])) for t in cuts + ([] if last else [end])]
+        starts.append(origin_s)
+        span = tick(piece.seconds + gap_s) - origin
+        origin, origin_s = origin + span, origin_s + span * 60.0 / (piece.bpm * TICKS_PER_BEAT)
+    header = b"MThd" + struct.pack(">IHHH", 6, 1, 1 + len(tracks), TICKS_PER_BEAT)
+    body = _track(meta) + b"".join(_track(tracks[c]) for c in sorted(tracks))
+    Path(path).write_bytes(header + body)
+    return starts
 
 
 def read(path: str | Path) -> Piece:
