@@ -170,6 +170,17 @@ def demo_answers(bundle: Path, song_path: Path, threads: int | None = None):
     return [(q, r.text, truth[a]) for q, r, a in zip(questions, replies, DEMO_ATTRIBUTES)], table
 
 
+def print_consistency(replies: dict[str, str]) -> None:
+    """A line per pair of answers where one contains another's (gamma_rt/agreement.py): agree, disagree or
+    cannot tell, with what each says. ``replies``: the answers by question name."""
+    from gamma_rt.agreement import agreements
+    from gamma_rt.terminal import printable
+
+    print("consistency (where one answer contains another's):")
+    for agreement in agreements(replies):
+        print(f"  {printable(agreement.line())}")
+
+
 def _ask_trained(args, bundle: Path) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -190,6 +201,7 @@ def _ask_trained(args, bundle: Path) -> int:
         table.add_row(*row)
     console = Console()
     console.print(table)
+    print_consistency({a: answer for a, (_, answer, _) in zip(DEMO_ATTRIBUTES, rows)})
     held_out = json.loads((BUILTIN / "eval.json").read_text())
     console.print(f"held-out accuracy of this model on {held_out['songs']} songs (chance in brackets): " + ", ".join(
         f"{a} {v:.2f} ({held_out['chance'][a]:.2f})" for a, v in held_out["accuracy"].items()))

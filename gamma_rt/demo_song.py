@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gamma_rt.demo import BUILTIN, DEMO_ATTRIBUTES, build_bundle, use_trained
+from gamma_rt.demo import BUILTIN, DEMO_ATTRIBUTES, build_bundle, print_consistency, use_trained
 from gamma_rt.errors import AudioError, GammaError
 from gamma_rt.synth import INSTRUMENTS
 from gamma_rt.synthetic_tasks import CLIP_SECONDS
@@ -74,7 +74,6 @@ def ask_song(args) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from gamma_rt.agreement import agreements
     from gamma_rt.terminal import printable
 
     if args.random:
@@ -95,9 +94,7 @@ def ask_song(args) -> int:
     for question, answer in rows:
         table.add_row(Text(question), Text(printable(answer)))
     console.print(table)
-    print("consistency (where one answer contains another's):")
-    for agreement in agreements(replies):
-        print(f"  {printable(agreement.line())}")
+    print_consistency(replies)
     print(f"{NOTE_TITLE}:")
     for line in note(seconds):
         print(f"  - {line}")

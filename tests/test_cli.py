@@ -294,6 +294,8 @@ def test_demo_answers_with_the_trained_builtin_beside_the_truth(tmp_path):
     assert "answers of the trained built-in, beside the truth" in proc.stdout
     assert '{"tonic": "D", "mode": "minor"}' in proc.stdout  # the demo song's truth, printed beside the answer
     assert "held-out accuracy" in proc.stdout
+    for pair in ("description~key: ", "description~tempo: ", "description~meter: "):  # do its answers agree
+        assert pair in proc.stdout
     for stage in ("temporal_encoder", "global_encoder", "fusion", "projector", "prefill", "decode"):
         assert stage in proc.stdout
     assert (tmp_path / "demo" / "bundle-trained" / "manifest.json").is_file()
