@@ -45,5 +45,5 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S "$here" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   "-DGAMMA_LLAMA_SRC=$src_root/vendor/llama.cpp" "${cuda_flags[@]}"
 cmake --build "$build" --target gamma_native -j "$jobs"
-echo "built: $build/bin/{llama-bench,llama-quantize,llama-mtmd-cli,libllama.so,libggml*.so}"
+echo "built: $build/bin/{llama-bench,llama-quantize,llama-mtmd-cli,llama-server,libllama.so,libggml*.so}"
 echo "use:   export LLAMA_CPP_LIB_PATH=$build/bin"
