@@ -17,7 +17,13 @@ Each system runs in a child process of its own, so its peak RSS is its own:
 - ``mtmd-cli``: ``llama-mtmd-cli`` once per question (model load, encode and prefill every time), on the
   first ``--cli-songs`` songs, the same ``--json-schema``;
 - ``transformers``: the model's own classes, float32: processor and ``generate`` of the song's questions in
-  one batch (``--transformers-batch``), greedy, ``max_new_tokens = answer-tokens`` (no grammar there).
+  one batch (``--transformers-batch``; 1 where memory is short: a batch of 5 four-minute songs holds five
+  30,000-token attention maps per layer), greedy, ``max_new_tokens = answer-tokens`` (no grammar there), on
+  the first ``--transformers-songs`` songs.
+
+Songs/hour is 3600 over the median seconds per song, model load left out (per system, the seconds from one
+song done to the next); for gamma-rt with N songs in flight, songs over the span from its engine open to its
+last song done. Answers are greedy and of random weights: their token counts are reported, not equalized.
 
 Per system: songs/hour, s per song, time to first token, peak RSS, answer tokens, and the stages (encode /
 prefill / decode) where they are measurable. In the same run: this CPU's matrix rate (a float32 GEMM through
@@ -70,7 +76,8 @@ example (the lead's small-preset run, about an hour on 2 cores):
   python -m gamma_rt.bench.peer_speed --family audioflamingo3 --preset small --songs 8 --cli-songs 1 \\
       --seconds 240 --threads 2 --in-flight 8
 quick check on the tiny preset (a minute or two):
-  python -m gamma_rt.bench.peer_speed --preset tiny --songs 2 --cli-songs 1 --seconds 20 --in-flight 2
+  python -m gamma_rt.bench.peer_speed --preset tiny --songs 2 --cli-songs 1 --transformers-songs 1 \
+      --seconds 20 --in-flight 2
 """
 
 
@@ -443,7 +450,8 @@ def run_server(spec: dict) -> dict:
                                  "predicted_n": timings.get("predicted_n")})
             encoded = encodes_in(log_path.read_text(errors="replace"))[before:]
             row["stages_s"]["encode"] = sum(encoded) / 1e3
-            row["stages_s"]["prefill"] -= row["stages_s"]["encode"]  # prompt_ms includes the audio's encode
+            if row["stages_s"]["prefill"] >= row["stages_s"]["encode"]:  # prompt_ms includes the audio's encode
+                row["stages_s"]["prefill"] -= row["stages_s"]["encode"]
             per_song.append(row)
         rss = vm_hwm_mib(proc.pid)
     finally:
@@ -544,7 +552,7 @@ def run_transformers(spec: dict) -> dict:
     ends = set(int(x) for x in torch.atleast_1d(torch.tensor(model.generation_config.eos_token_id)).tolist()) \
         if model.generation_config.eos_token_id is not None else set()
     per_song, answers = [], {}
-    for song in spec["library_files"]:
+    for song in spec["transformers_files"]:
         t_song = time.perf_counter()
         audio = load_audio(song, rate)
         row = {"s": 0.0, "ttft_s": None, "answer_tokens": 0, "stages_s": {"encode": 0.0, "prefill": 0.0,
@@ -681,6 +689,7 @@ def prepare(args, work: Path, say) -> dict:
     config = json.loads((folder / "config.json").read_text())
     return {"folder": str(folder), "bundle": str(bundle), "text_gguf": str(text_gguf), "mmproj": str(mmproj),
             "library": str(library), "library_files": files, "cli_files": files[:args.cli_songs],
+            "transformers_files": files[:args.transformers_songs],
             "prompts": str(prompts), "questions": list(QUESTIONS), "schema": answer_schema(args.answer_tokens),
             "answer_tokens": args.answer_tokens, "threads": args.threads, "in_flight": args.in_flight,
             "decoder": "decoder", "native": str(args.native), "work": str(work),
@@ -751,7 +760,8 @@ def _bench(args, command: str) -> None:
     result = {
         "format": RESULT_FORMAT, "command": command.replace(str(work), "WORK"),
         "folder": Path(spec["folder"]).name, "preset": preset,
-        "work": {"songs": args.songs, "cli_songs": args.cli_songs, "seconds": args.seconds,
+        "work": {"songs": args.songs, "cli_songs": args.cli_songs, "transformers_songs": args.transformers_songs,
+                 "seconds": args.seconds,
                  "questions": list(QUESTIONS), "answer_tokens": args.answer_tokens, "answer_schema": spec["schema"],
                  "threads": args.threads, "in_flight": args.in_flight, "formats": list(FORMATS),
                  "decoder": "F32 GGUF (gamma-rt's export, and llama.cpp's converter for mtmd); transformers "
@@ -779,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, help="an existing flamingo folder instead of --family/--preset")
     parser.add_argument("--songs", type=int, default=8, help="songs in the library (default 8)")
     parser.add_argument("--cli-songs", type=int, default=1, help="songs llama-mtmd-cli runs (default 1: it is slow)")
+    parser.add_argument("--transformers-songs", type=int, default=2,
+                        help="songs transformers runs (default 2: it is slow)")
     parser.add_argument("--seconds", type=float, default=240.0, help="length of each song (default 240)")
     parser.add_argument("--answer-tokens", type=int, default=32, help="most tokens of an answer (default 32)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
@@ -796,11 +808,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(CHILDREN[args.one](json.loads(args.spec.read_text()))))
         return 0
-    for name in ("songs", "cli_songs", "threads", "in_flight", "transformers_batch"):
-        if getattr(args, name) < (0 if name == "cli_songs" else 1):
+    for name in ("songs", "cli_songs", "transformers_songs", "threads", "in_flight", "transformers_batch"):
+        if getattr(args, name) < (0 if name.endswith("_songs") else 1):
             raise SystemExit(f"peer_speed: error: --{name.replace('_', '-')} must be positive")
-    if args.cli_songs > args.songs:
-        raise SystemExit("peer_speed: error: --cli-songs must be at most --songs")
+    if max(args.cli_songs, args.transformers_songs) > args.songs:
+        raise SystemExit("peer_speed: error: --cli-songs and --transformers-songs must be at most --songs")
     return run_module("peer_speed", argv, lambda command: _bench(args, command))
 
 

@@ -142,7 +142,7 @@ def test_peer_speed_end_to_end_on_the_tiny_preset(tmp_path):
         if not (NATIVE / tool).is_file():
             pytest.skip(f"no {NATIVE / tool}: build it with `JOBS=2 nice native/build.sh cpu`")
     out = tmp_path / "peer.json"
-    rc = ps.main(["--preset", "tiny", "--songs", "2", "--cli-songs", "1", "--seconds", "12", "--in-flight", "2",
+    rc = ps.main(["--preset", "tiny", "--songs", "2", "--cli-songs", "1", "--transformers-songs", "1", "--seconds", "12", "--in-flight", "2",
                   "--threads", "1", "--native", str(NATIVE), "--work", str(tmp_path / "work"), "--out", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
@@ -154,6 +154,7 @@ def test_peer_speed_end_to_end_on_the_tiny_preset(tmp_path):
         assert system["answer_tokens_per_song"] > 0, name
         assert {"encode", "prefill", "decode"} <= set(system["stages_s_per_song"]), name
     assert result["systems"]["mtmd-cli"]["songs"] == 1 and result["systems"]["mtmd"]["songs"] == 2
+    assert result["systems"]["transformers"]["songs"] == 1 and result["systems"]["gamma-rt"]["songs"] == 2
     assert result["systems"]["mtmd"]["audio_prefix_reused"] is True  # questions 2..5 hit the prompt cache
     assert result["fairest_mtmd"]["setup"] in ("mtmd", "mtmd-cli")
     assert result["matrix_rate"]["matrix_rate_gflops"] > 0
