@@ -3,9 +3,9 @@
 1. take the trained built-in checkpoint (``gamma_rt/builtin``: a small GaMMA taught on labelled synthetic
 music by ``gamma-rt train``), or with ``--random`` write the tiny random one;  2. export the audio side to
 ONNX and the decoder to GGUF;  3. synthesize a labelled song and write it as a FLAC;  4. ask about it
-through the runtime;  5. print each answer beside the truth, and a per-stage timing table. ``--song FILE`` asks the built-in the
-same questions about the user's own file instead, with a note of what the built-in can and cannot know, and
-a consistency line per pair of answers where one contains the other (gamma_rt/agreement.py).
+through the runtime;  5. print each answer beside the truth, a consistency line per pair of answers where
+one contains the other (gamma_rt/agreement.py), and a per-stage timing table. ``--song FILE`` asks the
+built-in the same questions about the user's own file instead (gamma_rt/demo_song.py).
 
 It lives outside runtime/ because step 1-2 import export/ (torch); the runtime never does.
 """
@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from gamma_rt.errors import GammaError
 from gamma_rt.synth import G_MAJOR_I_VI_IV_V, Music, Song
 
 BUILTIN = Path(__file__).resolve().parent / "builtin"  # the trained checkpoint folder, fp16
@@ -38,12 +39,14 @@ The trained built-in (gamma_rt/builtin, taught on labelled synthetic songs by `g
 questions about a labelled song, each answer printed beside the truth; --random runs the tiny random-weight
 model instead, whose answer is nonsense: it shows the machinery, not a model.
 --song FILE asks the trained built-in the same questions about your own audio file (any format the runtime
-reads; a long file is read window by window), with a note of what the built-in can and cannot know.
+reads), 15 s from its middle unless told (--segment, --whole), with a note of what the built-in can and
+cannot know.
 Run it again and it reuses what it built (--fresh rebuilds).
 
 Examples:
   gamma-rt demo
   gamma-rt demo --song my-song.mp3
+  gamma-rt demo --song my-song.flac --segment 60:15
   gamma-rt demo --random --workdir /tmp/gamma-demo --threads 2 --fresh
 """
 
@@ -56,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="rebuild the checkpoint and bundle even if present")
     p.add_argument("--song", type=Path, metavar="FILE",
                    help="ask the trained built-in about this audio file (yours) instead of a synthesized song")
+    span = p.add_mutually_exclusive_group()
+    span.add_argument("--segment", metavar="WHERE:SECONDS",
+                      help="with --song: the part heard, start:S, middle:S, end:S or OFFSET:S (default middle:15, "
+                      "the length the built-in was trained on; a shorter file is heard whole)")
+    span.add_argument("--whole", action="store_true",
+                      help="with --song: hear the whole file, window by window (the built-in knows 15 s clips)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: half the cores for the decoder, all for the encoders; see ask --help)")
     which = p.add_mutually_exclusive_group()
@@ -120,6 +129,8 @@ def built_from(manifest, ckpt: Path) -> bool:
 
 
 def cmd_demo(args) -> int:
+    if args.song is None and (args.segment or args.whole):
+        raise GammaError("--segment and --whole choose the part of --song FILE heard; give --song")
     if args.song is not None:
         from gamma_rt.demo_song import ask_song
 

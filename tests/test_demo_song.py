@@ -1,6 +1,7 @@
 """``gamma-rt demo --song FILE``: the trained built-in answers the demo's questions about a real audio file (a
-rendered song written as FLAC and MP3, a long one window by window), with a consistency line per pair and
-the note of what it can and cannot know; a bad file fails in one line, exit code 2, before any export."""
+rendered song written as FLAC and MP3; of a long one, 15 s from its middle, or the whole file window by window),
+with a consistency line per pair and the note of what it can and cannot know; a bad file or span fails in one
+line, exit code 2, before any export."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from gamma_rt.agreement import PAIRS, pair_name
 from gamma_rt.demo import BUILTIN, DEMO_ATTRIBUTES
 from gamma_rt.demo_song import NOTE_TITLE, note
 from gamma_rt.synth import Song, render
-from gamma_rt.synthetic_tasks import QUESTION_OF
+from gamma_rt.synthetic_tasks import CLIP_SECONDS, QUESTION_OF
 
 pytestmark = pytest.mark.skipif(not (BUILTIN / "model.safetensors").is_file(), reason="no built-in model shipped")
 SONG = Song(seed=1_999_999_998, seconds=15.0, bpm=120, tonic="A", mode="major", beats_per_bar=4,
@@ -46,7 +47,7 @@ def assert_names_every_question_and_the_note(out: str) -> None:
     for pair in PAIRS:
         assert f"  {pair_name(pair)}: " in out
     assert NOTE_TITLE in out
-    for line in note(None):
+    for line in note(CLIP_SECONDS):
         assert line in out
     assert "held-out accuracy" in out
 
@@ -60,7 +61,8 @@ def test_demo_song_answers_every_question_about_a_real_file(workdir, tmp_path, c
     code, out, err = demo(capsys, monkeypatch, "--song", path, "--workdir", workdir, "--threads", 1)
     assert code == 0, err
     assert "reusing" in err  # the module's bundle, not a new export
-    assert f"answers of the trained built-in about {path.name}" in out
+    assert f"answers of the trained built-in about {path.name}, the whole file (0:15.0)" in out
+    assert "It heard" not in out  # 15 s: what it was trained on
     assert_names_every_question_and_the_note(out)
     rows, replies, _ = song_answers(workdir / "bundle-trained", path, threads=1)
     for _, answer in rows:  # the printed answers are the model's own (greedy, so the same again)
@@ -71,14 +73,21 @@ def test_demo_song_answers_every_question_about_a_real_file(workdir, tmp_path, c
         assert agreement.line() in out
 
 
-def test_a_long_file_is_heard_window_by_window(workdir, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("span, heard, whole", [
+    ((), "15 s from 0:30.0 of 1:15.0", False),  # the middle clip, the length the built-in was trained on
+    (("--segment", "end:10"), "10 s from 1:05.0 of 1:15.0", False),
+    (("--whole",), "the whole file (1:15.0)", True),
+])
+def test_of_a_long_file_it_hears_the_middle_clip_or_all_window_by_window(workdir, tmp_path, capsys, monkeypatch,
+                                                                          span, heard, whole):
     long = Song(**{**SONG.__dict__, "seconds": 75.0})
     path = tmp_path / "long.ogg"
     sf.write(path, render(long, 22050), 22050, format="OGG", subtype="VORBIS")
-    code, out, err = demo(capsys, monkeypatch, "--song", path, "--workdir", workdir, "--threads", 1)
+    code, out, err = demo(capsys, monkeypatch, "--song", path, *span, "--workdir", workdir, "--threads", 1)
     assert code == 0, err
     assert_names_every_question_and_the_note(out)
-    assert "This file is 75 s long; the model heard it whole, window by window" in out
+    assert f"about long.ogg, {heard}" in out
+    assert ("It heard 75 s, window by window, but it was trained on 15 s clips" in out) == whole
 
 
 def bad_files(folder):
@@ -111,6 +120,30 @@ def test_a_bad_file_fails_in_one_line_before_any_export(tmp_path, capsys, monkey
     assert err.startswith("gamma-rt: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert words.lower() in err.lower()
     assert not (tmp_path / "wd" / "bundle-trained").exists()  # failed before the export, in a second
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--segment", "middle:nan"), "expected start:S"),
+    (("--segment", "later:15"), "expected start:S"),
+    (("--segment", "middle:15", "--whole"), None),  # argparse: not allowed with
+])
+def test_a_bad_span_fails_in_one_line_before_any_export(tmp_path, capsys, monkeypatch, args, words):
+    path = tmp_path / "s.flac"
+    sf.write(path, np.zeros(16000, np.float32), 16000)
+    try:
+        code, _, err = demo(capsys, monkeypatch, "--song", path, *args, "--workdir", tmp_path / "wd")
+    except SystemExit as exit_:  # argparse's own usage error
+        code, err = exit_.code, capsys.readouterr().err
+        assert "not allowed with" in err
+    assert code == 2 and "Traceback" not in err
+    if words:
+        assert err.startswith("gamma-rt: error: ") and err.count("\n") == 1 and words in err
+    assert not (tmp_path / "wd" / "bundle-trained").exists()
+
+
+def test_a_span_without_a_song_is_refused(tmp_path, capsys, monkeypatch):
+    code, _, err = demo(capsys, monkeypatch, "--whole", "--workdir", tmp_path / "wd")
+    assert code == 2 and "give --song" in err and not (tmp_path / "wd").exists()
 
 
 def test_song_with_the_random_model_is_refused(tmp_path, capsys, monkeypatch):

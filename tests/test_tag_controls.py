@@ -14,6 +14,7 @@ from tag_fixtures import BAD, GOOD, make_library
 from test_tag_run import SMALL_PROMPTS
 
 from gamma_rt.cli import main
+from gamma_rt.errors import GammaError
 from gamma_rt.runtime.tagging.records import read_records
 from gamma_rt.runtime.tagging.segment import Segment
 from gamma_rt.runtime.tagging.worker import timeout_for
@@ -29,6 +30,12 @@ from gamma_rt.runtime.tagging.worker import timeout_for
 ])
 def test_a_segment_is_that_span_of_the_track(spec, duration, span):
     assert Segment.parse(spec).span(duration) == pytest.approx(span)
+
+
+@pytest.mark.parametrize("spec", ["middle:nan", "middle:inf", "inf:30", "nan:30", "middle:0", "-5:30", "x:30"])
+def test_a_segment_that_is_no_span_is_refused_in_one_line(spec):
+    with pytest.raises(GammaError, match="expected start:S"):
+        Segment.parse(spec)
 
 
 def test_the_timeout_scales_with_the_minutes_analysed_and_has_a_one_minute_floor():

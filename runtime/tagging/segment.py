@@ -12,6 +12,7 @@ made from another segment (or the whole track) are asked again, never mixed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from gamma_rt.errors import GammaError
@@ -29,10 +30,10 @@ class Segment:
         where, _, length = spec.partition(":")
         try:
             seconds = float(length)
-            offset_ok = where in ANCHORS or float(where) >= 0
+            offset_ok = where in ANCHORS or 0 <= float(where) < math.inf
         except ValueError:
             seconds, offset_ok = -1, False
-        if not offset_ok or seconds <= 0:
+        if not offset_ok or not 0 < seconds < math.inf:  # "nan" and "inf" parse as floats
             raise GammaError(f"--segment {spec!r}: expected start:S, middle:S, end:S or OFFSET:S "
                              "(seconds, e.g. middle:60 or 90:30)")
         return cls(where, seconds)
