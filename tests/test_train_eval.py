@@ -53,3 +53,80 @@ def test_the_checkpoint_exports_and_eval_prints_every_attribute(trained, tmp_pat
     record = json.loads(capsys.readouterr().out)
     assert set(record["accuracy"]) == set(ATTRIBUTES) and record["songs"] == 1
     assert all(0.0 <= v <= 1.0 for v in record["accuracy"].values())
+
+
+@pytest.mark.parametrize("bpm", [72, 100, 150])
+def test_the_temporal_experts_rhythm_bank_peaks_at_the_beat(bpm):
+    import numpy as np
+    import torch
+
+    from gamma_rt.export.families.gamma import train as recipe
+    from gamma_rt.export.families.gamma.model import GammaModel
+    from gamma_rt.synth import Song
+
+    cfg = recipe.synthetic_config(rhythm=True)
+    torch.manual_seed(0)
+    model = GammaModel(cfg)
+    recipe.listen_init(model, cfg, rhythm=True)
+    song = Song(bpm=bpm, instruments=("piano", "drums"), event_instrument="drums", event_second=2)
+    heard = {}
+    attention = model.temporal_encoder.layers[0].self_attn
+    def listen(module, args, out):
+        heard["out"] = out[0][0, 0]
+
+    hook = attention.register_forward_hook(listen)
+    with torch.no_grad():
+        model.temporal_encoder(torch.from_numpy(recipe.clip_mels([song], cfg)))
+    hook.remove()
+    freqs = np.geomspace(*recipe.BEAT_BANK_HZ)
+    channels = np.arange(recipe.RAMP + 1, recipe.RAMP + 1 + 2 * len(freqs))
+    out = heard["out"].numpy()
+    power = np.hypot(out[channels[0::2]], out[channels[1::2]])
+    assert abs(freqs[power.argmax()] * 60 - bpm) <= 0.04 * bpm
+
+
+def test_auxiliary_heads_train_but_leave_the_checkpoint_shape_alone(trained, tmp_path):
+    from safetensors import safe_open
+
+    out, _ = trained
+    record = train(tmp_path / "aux", clips=4, steps=3, batch=4, seed=1, aux=0.5, say=lambda text: None)
+    assert record["aux"] == 0.5 and record["steps_done"] == 3 and record["losses"][-1] < record["losses"][0]
+    shapes = []
+    for folder in (out, tmp_path / "aux"):
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            shapes.append({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()})
+    assert shapes[0] == shapes[1]
+
+
+def test_a_negative_aux_weight_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "x"), "--aux", "-1"]) != 0
+    assert "--aux -1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_rhythm_checkpoint_exports_and_its_graphs_match_pytorch(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from gamma_rt.export.families.gamma.checkpoint import Checkpoint
+    from gamma_rt.export.families.gamma.train import clip_mels
+    from gamma_rt.manifest import Manifest
+    from gamma_rt.synthetic_tasks import eval_song
+
+    out = tmp_path / "rhythm"
+    record = train(out, clips=2, steps=1, batch=2, seed=2, rhythm=True, say=lambda text: None)
+    assert record["rhythm"] is True
+    bundle = tmp_path / "bundle"
+    export_onnx(out, bundle, precision="fp32")
+    export_gguf(out, bundle, "f32")
+    ckpt = Checkpoint(out)
+    mel = clip_mels([eval_song(0)], ckpt.config)
+    manifest = Manifest.read(bundle)
+    run = lambda key, feeds: ort.InferenceSession(str(bundle / manifest.component(key).file)).run(None, feeds)[0]  # noqa: E731
+    fused = run("fusion", {"temporal": run("temporal_encoder", {"mel": mel}), "global": run("global_encoder", {"mel": mel})})
+    embeddings = run("projector", {"fused": fused})
+    with torch.no_grad():
+        ref = ckpt.model().encode_window(torch.from_numpy(mel)).numpy()
+    assert np.linalg.norm(embeddings - ref) / np.linalg.norm(ref) <= 1e-4
+    assert any(p.suffix == ".gguf" for p in bundle.iterdir())

@@ -28,6 +28,13 @@ import numpy as np
 
 VOCAB_SIZE = 512
 RAMP = 32  # the experts' clock channel (see listen_init)
+# The rhythm banks (rhythm_init): log-spaced frequencies (lo Hz, hi Hz, count) of the onsets' periodogram,
+# beats of 54-198 BPM in the temporal expert, bars (and half notes) of 12-72 per minute in the global one.
+BEAT_BANK_HZ = (0.9, 3.3, 47)
+BAR_BANK_HZ = (0.2, 1.2, 47)
+RHYTHM_SHARPNESS = 0.5
+RHYTHM_GAIN = 3.0
+RHYTHM_LOUDNESS = 3.0
 QUESTION_WEIGHTS = {"key": 3, "tempo": 3, "instruments": 3, "meter": 3, "event": 3}  # the rest: 1
 
 
@@ -47,19 +54,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--seed", type=int, default=0, help="seed of the songs, the init and the batches (default 0)")
+    p.add_argument("--aux", type=float, default=0.0,
+                   help="weight of the training-only tempo/meter/event heads on the projector (default 0: off)")
+    p.add_argument("--rhythm", action="store_true",
+                   help="d 128 experts whose first attention is a periodogram of the onsets (beat and bar banks)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_train)
 
 
-def synthetic_config(vocab_size: int = VOCAB_SIZE):
-    """The trained built-in's shape: d 48 experts of one layer, pool 15 (3.3 tokens/s), a 4-layer d 128 Qwen3."""
+def synthetic_config(vocab_size: int = VOCAB_SIZE, rhythm: bool = False):
+    """The trained built-in's shape: d 48 experts of one layer, pool 15 (3.3 tokens/s), a 4-layer d 128 Qwen3.
+    ``rhythm``: d 128 experts, room for the rhythm banks (rhythm_init) above the listening channels."""
     import dataclasses
 
     from gamma_rt.decoder_shape import DecoderShape
 
     from .config import ExpertConfig, FusionConfig, GammaConfig, ProjectorConfig
 
-    expert = ExpertConfig(d_model=48, encoder_layers=1, encoder_attention_heads=1, encoder_ffn_dim=96)
+    width = dict(d_model=128, encoder_ffn_dim=128) if rhythm else dict(d_model=48, encoder_ffn_dim=96)
+    expert = ExpertConfig(encoder_layers=1, encoder_attention_heads=1, **width)
     return GammaConfig(
         preset="synthetic", temporal=expert, global_=dataclasses.replace(expert),
         fusion=FusionConfig(n_blocks=1, n_heads=1, ffn_dim=64, injector_gate_init=0.1),
@@ -128,8 +141,9 @@ def listening_filters(cfg) -> np.ndarray:
     return out
 
 
-def listen_init(model, cfg) -> None:
-    """Give both experts the listening filters and near-zero residual branches (see the module docstring)."""
+def listen_init(model, cfg, rhythm: bool = False) -> None:
+    """Give both experts the listening filters and near-zero residual branches (see the module docstring);
+    ``rhythm``: and the rhythm banks, a periodogram of the onsets at beat and bar rates (rhythm_init)."""
     import torch
 
     from ...weights import sinusoids
@@ -153,10 +167,51 @@ def listen_init(model, cfg) -> None:
             for layer in expert.layers:
                 layer.self_attn.out_proj.weight.normal_(0, 0.01)
                 layer.fc2.weight.normal_(0, 0.01)
+        for expert, bank in ((model.temporal_encoder, BEAT_BANK_HZ), (model.global_encoder, BAR_BANK_HZ)):
+            if rhythm:
+                rhythm_init(expert, np.geomspace(*bank))
         for block in model.fusion.blocks:
             block.injector.out_proj.weight.normal_(0, 0.01)
             block.extractor.out_proj.weight.normal_(0, 0.01)
         model.fusion.ffn[2].weight.normal_(0, 0.01)
+
+
+def rhythm_init(expert, freqs: np.ndarray, sharpness: float = RHYTHM_SHARPNESS, gain: float = RHYTHM_GAIN,
+                loudness: float = RHYTHM_LOUDNESS) -> None:
+    """Make the expert's first attention a periodogram of the onsets at ``freqs`` (Hz).
+
+    The position table's free channels (above the clock) hold cos and sin of 2 pi f t at each frequency. The
+    attention's query is a constant (its bias), its key the frame's onset strength (the band-onset filters), so
+    every token's weights are softmax(sharpness * onset) over the window; the values are the sinusoid
+    channels, so each token receives sum_t w_t exp(2 pi i f t): the onset envelope's Fourier coefficient at
+    each frequency. Its magnitude peaks at the beat (BEAT_BANK_HZ, temporal expert) and the bar
+    (BAR_BANK_HZ, global expert); the rate is 50 Hz, so beats up to 25 Hz are resolved before any pooling.
+    """
+    import torch
+
+    d = expert.conv1.weight.shape[0]
+    channels = torch.arange(RAMP + 1, RAMP + 1 + 2 * len(freqs))
+    if channels[-1] >= d:
+        raise ValueError(f"{len(freqs)} rhythm frequencies need d_model > {int(channels[-1])}, not {d}")
+    seconds = torch.arange(expert.embed_positions.weight.shape[0], dtype=torch.float64) * 0.02  # 50 Hz
+    phase = 2 * torch.pi * torch.tensor(freqs)[None] * seconds[:, None]
+    layer = expert.layers[0]
+    attn = layer.self_attn
+    with torch.no_grad():
+        expert.embed_positions.weight[:, channels[0::2]] = torch.cos(phase).float()
+        expert.embed_positions.weight[:, channels[1::2]] = torch.sin(phase).float()
+        attn.q_proj.weight.zero_()
+        attn.q_proj.bias.zero_()
+        attn.q_proj.bias[0] = sharpness / attn.scaling
+        attn.k_proj.weight.zero_()
+        attn.k_proj.weight[0, 16:20] = 1.0  # the band onsets (listening_filters)
+        attn.k_proj.weight[0, 12:16] = loudness / sharpness  # the band energies: silence (the padding) weighs nothing
+        attn.v_proj.weight.zero_()
+        attn.v_proj.bias.zero_()
+        attn.v_proj.weight[channels, channels] = 1.0
+        attn.out_proj.weight.normal_(0, 0.001)
+        attn.out_proj.weight[channels, channels] = gain
+        attn.out_proj.bias.zero_()
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -255,10 +310,43 @@ def answer_loss(model, x, y):
     return torch.nn.functional.cross_entropy(model.llm.lm_head(hidden[keep]), target[keep])
 
 
+class AuxHeads:
+    """Training-only heads on the projector's output (never saved, so the checkpoint keeps GaMMA's shape):
+    the song's tempo (one class per BPM) and meter from the mean over its tokens, and per token whether the
+    event instrument sounds there. They pull the projector towards what the decoder must read out."""
+
+    def __init__(self, d_llm: int):
+        import torch
+
+        from gamma_rt.synth import BPM_RANGE
+
+        self.bpm_lo = BPM_RANGE[0]
+        self.song = torch.nn.Linear(d_llm, BPM_RANGE[1] - BPM_RANGE[0] + 1 + 2)
+        self.token = torch.nn.Linear(d_llm, 1)
+
+    def parameters(self):
+        return list(self.song.parameters()) + list(self.token.parameters())
+
+    def loss(self, audio, songs, seconds_per_token: float):
+        """``audio`` (B, T, d_llm) projector outputs of ``songs``: the summed cross-entropies."""
+        import torch
+        from torch.nn import functional as F
+
+        n_bpm = self.song.out_features - 2
+        logits = self.song(audio.mean(1))
+        bpm = torch.tensor([s.bpm - self.bpm_lo for s in songs])
+        meter = torch.tensor([int(s.beats_per_bar == 4) for s in songs])
+        t = (torch.arange(audio.shape[1]) + 0.5) * seconds_per_token
+        sounding = torch.stack([(t >= s.event_second) if s.event == "enters" else (t < s.event_second)
+                                for s in songs]).float()
+        return (F.cross_entropy(logits[:, :n_bpm], bpm) + F.cross_entropy(logits[:, n_bpm:], meter)
+                + F.binary_cross_entropy_with_logits(self.token(audio)[..., 0], sounding))
+
+
 # --- the run --------------------------------------------------------------------------------------------
 
 def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: float = 3e-3,
-          minutes: float | None = None, seed: int = 0, say=print) -> dict:
+          minutes: float | None = None, seed: int = 0, aux: float = 0.0, rhythm: bool = False, say=print) -> dict:
     """Train and write the checkpoint folder ``out``; returns the training record (also out/train_record.json)."""
     import torch
 
@@ -269,10 +357,10 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
     started = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    cfg = synthetic_config()
+    cfg = synthetic_config(rhythm=rhythm)
     tokenizer = train_tokenizer(out, cfg)
     model = GammaModel(cfg)
-    listen_init(model, cfg)
+    listen_init(model, cfg, rhythm)
     with torch.no_grad():  # train on the weights that ship: the checkpoint is fp16
         for param in model.parameters():
             param.copy_(param.half().float())
@@ -286,7 +374,9 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
     answers_of = lambda i: cached.setdefault(i, answers(songs[i]))  # noqa: E731
     names = [q.name for q in QUESTIONS]
     weights = np.array([QUESTION_WEIGHTS.get(n, 1) for n in names], float)
-    trainable = list(model.projector.parameters()) + list(model.llm.parameters())
+    heads = AuxHeads(cfg.llm.hidden_size)
+    trainable = list(model.projector.parameters()) + list(model.llm.parameters()) + (heads.parameters() if aux else [])
+    seconds_per_token = cfg.audio.window_seconds / cfg.tokens_per_window
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))  # noqa: E731
@@ -301,6 +391,10 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
                  zip(rng.integers(0, clips, batch), rng.choice(len(names), batch, p=weights / weights.sum()))]
         x, y = make_batch(model, prompter, feats, songs, picks, answers_of)
         loss = answer_loss(model, x, y)
+        if aux:
+            chosen = sorted({i for i, _ in picks})
+            audio = model.projector.linear_2(torch.nn.functional.gelu(model.projector.linear_1(feats[chosen])))
+            loss = loss + aux * heads.loss(audio, [songs[i] for i in chosen], seconds_per_token)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -310,7 +404,7 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
         done = step + 1
         if step % 20 == 0 or step == steps - 1:
             say(f"step {step:5d}  loss {np.mean(losses[-20:]):.4f}  ({time.perf_counter() - started:.0f} s)")
-    record = {"clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr, "seed": seed,
+    record = {"clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr, "seed": seed, "aux": aux, "rhythm": rhythm,
               "encode_s": round(encode_s, 1), "total_s": round(time.perf_counter() - started, 1),
               "first_loss": round(float(np.mean(losses[:10])), 4) if losses else None,
               "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
@@ -340,7 +434,11 @@ def cmd_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed)
+    if args.aux < 0:
+        from gamma_rt.errors import GammaError
+
+        raise GammaError(f"--aux {args.aux}: a loss weight is 0 or more")
+    record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed, args.aux, args.rhythm)
     print(json.dumps(record))
     print(f"wrote {args.out}: next, gamma-rt export onnx {args.out} --out BUNDLE && "
           f"gamma-rt export gguf {args.out} --out BUNDLE")
