@@ -23,7 +23,7 @@ needs_music21 = pytest.mark.skipif(importlib.util.find_spec("music21") is None,
                                    reason="music21 is not installed (pip install 'gamma-rt[train]')")
 needs_fluidsynth = pytest.mark.skipif(available() is not None, reason=str(available()))
 # The only modules that may read real music. Anything on the training path is absent from this list.
-MAY_READ_REAL_MUSIC = {"gamma_rt/render/real.py"}
+MAY_READ_REAL_MUSIC = {"gamma_rt/render/real.py", "gamma_rt/render/scoring.py"}
 
 
 def test_the_list_has_40_pieces_in_both_meters_with_valid_labels():
@@ -129,3 +129,33 @@ def test_scores_count_unparseable_answers_and_beat_the_constant_guess_only_when_
     bad = scoring.score_set(songs, broken)
     assert bad["unparseable"] == {"key": 12, "tempo": 12, "meter": 12, "instruments": 12}
     assert bad["accuracy"] == {"key": 0.0, "tempo": 0.0, "meter": 0.0, "instruments": 0.0}
+
+
+@needs_music21
+@needs_fluidsynth
+def test_eval_real_prints_accuracy_beside_the_constant_guess_and_unread_answers(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("llama_cpp")
+    from gamma_rt.cli import main
+    from gamma_rt.demo import build_bundle
+
+    bundle = build_bundle(tmp_path, fresh=True, trained=True)
+    assert main(["eval", str(bundle), "--real", "2", "--threads", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["songs"] == 2 and record["pieces"] == [p["name"] for p in real.pieces()[:2]]
+    assert set(record["accuracy"]) == set(scoring.ATTRIBUTES) == set(record["constant_guess"])
+    assert set(record["example"]["replies"]) >= set(scoring.ATTRIBUTES)
+    assert main(["eval", str(bundle), "--real", "1", "--threads", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "constant" in table and "unread" in table and "instruments" in table
+
+
+def test_eval_real_refuses_no_pieces_and_a_checkpoint(tmp_path, capsys):
+    from gamma_rt.cli import main
+
+    assert main(["eval", str(tmp_path), "--real", "0"]) == 2
+    assert "--real 0: ask at least one piece" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path), "--real", "2", "--checkpoint", str(tmp_path)]) == 2
+    assert "--checkpoint goes with --synthetic" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", str(tmp_path), "--real", "2", "--synthetic", "2"])

@@ -4,10 +4,14 @@ constant guess on the same set, and how many answers could not be read at all.
 The constant guess is the best a model that ignores the audio could score on *this* set: the most frequent
 key and meter, the single tempo that is within ±4 % of the most pieces, and the fixed instrument set with
 the highest mean F1. The event is not scored here: real compositions have none.
+
+``evaluate_real`` (``gamma-rt eval BUNDLE --real N``) asks a bundle about the real compositions of
+``gamma_rt.render.real``: eval only, so this module may read them.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from itertools import combinations
 
@@ -65,3 +69,34 @@ def score_set(songs: list[Song], replies: list[dict[str, str]]) -> dict:
     constant, answer = constant_guess(songs)
     return {"songs": len(songs), "accuracy": accuracy, "constant_guess": constant, "constant_answer": answer,
             "unparseable": unparseable, "unparseable_total": sum(unparseable.values())}
+
+
+def evaluate_real(bundle, n: int | None = None, options=None, say=lambda text: None) -> dict:
+    """The eval record of a bundle on the first ``n`` real compositions (all when None): :func:`score_set`
+    plus the pieces asked, the seconds taken and the first piece's replies."""
+    import numpy as np
+    import soxr
+
+    from gamma_rt.evaluation import scored_replies
+    from gamma_rt.render.fluid import RATE
+    from gamma_rt.render.real import pieces, real_compositions
+    from gamma_rt.runtime.options import RuntimeOptions
+    from gamma_rt.runtime.pipeline import Pipeline
+
+    total = len(pieces()[:n])
+    start = time.perf_counter()
+    names, songs, replies = [], [], []
+    say(f"asking {total} held-out real compositions {len(ATTRIBUTES)} scored questions each through {bundle}")
+    with Pipeline.open(bundle, options or RuntimeOptions()) as pipe:
+        rate = pipe.layout.sample_rate
+        for name, audio, song in real_compositions(n):
+            if rate != RATE:
+                audio = soxr.resample(audio, RATE, rate).astype(np.float32)
+            names.append(name)
+            songs.append(song)
+            replies.append(scored_replies(pipe, audio))
+            say(f"  {len(names)}/{total} {name}")
+    record = {"bundle": str(bundle), **score_set(songs, replies), "pieces": names,
+              "seconds": round(time.perf_counter() - start, 1),
+              "example": {"piece": names[0], "song": songs[0].__dict__, "replies": replies[0]}}
+    return record
