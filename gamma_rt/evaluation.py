@@ -186,6 +186,7 @@ def cmd_eval_real(args) -> int:
         print(f"{a:<12} {record['accuracy'][a]:>8.3f} {record['constant_guess'][a]:>9.3f} {record['unparseable'][a]:>7}")
     print(f"{record['songs']} held-out real compositions in {record['seconds']:.0f} s; constant guess: "
           f"{json.dumps(record['constant_answer'])}")
+    print(agreement_text(record["agreement"]))
     return 0
 
 

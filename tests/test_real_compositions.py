@@ -144,10 +144,13 @@ def test_eval_real_prints_accuracy_beside_the_constant_guess_and_unread_answers(
     record = json.loads(capsys.readouterr().out)
     assert record["songs"] == 2 and record["pieces"] == [p["name"] for p in real.pieces()[:2]]
     assert set(record["accuracy"]) == set(scoring.ATTRIBUTES) == set(record["constant_guess"])
-    assert set(record["example"]["replies"]) >= set(scoring.ATTRIBUTES)
+    assert set(record["example"]["replies"]) >= set(scoring.ATTRIBUTES) | {"description"}
+    assert set(record["agreement"]) == {"description~key", "description~tempo", "description~meter"}
+    assert all(r["agree"] + r["disagree"] + r["unparseable"] == 2 for r in record["agreement"].values())
     assert main(["eval", str(bundle), "--real", "1", "--threads", "1"]) == 0
     table = capsys.readouterr().out
     assert "constant" in table and "unread" in table and "instruments" in table
+    assert "description~tempo" in table
 
 
 def test_eval_real_refuses_no_pieces_and_a_checkpoint(tmp_path, capsys):

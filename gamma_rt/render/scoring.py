@@ -6,7 +6,8 @@ key and meter, the single tempo that is within ±4 % of the most pieces, and the
 the highest mean F1. The event is not scored here: real compositions have none.
 
 ``evaluate_real`` (``gamma-rt eval BUNDLE --real N``) asks a bundle about the real compositions of
-``gamma_rt.render.real``: eval only, so this module may read them.
+``gamma_rt.render.real``: eval only, so this module may read them. It asks each piece's one-line description
+too, for the agreement of answers that contain each other (gamma_rt/agreement.py).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def evaluate_real(bundle, n: int | None = None, options=None, say=lambda text: N
     import numpy as np
     import soxr
 
+    from gamma_rt.agreement import agreement_rates
     from gamma_rt.evaluation import scored_replies
     from gamma_rt.render.fluid import RATE
     from gamma_rt.render.real import pieces, real_compositions
@@ -86,7 +88,8 @@ def evaluate_real(bundle, n: int | None = None, options=None, say=lambda text: N
     total = len(pieces()[:n])
     start = time.perf_counter()
     names, songs, replies = [], [], []
-    say(f"asking {total} held-out real compositions {len(ATTRIBUTES)} scored questions each through {bundle}")
+    say(f"asking {total} held-out real compositions {len(ATTRIBUTES)} scored questions and the description "
+        f"each through {bundle}")
     with Pipeline.open(bundle, options or RuntimeOptions()) as pipe:
         rate = pipe.layout.sample_rate
         for name, audio, song in real_compositions(n):
@@ -94,9 +97,10 @@ def evaluate_real(bundle, n: int | None = None, options=None, say=lambda text: N
                 audio = soxr.resample(audio, RATE, rate).astype(np.float32)
             names.append(name)
             songs.append(song)
-            replies.append(scored_replies(pipe, audio))
+            replies.append(scored_replies(pipe, audio, description=True))
             say(f"  {len(names)}/{total} {name}")
-    record = {"bundle": str(bundle), **score_set(songs, replies), "pieces": names,
+    record = {"bundle": str(bundle), **score_set(songs, replies), "agreement": agreement_rates(replies),
+              "pieces": names,
               "seconds": round(time.perf_counter() - start, 1),
               "example": {"piece": names[0], "song": songs[0].__dict__, "replies": replies[0]}}
     return record
