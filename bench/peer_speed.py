@@ -117,7 +117,8 @@ def ctx_for(seconds: float, questions: int, answer_tokens: int, tokens_per_windo
 
 
 _CLI_PATTERNS = {
-    "encode_ms": re.compile(r"slice encoded in\s+([\d.]+)\s*ms"),
+    # mtmd_helper_eval_chunk_single logs "audio slice encoded in"; the batched path "mtmd batch encoding done in"
+    "encode_ms": re.compile(r"(?:slice encoded|batch encoding done) in\s+([\d.]+)\s*ms"),
     "prefill_ms": re.compile(r"prompt eval time\s*=\s*([\d.]+)\s*ms\s*/\s*(\d+)\s*tokens"),
     "decode_ms": re.compile(r"\beval time\s*=\s*([\d.]+)\s*ms\s*/\s*(\d+)\s*runs"),
     "load_ms": re.compile(r"load time\s*=\s*([\d.]+)\s*ms"),
@@ -142,9 +143,32 @@ def parse_cli_log(log: str) -> dict:
     return out
 
 
-def encodes_in(log: str) -> list[float]:
-    """Every 'slice encoded in N ms' of a llama.cpp log (the server logs them as the CLI does)."""
-    return [float(m.group(1)) for m in _CLI_PATTERNS["encode_ms"].finditer(log)]
+_STAMP = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) ")
+
+
+def log_seconds(line: str) -> float | None:
+    """The time stamp of a llama.cpp log line (``M.SS.mmm.uuu``, since the process started), seconds."""
+    m = _STAMP.match(line)
+    if not m:
+        return None
+    minutes, sec, ms, us = (int(x) for x in m.groups())
+    return minutes * 60 + sec + ms / 1e3 + us / 1e6
+
+
+def server_encodes_ms(log: str) -> list[float]:
+    """llama-server's audio encodes (at ``-lv 4``): from each 'encoding mtmd batch' line to the next
+    'decoding audio batch' (the encoder's output going into the decoder), ms. The server does not log the
+    encode's duration itself."""
+    out, start = [], None
+    for line in log.splitlines():
+        if "encoding mtmd batch" in line:
+            start = log_seconds(line)
+        elif "decoding audio batch" in line and start is not None:
+            t = log_seconds(line)
+            if t is not None:
+                out.append(round((t - start) * 1e3, 3))
+            start = None
+    return out
 
 
 def parse_sse(lines) -> tuple[float | None, str, dict | None, float]:
@@ -409,7 +433,7 @@ def run_server(spec: dict) -> dict:
     log_path = Path(spec["work"]) / "llama-server.log"
     cmd = [str(native / "llama-server"), "-m", spec["text_gguf"], "--mmproj", spec["mmproj"],
            "--host", "127.0.0.1", "--port", str(port), "-t", str(spec["threads"]), "-tb", str(spec["threads"]),
-           "-c", str(spec["ctx"]), "-np", "1", "--no-warmup"]
+           "-c", str(spec["ctx"]), "-np", "1", "--no-warmup", "-lv", "4"]  # -lv 4: its encodes' log lines
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -431,7 +455,7 @@ def run_server(spec: dict) -> dict:
         per_song, requests = [], []
         for song in spec["library_files"]:
             audio = _audio_part(Path(song))
-            before = len(encodes_in(log_path.read_text(errors="replace")))
+            before = len(server_encodes_ms(log_path.read_text(errors="replace")))
             row = {"s": 0.0, "ttft_s": None, "answer_tokens": 0, "stages_s": {"encode": 0.0, "prefill": 0.0,
                                                                                 "decode": 0.0}}
             for q in spec["questions"]:
@@ -448,7 +472,7 @@ def run_server(spec: dict) -> dict:
                 requests.append({"song": Path(song).name, "s": round(end, 3), "ttft_s": first, "text": text,
                                  "cache_n": timings.get("cache_n"), "prompt_n": timings.get("prompt_n"),
                                  "predicted_n": timings.get("predicted_n")})
-            encoded = encodes_in(log_path.read_text(errors="replace"))[before:]
+            encoded = server_encodes_ms(log_path.read_text(errors="replace"))[before:]
             row["stages_s"]["encode"] = sum(encoded) / 1e3
             if row["stages_s"]["prefill"] >= row["stages_s"]["encode"]:  # prompt_ms includes the audio's encode
                 row["stages_s"]["prefill"] -= row["stages_s"]["encode"]
@@ -465,7 +489,7 @@ def run_server(spec: dict) -> dict:
         "command": shlex.join(["llama-server", *cmd[1:]]).replace(spec["work"], "WORK"),
         "load_s": round(load_s, 2), "peak_rss_mib": rss, "requests": requests,
         "audio_prefix_reused": bool(reused) and all((c or 0) > 0 for c in reused),
-        "stages_note": "encode: the server log's 'slice encoded in'; prefill: timings.prompt_ms less the encode; "
+        "stages_note": "encode: the server log's spans from 'encoding mtmd batch' to 'decoding audio batch'; prefill: timings.prompt_ms less the encode; "
                        "decode: timings.predicted_ms; ttft: the first question's first streamed piece"})
 
 
@@ -480,7 +504,7 @@ def run_cli(spec: dict) -> dict:
             cmd = [str(native / "llama-mtmd-cli"), "-m", spec["text_gguf"], "--mmproj", spec["mmproj"],
                    "--audio", song, "-p", q, "-n", str(spec["answer_tokens"]), "--temp", "0",
                    "-t", str(spec["threads"]), "-tb", str(spec["threads"]), "-c", str(spec["ctx"]),
-                   "--json-schema", json.dumps(spec["schema"])]
+                   "--json-schema", json.dumps(spec["schema"]), "-v"]  # -v: llama_perf's stage lines
             t0 = time.perf_counter()
             err = tempfile.TemporaryFile(mode="w+")
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
@@ -502,17 +526,19 @@ def run_cli(spec: dict) -> dict:
             stages = parse_cli_log(log)
             row["s"] += wall
             row["ttft_s"] = first if row["ttft_s"] is None else row["ttft_s"]
-            row["answer_tokens"] += stages["decode_tokens"] or 0
+            row["answer_tokens"] += (stages["decode_tokens"] or 0) + 1  # eval runs: the first token comes from prefill
             for k in ("encode", "prefill", "decode", "load"):
                 row["stages_s"][k] += (stages[f"{k}_ms"] or 0) / 1e3
+            if stages["prefill_ms"] and stages["encode_ms"] and stages["prefill_ms"] >= stages["encode_ms"]:
+                row["stages_s"]["prefill"] -= stages["encode_ms"] / 1e3  # llama_perf's timer runs through it
             runs.append({"song": Path(song).name, "s": round(wall, 3), "ttft_s": first,
                          "text": out.decode(errors="replace").strip(), **stages})
         per_song.append(row)
     return _summary(per_song, {
         "command": shlex.join(["llama-mtmd-cli", *cmd[1:]]).replace(spec["work"], "WORK"),
         "peak_rss_mib": _children_rss(), "runs": runs,
-        "stages_note": "from each run's log: 'slice encoded in', llama_perf prompt eval (prefill, embeddings "
-                       "included), eval (decode), load; ttft: process start to its first answer bytes"})
+        "stages_note": "from each run's -v log: the encodes ('batch encoding done in'), llama_perf prompt eval "
+                       "less the encode (its timer runs from the text chunk before the audio), eval (decode), load; ttft: process start to its first answer bytes"})
 
 
 def run_transformers(spec: dict) -> dict:
@@ -773,7 +799,7 @@ def _bench(args, command: str) -> None:
         "systems": systems,
         "llama_cpp": {"commit": spec["llama_source_commit"],
                       "conversion": spec["conversion"] and json.loads(json.dumps(spec["conversion"]).replace(
-                          str(work), "WORK"))},
+                          str(work), "WORK").replace(str(Path(spec["native"]).parent.parent), "NATIVE_ROOT"))},
         "load_average_before": before, "load_average_after": load_average(), "machine": describe(args.threads),
     }
     out = args.out or Path("bench/results") / f"peer_speed-{preset}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"

@@ -19,25 +19,42 @@ from gamma_rt.errors import GammaError
 REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "native-build" / "cpu" / "bin"
 
-# The tail of a real llama-mtmd-cli -v run's stderr (the tiny preset, 20 s of audio), lines unrelated cut.
+# Lines of a real llama-mtmd-cli -v run's stderr (the tiny preset, 12 s of audio), lines unrelated cut.
 CLI_LOG = """\
-encoding audio slice...
-audio slice encoded in 41 ms
-decoding audio batch 1/1, n_tokens_batch = 750
-audio decoded (batch 1/1) in 12 ms
-encoding audio slice...
-audio slice encoded in 39 ms
-llama_perf_context_print:        load time =      57.66 ms
-llama_perf_context_print: prompt eval time =      35.12 ms /  1536 tokens (    0.02 ms per token, 43735.76 tokens per second)
-llama_perf_context_print:        eval time =      20.50 ms /    31 runs   (    0.66 ms per token,  1512.20 tokens per second)
-llama_perf_context_print:       total time =     121.86 ms /  1567 tokens
+0.00.144.562 I encoding mtmd batch, n_chunks = 1 (done = 1, total = 3)
+0.00.144.712 D mtmd_batch_encode_impl: encoding batch with 1 entries and total 750 tokens
+0.00.231.970 I mtmd batch encoding done in 87 ms
+0.00.254.067 I audio decoded (batch 1/1) in 22 ms
+0.00.260.833 I llama_perf_context_print:        load time =      11.55 ms
+0.00.260.837 I llama_perf_context_print: prompt eval time =     112.73 ms /   765 tokens (    0.15 ms per token,  6786.07 tokens per second)
+0.00.260.839 I llama_perf_context_print:        eval time =       3.02 ms /     7 runs   (    0.43 ms per token,  2319.42 tokens per second)
+"""
+
+# Lines of a real llama-server -lv 4 log around one request with audio.
+SERVER_LOG = """\
+0.02.569.048 I slot   operator(): id  0 | task 0 | cached n_tokens = 29, memory_seq_rm [29, end)
+0.02.569.066 I slot process_mtmd: id  0 | task 0 | encoding mtmd batch from idx = 29, n_chunks = 1
+0.02.569.319 I warmup: flash attention is enabled
+0.02.740.889 I decoding audio batch 1/1, n_tokens_batch = 750
+0.02.759.929 I audio decoded (batch 1/1) in 19 ms
+0.02.764.950 I slot print_timing: id  0 | task 0 | prompt eval time =     195.37 ms /   789 tokens
+1.05.000.000 I slot process_mtmd: id  0 | task 9 | encoding mtmd batch from idx = 29, n_chunks = 1
+1.05.250.500 I decoding audio batch 1/2, n_tokens_batch = 512
+1.05.300.000 I decoding audio batch 2/2, n_tokens_batch = 238
 """
 
 
 def test_cli_log_gives_every_stage():
     got = ps.parse_cli_log(CLI_LOG)
-    assert got == {"encode_ms": 80.0, "audio_slices": 2, "prefill_ms": 35.12, "prefill_tokens": 1536,
-                   "decode_ms": 20.5, "decode_tokens": 31, "load_ms": 57.66}
+    assert got == {"encode_ms": 87.0, "audio_slices": 1, "prefill_ms": 112.73, "prefill_tokens": 765,
+                   "decode_ms": 3.02, "decode_tokens": 7, "load_ms": 11.55}
+    assert ps.parse_cli_log("audio slice encoded in 41 ms\naudio slice encoded in 39 ms\n")["encode_ms"] == 80.0
+
+
+def test_server_log_gives_each_encode_from_its_stamps():
+    assert ps.log_seconds("1.05.250.500 I x") == pytest.approx(65.2505)
+    assert ps.log_seconds("no stamp") is None
+    assert ps.server_encodes_ms(SERVER_LOG) == pytest.approx([171.823, 250.5])
 
 
 def test_cli_log_without_perf_lines_says_none():
@@ -152,7 +169,9 @@ def test_peer_speed_end_to_end_on_the_tiny_preset(tmp_path):
         assert result["songs_per_hour"][name] > 0 and system["s_per_song"] > 0, name
         assert system["ttft_s"] > 0 and system["peak_rss_mib"] > 10, name
         assert system["answer_tokens_per_song"] > 0, name
-        assert {"encode", "prefill", "decode"} <= set(system["stages_s_per_song"]), name
+        stages = system["stages_s_per_song"]
+        assert {"encode", "prefill", "decode"} <= set(stages), name
+        assert stages["encode"] > 0 and stages["prefill"] > 0 and stages["decode"] > 0, (name, stages)
     assert result["systems"]["mtmd-cli"]["songs"] == 1 and result["systems"]["mtmd"]["songs"] == 2
     assert result["systems"]["transformers"]["songs"] == 1 and result["systems"]["gamma-rt"]["songs"] == 2
     assert result["systems"]["mtmd"]["audio_prefix_reused"] is True  # questions 2..5 hit the prompt cache
