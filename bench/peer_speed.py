@@ -769,19 +769,26 @@ def _bench(args, command: str) -> None:
     systems = {}
     for system in ["matrix", *wanted]:
         say(f"{system} ...")
-        systems[system] = child(system, spec_path)
-        say(f"{system}: {systems[system].get('songs_per_hour', systems[system].get('matrix_rate_gflops'))}")
+        try:
+            systems[system] = child(system, spec_path)
+        except GammaError as e:  # one system failing (out of memory, say) loses none of the others' hour
+            if system == "matrix":
+                raise
+            systems[system] = {"error": str(e), "songs_per_hour": None}
+        say(f"{system}: {systems[system].get('songs_per_hour', systems[system].get('matrix_rate_gflops'))}"
+            + (f" ({systems[system]['error']})" if "error" in systems[system] else ""))
     matrix = systems.pop("matrix")
     rates = {s: systems[s]["songs_per_hour"] for s in SYSTEMS if s in systems}
-    gamma = systems.get("gamma-rt")
+    ok = {s: b for s, b in systems.items() if "error" not in b}
+    gamma = ok.get("gamma-rt")
     prefill_share = None
     if gamma:
         prefill_share = round(100 * gamma["prefill_gflops"] / matrix["matrix_rate_gflops"], 1)
     gaps = {}
-    best = fairest_mtmd(systems)
+    best = fairest_mtmd(ok)
     for peer, key in (("mtmd", best["setup"]), ("transformers", "transformers")):
-        if gamma and key in systems:
-            gaps[peer] = shortfall(gamma, systems[key], TARGETS[peer])
+        if gamma and key in ok:
+            gaps[peer] = shortfall(gamma, ok[key], TARGETS[peer])
     preset = args.preset if not args.folder else args.folder.name
     result = {
         "format": RESULT_FORMAT, "command": command.replace(str(work), "WORK"),
@@ -796,7 +803,7 @@ def _bench(args, command: str) -> None:
         "ratios": ratios(rates), "fairest_mtmd": best, "shortfall": gaps,
         "matrix_rate": matrix, "gamma_rt_prefill_gflops": gamma and gamma["prefill_gflops"],
         "gamma_rt_prefill_pct_of_matrix_rate": prefill_share, "prefill_target_pct": 50,
-        "systems": systems,
+        "systems": systems, "failed_systems": sorted(set(systems) - set(ok)),
         "llama_cpp": {"commit": spec["llama_source_commit"],
                       "conversion": spec["conversion"] and json.loads(json.dumps(spec["conversion"]).replace(
                           str(work), "WORK").replace(str(Path(spec["native"]).parent.parent), "NATIVE_ROOT"))},
@@ -804,6 +811,8 @@ def _bench(args, command: str) -> None:
     }
     out = args.out or Path("bench/results") / f"peer_speed-{preset}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     write_json(out, result)
+    if result["failed_systems"]:
+        say(f"failed: {result['failed_systems']} (their errors are in the JSON)")
     say(f"songs/hour {rates}; ratios {result['ratios']}; prefill {prefill_share}% of matrix rate; wrote {out}")
 
 

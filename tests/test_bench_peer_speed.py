@@ -175,6 +175,7 @@ def test_peer_speed_end_to_end_on_the_tiny_preset(tmp_path):
     assert result["systems"]["mtmd-cli"]["songs"] == 1 and result["systems"]["mtmd"]["songs"] == 2
     assert result["systems"]["transformers"]["songs"] == 1 and result["systems"]["gamma-rt"]["songs"] == 2
     assert result["systems"]["mtmd"]["audio_prefix_reused"] is True  # questions 2..5 hit the prompt cache
+    assert result["failed_systems"] == []
     assert result["fairest_mtmd"]["setup"] in ("mtmd", "mtmd-cli")
     assert result["matrix_rate"]["matrix_rate_gflops"] > 0
     assert 0 < result["gamma_rt_prefill_pct_of_matrix_rate"]
