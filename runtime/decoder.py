@@ -14,6 +14,7 @@ import codecs
 import ctypes
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -62,6 +63,36 @@ def gpu_layers_for(requested: int | None) -> int:
     if not llama_cpp.llama_supports_gpu_offload():
         return 0
     return ALL_LAYERS if requested is None else requested
+
+
+# GGML types llama.cpp's AMX kernels take (ggml-cpu/amx/common.h, qtype_has_amx_kernels): Q4_0, Q4_1, Q8_0,
+# Q4_K, Q5_K, Q6_K, IQ4_XS
+AMX_KERNEL_TYPES = frozenset({2, 3, 8, 12, 13, 14, 23})
+KEEP_AMX_ENV = "GAMMA_LLAMA_AMX"
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """The CPU has Intel AMX tiles (Sapphire Rapids and later): /proc/cpuinfo's flags name amx_int8."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def extra_buffers_allowed(tensor_types, has_amx: bool, keep_amx: bool = False) -> bool:
+    """Whether llama.cpp may put this GGUF's weights in its extra CPU buffer types (AMX tiles, repacked rows).
+
+    Not where AMX kernels would take them: the AMX matrix multiply of the pinned llama.cpp crashes the process
+    (SIGSEGV in ggml_backend_amx_mul_mat, ggml-org/llama.cpp#20824; seen here on a Q8_0 GGUF on a Xeon with
+    AMX, where the same file runs with the extra buffers off). Their weights then take the ordinary AVX-512
+    path. ``keep_amx`` (``GAMMA_LLAMA_AMX=1``) keeps them on, for a llama.cpp build that has the fix."""
+    if keep_amx or not has_amx:
+        return True
+    return not any(t in AMX_KERNEL_TYPES for t in tensor_types)
 
 
 def quiet_llama_logs() -> None:
@@ -150,6 +181,8 @@ class DecoderSession:
             raise ValueError(f"n_gpu_layers must be 0 or more (None for all), got {n_gpu_layers}")
         self.gpu_layers = gpu_layers_for(n_gpu_layers)
         mparams.n_gpu_layers = self.gpu_layers
+        mparams.use_extra_bufts = extra_buffers_allowed({t.ggml_type for t in header.tensors}, cpu_has_amx(),
+                                                        os.environ.get(KEEP_AMX_ENV) == "1")
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise BundleError(f"{self.path}: llama.cpp could not load this GGUF (unsupported architecture or tensors)")

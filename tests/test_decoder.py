@@ -234,3 +234,21 @@ def test_generating_before_any_prompt_is_an_error_not_a_crash(f32):
     with DecoderSession(f32, n_ctx=256) as s:
         with pytest.raises(RuntimeError, match="nothing evaluated"):
             next(s.generate(Sampling(), max_tokens=4))
+
+
+def test_amx_kernels_are_kept_off_the_quantized_weights_they_crash_on(tmp_path):
+    # llama.cpp's AMX matrix multiply crashes (SIGSEGV) on a Q8_0 GGUF on a Xeon with AMX: where the CPU has
+    # AMX and the weights are of a type its kernels take, the session loads without the extra buffers
+    from gamma_rt.runtime.decoder import cpu_has_amx, extra_buffers_allowed
+
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n\n")
+    assert cpu_has_amx(amx) and not cpu_has_amx(plain) and not cpu_has_amx(tmp_path / "absent")
+    f32, f16, q8_0, q4_k = 0, 1, 8, 12
+    assert not extra_buffers_allowed({f32, q8_0}, has_amx=True)
+    assert not extra_buffers_allowed({f32, q4_k}, has_amx=True)
+    assert extra_buffers_allowed({f32, f16}, has_amx=True)  # no AMX kernel takes F32/F16 weights
+    assert extra_buffers_allowed({q8_0}, has_amx=False)  # repacked rows on other CPUs stay
+    assert extra_buffers_allowed({q8_0}, has_amx=True, keep_amx=True)  # GAMMA_LLAMA_AMX=1
