@@ -170,7 +170,10 @@ def run_load(url: str, model: str, options: LoadOptions, songs, concurrency: int
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=REQUEST_TIMEOUT_S)
         for w in range(options.warmup):
             send(client, model, options.requests + w, "good", songs, options.answer_tokens, 0.0)
-        warm.wait()
+        try:
+            warm.wait()
+        except threading.BrokenBarrierError:  # the run gave up waiting for the warm-up (below)
+            return
         while True:
             with lock:
                 if not todo:
@@ -182,7 +185,17 @@ def run_load(url: str, model: str, options: LoadOptions, songs, concurrency: int
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(concurrency)]
     for t in threads:
         t.start()
-    warm.wait(timeout=REQUEST_TIMEOUT_S)
+    # each warm-up request ends within REQUEST_TIMEOUT_S (answered, refused or timed out), so this bounds it
+    limit = options.warmup * REQUEST_TIMEOUT_S + 60
+    try:
+        warm.wait(timeout=limit)
+    except threading.BrokenBarrierError:
+        from gamma_rt.errors import GammaError
+
+        warm.abort()
+        raise GammaError(f"the {concurrency} clients' warm-up ({options.warmup} request(s) each) did not finish in "
+                         f"{limit} s: the server is too slow for this load or stopped answering; try fewer "
+                         "--clients or --answer-tokens") from None
     start[0] = time.perf_counter()
     for t in threads:
         t.join()

@@ -89,25 +89,33 @@ def _timed_blocks(blocks: Iterable[np.ndarray], times: StageTimes) -> Iterator[n
         yield block
 
 
-def _encode_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
-                    cache: EmbeddingCache | None, batch: int = 1) -> Iterator[WindowEmbedding]:
+def cut_windows(blocks: Iterable[np.ndarray], layout: AudioLayout, times: StageTimes) -> Iterator[Window]:
+    """The stream's windows, in order, up to the model's limit (``audio.max_seconds``); the time spent reading
+    goes to ``times`` as the ``read`` stage. Audio past the limit is not used, and the user is told."""
     cut = windows(_timed_blocks(blocks, times), layout.sample_rate, layout.window_seconds,
                   layout.front_end.lookahead)
     limit = layout.max_windows
+    try:
+        yield from itertools.islice(cut, limit)
+        if limit is not None and next(cut, None) is not None:
+            # as the model's own processor does
+            print(f"gamma-rt: audio longer than the model's {layout.max_seconds:g} s (manifest audio.max_seconds); "
+                  f"using the first {limit * layout.window_seconds:g} s", file=sys.stderr)
+    finally:
+        close = getattr(cut, "close", None)
+        if close:
+            close()
+
+
+def _encode_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
+                    cache: EmbeddingCache | None, batch: int = 1) -> Iterator[WindowEmbedding]:
     pending: list[Window] = []
-    for window in itertools.islice(cut, limit):
+    for window in cut_windows(blocks, layout, times):
         pending.append(window)
         if len(pending) == batch:
             yield from _encode_batch(pending, backend, layout, times, cache)
             pending = []
     yield from _encode_batch(pending, backend, layout, times, cache)
-    if limit is not None and next(cut, None) is not None:
-        # as the model's own processor does: the audio past its limit is not used, and the user is told
-        print(f"gamma-rt: audio longer than the model's {layout.max_seconds:g} s (manifest audio.max_seconds); "
-              f"using the first {limit * layout.window_seconds:g} s", file=sys.stderr)
-    close = getattr(cut, "close", None)
-    if close:
-        close()
 
 
 def window_feeds(window: Window, layout: AudioLayout) -> dict[str, np.ndarray]:
@@ -136,31 +144,45 @@ def checked_embeddings(encoded, batch: list[Window], layout: AudioLayout, backen
 
 
 def _encode_batch(batch: list[Window], backend: AudioBackend, layout: AudioLayout, times: StageTimes,
-                  cache: EmbeddingCache | None) -> Iterator[WindowEmbedding]:
+                  cache: EmbeddingCache | None) -> list[WindowEmbedding]:
     """The windows of ``batch`` in order; those not in the cache go through the backend in one call."""
+    return encode_window_batch([(window, times) for window in batch], backend, layout, cache)
+
+
+def encode_window_batch(batch: list[tuple[Window, StageTimes]], backend: AudioBackend, layout: AudioLayout,
+                        cache: EmbeddingCache | None) -> list[WindowEmbedding]:
+    """WindowEmbeddings of windows that may come from different streams (songs in flight), in order: each
+    window's cache lookup and front end is timed on its own stream's StageTimes, and the windows not in the
+    cache go through the backend in one call. A window's embeddings do not depend on the others in the call."""
     full: list[np.ndarray | None] = [None] * len(batch)
     keys: list = [None] * len(batch)
     if cache is not None:
-        with times.stage("cache"):
-            for i, window in enumerate(batch):
+        for i, (window, times) in enumerate(batch):
+            with times.stage("cache"):
                 audio = np.concatenate([window.samples, window.after]) if len(window.after) else window.samples
                 keys[i] = cache.key(audio, window.index, window.n_valid)
                 full[i] = cache.get(keys[i])
     todo = [i for i, f in enumerate(full) if f is None]
     if todo:
-        with times.stage("front_end"):
-            per_window = [window_feeds(batch[i], layout) for i in todo]
-            feeds = {k: np.concatenate([f[k] for f in per_window]) for k in per_window[0]}
-        encoded = checked_embeddings(backend.encode(feeds), [batch[i] for i in todo], layout, backend)
+        per_window = []
+        for i in todo:
+            window, times = batch[i]
+            with times.stage("front_end"):
+                per_window.append(window_feeds(window, layout))
+        feeds = {k: np.concatenate([f[k] for f in per_window]) for k in per_window[0]}
+        encoded = checked_embeddings(backend.encode(feeds), [batch[i][0] for i in todo], layout, backend)
         for j, i in enumerate(todo):
             full[i] = encoded[j]
             if cache is not None:
+                window, times = batch[i]
                 with times.stage("cache"):
                     cache.put(keys[i], full[i])
-    for window, embeddings in zip(batch, full):
+    out = []
+    for (window, _), embeddings in zip(batch, full):
         n = window.valid_tokens(layout.tokens_per_window, layout.token_count, layout.front_end.hop_length,
                                 layout.sample_rate)
-        yield WindowEmbedding(window.index, window.start_s, window.end_s, embeddings[:n])
+        out.append(WindowEmbedding(window.index, window.start_s, window.end_s, embeddings[:n]))
+    return out
 
 
 def embed_windows(blocks: Iterable[np.ndarray], backend: AudioBackend, layout: AudioLayout,

@@ -123,7 +123,8 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
                    "the encoders")
     g.add_argument("--batch-windows", type=int, default=1, metavar="N",
                    help="30 s windows per audio-backend call (default 1: each as soon as it arrives; 4 or 8 "
-                   "keep a GPU busier on whole files)")
+                   "keep a GPU busier: on whole files, and in tag --in-flight and serve, windows of that many "
+                   "songs in flight at once)")
     g.add_argument("--no-overlap", action="store_true",
                    help="encode each window only after the previous one is prefilled (no worker thread); "
                         "always so where the encoders and the decoder would share too few CPU cores")

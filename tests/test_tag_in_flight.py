@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tag_fixtures import GOOD, make_library
 
+from gamma_rt.errors import BundleError
 from gamma_rt.runtime.decoder import DecoderSession
+from gamma_rt.runtime.options import RuntimeOptions
+from gamma_rt.runtime.ort_backend import OrtBackend
 from gamma_rt.runtime.tagging.in_flight import default_in_flight
 from gamma_rt.runtime.tagging.prompt_sets import PromptSet
 from gamma_rt.runtime.tagging.records import read_records
@@ -57,10 +61,12 @@ def library(root: Path, extra: int = 8) -> Path:
     return root
 
 
-def tag(lib: Path, bundle: Path, out: Path, prompts: PromptSet, n: int) -> tuple[dict, list[str]]:
+def tag(lib: Path, bundle: Path, out: Path, prompts: PromptSet, n: int,
+        runtime: RuntimeOptions | None = None) -> tuple[dict, list[str]]:
     """Records by path after a run with ``n`` songs in flight, and what the engine said about itself."""
     said: list[str] = []
-    job = TagJob(library=lib, bundle=bundle, out=out, prompt_set=prompts, in_flight=n)
+    job = TagJob(library=lib, bundle=bundle, out=out, prompt_set=prompts, in_flight=n,
+                 runtime=runtime or RuntimeOptions())
     summary = run(job, on_engine=said.append)
     records = {r["path"]: r for r in read_records(summary.records_file, "jsonl")}
     return records, said
@@ -112,6 +118,60 @@ def test_the_comparison_catches_tokens_stepped_on_the_wrong_sequences(one_at_a_t
     monkeypatch.setattr(DecoderSession, "step", crossed)
     together, _ = tag(lib, tiny_bundle, tmp_path / "crossed", prompts, 8)
     assert answers(together) != answers(alone)
+
+
+def calls_of(monkeypatch, change=None) -> list[int]:
+    """Windows per audio-backend call from now on; ``change(feeds, encoded)`` may alter what a call returns."""
+    real_encode, sizes = OrtBackend.encode, []
+
+    def encode(self, feeds):
+        sizes.append(len(feeds["window_index"]))
+        encoded = real_encode(self, feeds)
+        return encoded if change is None else change(feeds, encoded)
+
+    monkeypatch.setattr(OrtBackend, "encode", encode)
+    return sizes
+
+
+def test_windows_of_several_songs_share_one_backend_call_and_give_the_same_records(one_at_a_time, tiny_bundle,
+                                                                                   tmp_path, monkeypatch):
+    lib, prompts, alone, _ = one_at_a_time
+    sizes = calls_of(monkeypatch)
+    together, _ = tag(lib, tiny_bundle, tmp_path / "batched", prompts, 8, RuntimeOptions(batch_windows=4))
+    assert max(sizes) > 1, f"no backend call held more than one song's window: {sizes}"
+    assert max(sizes) <= 4
+    assert answers(together) == answers(alone)
+
+
+def test_the_comparison_catches_embeddings_handed_to_the_wrong_song(one_at_a_time, tiny_bundle, tmp_path,
+                                                                   monkeypatch):
+    # a batching fault: each window of a call gets the next window's embeddings
+    lib, prompts, alone, _ = one_at_a_time
+    sizes = calls_of(monkeypatch, lambda feeds, encoded: np.roll(encoded, 1, axis=0))
+    together, _ = tag(lib, tiny_bundle, tmp_path / "rolled", prompts, 8, RuntimeOptions(batch_windows=4))
+    assert max(sizes) > 1
+    assert answers(together) != answers(alone)
+
+
+def test_a_window_the_backend_refuses_fails_its_own_song_only(one_at_a_time, tiny_bundle, tmp_path, monkeypatch):
+    # the audio graphs refuse every second window (the 40 s songs have one): those songs fail with the
+    # graphs' error, and every other song of the same calls gets the records of one at a time
+    lib, prompts, alone, _ = one_at_a_time
+
+    def refuse(feeds, encoded):
+        if (feeds["window_index"] == 1).any():
+            raise BundleError("the audio graphs refuse the second window")
+        return encoded
+
+    sizes = calls_of(monkeypatch, refuse)
+    together, _ = tag(lib, tiny_bundle, tmp_path / "refused", prompts, 8, RuntimeOptions(batch_windows=4))
+    assert max(sizes) > 1
+    refused = {p for p, r in together.items() if "refuse the second window" in (r["error"] or "")}
+    long_songs = {p for p in together if p.endswith(("song2.wav", "song6.wav"))}
+    assert refused == long_songs and len(long_songs) == 2, refused
+    assert all(together[p]["status"] != "ok" for p in refused)
+    rest = {p: a for p, a in answers(together).items() if p not in refused}
+    assert rest == {p: a for p, a in answers(alone).items() if p not in refused}
 
 
 def test_the_default_songs_in_flight_follow_memory_cores_and_llama_cpps_sequences():

@@ -83,7 +83,8 @@ class Service:
                                           n_gpu_layers=pipeline.options.gpu_layers, n_seq_max=options.parallel,
                                           shared_cells=False, lora=pipeline.lora_file)
         cores = Cores(cores_shared(pipeline.backend.name, pipeline.session.gpu_layers, pipeline.options.threads))
-        self.listener = Listener(pipeline.backend, pipeline.layout, pipeline.cache, cores)
+        self.listener = Listener(pipeline.backend, pipeline.layout, pipeline.cache, cores,
+                                 batch=pipeline.options.batch_windows)
         self.scheduler = Scheduler(pipeline.session, pipeline.prompt, pipeline.layout, self.listener, self.metrics,
                                    options.max_queue)
 

@@ -132,7 +132,7 @@ class InFlight:
                                       lora=pipe.lora_file)
         self.bytes_per_song = per_song * pipe.session.kv_bytes_per_cell
         cores = Cores(cores_shared(pipe.backend.name, pipe.session.gpu_layers, options.threads))
-        self.listener = Listener(pipe.backend, pipe.layout, pipe.cache, cores)
+        self.listener = Listener(pipe.backend, pipe.layout, pipe.cache, cores, batch=options.batch_windows)
         self.scheduler = Scheduler(pipe.session, pipe.prompt, pipe.layout, self.listener, max_queue=0)
 
     def describe(self) -> str:
