@@ -368,7 +368,9 @@ def measure(options: LoadOptions) -> dict:
     if not (bundle / "manifest.json").is_file():
         raise GammaError(f"{bundle}: neither a URL nor a bundle folder (no manifest.json)")
     with ServedBundle(bundle, options.clients, options.threads, options.server_args) as served:
-        return run(options, served.url)
+        result = run(options, served.url)
+    result["target"] = bundle.resolve().name  # the bundle by its folder's name: no path of this machine
+    return result
 
 
 def write_result(result: dict, folder: Path) -> tuple[Path, Path]:

@@ -47,8 +47,11 @@ example:
 """
 
 
-def one_run(bundle: Path, library: Path, out: Path, prompts: Path, n: int, threads: int, decoder: str) -> dict:
-    """Tag ``library`` with ``n`` songs in flight, in this process; wall time, step log, records, peak RSS."""
+def one_run(bundle: Path, library: Path, out: Path, prompts: Path, n: int, threads: int, decoder: str,
+            batch_windows: int = 1) -> dict:
+    """Tag ``library`` with ``n`` songs in flight, in this process; wall time, step log, windows per audio
+    backend call, records, peak RSS."""
+    from gamma_rt.runtime.ort_backend import OrtBackend
     from gamma_rt.runtime.decoder import DecoderSession
     from gamma_rt.runtime.options import RuntimeOptions
     from gamma_rt.runtime.tagging.prompt_sets import PromptSet
@@ -65,14 +68,23 @@ def one_run(bundle: Path, library: Path, out: Path, prompts: Path, n: int, threa
         return drawn
 
     DecoderSession.step = timed_step
+    calls: list[int] = []
+    real_encode = OrtBackend.encode
+
+    def counted_encode(self, feeds):
+        calls.append(len(feeds["window_index"]))
+        return real_encode(self, feeds)
+
+    OrtBackend.encode = counted_encode
     said: list[str] = []
     job = TagJob(library=library, bundle=bundle, out=out, prompt_set=PromptSet.load(prompts), in_flight=n,
-                 runtime=RuntimeOptions(threads=threads, decoder=decoder))
+                 runtime=RuntimeOptions(threads=threads, decoder=decoder, batch_windows=batch_windows))
     t0 = time.perf_counter()
     summary = run(job, on_engine=said.append)
     wall = time.perf_counter() - t0
     records = read_records(summary.records_file, "jsonl")
-    return {"in_flight": n, "engine": said, "wall_s": round(wall, 2), "ok": summary.ok, "failed": summary.failed,
+    return {"in_flight": n, "batch_windows": batch_windows, "backend_calls": len(calls),
+            "windows_per_call_max": max(calls, default=0), "engine": said, "wall_s": round(wall, 2), "ok": summary.ok, "failed": summary.failed,
             "steps": steps, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "answers": {r["path"]: [r["status"], r["error"], r["answers"]] for r in records}}
 
@@ -116,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decoder", default="auto", help="manifest key of the GGUF (decoder: F32)")
     parser.add_argument("--prompts", default="quick", help="'quick' (bench/tagging.py's QUICK_PROMPTS) or a file")
+    parser.add_argument("--batch-windows", type=int, default=1,
+                        help="windows per audio-backend call in the N-in-flight run (one window each of that many "
+                             "songs; the one-at-a-time run keeps 1), so the records check covers both batchings")
     parser.add_argument("--out", type=Path, default=Path("bench/results/tag_in_flight.json"))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one run, JSON on stdout
     parser.add_argument("--library", type=Path, help=argparse.SUPPRESS)
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.one is not None:
         result = one_run(args.bundle, args.library, args.results, Path(args.prompts), args.one, args.threads,
-                         args.decoder)
+                         args.decoder, args.batch_windows)
         print(json.dumps(result))
         return 0
     return run_module("tag_in_flight", argv, lambda command: _bench(args, command))
@@ -144,7 +159,8 @@ def _bench(args, command: str) -> None:
         for n in (1, args.in_flight):
             cmd = [sys.executable, "-m", "gamma_rt.bench.tag_in_flight", str(args.bundle), "--one", str(n),
                    "--library", str(work / "library"), "--results", str(work / f"results-{n}"),
-                   "--prompts", str(prompts), "--threads", str(args.threads), "--decoder", args.decoder]
+                   "--prompts", str(prompts), "--threads", str(args.threads), "--decoder", args.decoder,
+                   "--batch-windows", str(1 if n == 1 else args.batch_windows)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs[n] = summarize(json.loads(out.stdout.splitlines()[-1]), args.tracks)
             print(f"in flight {n}: {runs[n]['songs_per_hour']} songs/hour, {runs[n]['decode_steps']} steps",
@@ -158,7 +174,7 @@ def _bench(args, command: str) -> None:
         result = {
             # the bundle by its folder's name: no path of this machine in a committed result
             "format": RESULT_FORMAT, "command": command.replace(str(args.bundle), "BUNDLE"),
-            "bundle": args.bundle.resolve().name, "decoder": args.decoder,
+            "bundle": args.bundle.resolve().name, "decoder": args.decoder, "batch_windows": args.batch_windows,
             "tracks": args.tracks, "seconds": args.seconds, "prompts": k, "threads": args.threads,
             "songs_per_hour": {f"in_flight_{n}": r["songs_per_hour"] for n, r in runs.items()},
             "ratio": round(together["songs_per_hour"] / alone["songs_per_hour"], 3),
