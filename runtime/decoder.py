@@ -170,6 +170,9 @@ class DecoderSession:
         if kv_type not in _KV_TYPES:
             raise ValueError(f"kv_type {kv_type!r}: choose one of {', '.join(_KV_TYPES)}")
         self.kv_bytes_per_cell = kv_bytes_per_cell(header.metadata, kv_type)
+        self.kv_type = kv_type
+        # with an f32 cache flash attention is off: attention then computes every cell in use, masked or not
+        self.flash_attention = kv_type != "f32"
         self.shared_cells = shared_cells
         if not _backend_ready:
             quiet_llama_logs()
@@ -410,7 +413,11 @@ class DecoderSession:
         steps; a sequence's first step passes the last token of its prompt. Without ``shared_cells``, llama.cpp
         runs the batch as one pass only over consecutive sequence ids in increasing order, and splits any other
         into one pass per such run (a step of 8 small-preset sequences on 2 cores: 236 ms in increasing order,
-        658 ms in decreasing order; bench/serve_steps.py), so give the items sorted and keep the ids packed."""
+        658 ms in decreasing order; bench/serve_steps.py), so give the items sorted and keep the ids packed.
+        Gaps in a sorted run (a sequence between two stepped ones that is idle, or still prefilling) are
+        filled for the pass with a throwaway token at that sequence's next position, removed right after:
+        one more row of the batch instead of one more pass over all the weights. A sequence whose cells are
+        full is not filled; the batch is then split there as before."""
         if len(items) != len(samplers):
             raise ValueError(f"{len(items)} items but {len(samplers)} samplers")
         if len(items) > self.n_batch:
@@ -419,8 +426,35 @@ class DecoderSession:
             raise ValueError("step takes one item per sequence")
         for seq, _ in items:
             self._check_seq(seq)
-        self._run(self._token_batch, items, last_logits=False, logits_for=range(len(items)))
-        return [self._sample(chain, i) for i, chain in enumerate(samplers)]
+        batch, rows, fillers = self._filled(items)
+        try:
+            self._run(self._token_batch, batch, last_logits=False, logits_for=set(rows))
+        finally:
+            for seq, pos in fillers:
+                llama_cpp.llama_memory_seq_rm(self._memory, seq, pos, -1)
+        return [self._sample(chain, rows[i]) for i, chain in enumerate(samplers)]
+
+    def _filled(self, items: list[tuple[int, int]]) -> tuple[list, list[int], list[tuple[int, int]]]:
+        """(the batch, each item's row in it, the (sequence, position) of each throwaway token): ``items``
+        with the gaps of their sorted sequence run filled (see :meth:`step`), where cells are per sequence."""
+        seqs = [seq for seq, _ in items]
+        if self.shared_cells or len(items) < 2 or len(items) + (seqs[-1] - seqs[0] + 1 - len(items)) > self.n_batch \
+                or seqs != sorted(seqs) or seqs[-1] - seqs[0] + 1 == len(items):
+            return items, list(range(len(items))), []
+        have = dict(items)
+        batch, rows, fillers = [], [], []
+        filler = items[0][1]  # any token: its cell is removed after the pass
+        for seq in range(seqs[0], seqs[-1] + 1):
+            if seq in have:
+                rows.append(len(batch))
+                batch.append((seq, have[seq]))
+                continue
+            pos = self.n_past(seq)
+            if pos >= self.cells_per_sequence:  # no room for the throwaway cell: leave the gap (two passes)
+                continue
+            fillers.append((seq, pos))
+            batch.append((seq, filler))
+        return batch, rows, fillers
 
     def generate(
         self, sampling: Sampling, max_tokens: int, stop: list[str] | tuple[str, ...] = (), seq_id: int = 0

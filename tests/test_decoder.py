@@ -252,3 +252,33 @@ def test_amx_kernels_are_kept_off_the_quantized_weights_they_crash_on(tmp_path):
     assert extra_buffers_allowed({f32, f16}, has_amx=True)  # no AMX kernel takes F32/F16 weights
     assert extra_buffers_allowed({q8_0}, has_amx=False)  # repacked rows on other CPUs stay
     assert extra_buffers_allowed({q8_0}, has_amx=True, keep_amx=True)  # GAMMA_LLAMA_AMX=1
+
+
+def test_a_step_over_sequences_with_gaps_fills_them_and_leaves_them_as_they_were(f32):
+    # cells per sequence: a step over sequences 0 and 3 runs as one pass with throwaway tokens on 1 and 2
+    # (one idle, one holding a prompt); the drawn tokens are those of stepping 0 and 3 alone, and 1 and 2
+    # keep exactly their cells: the prompt on 2 then answers as it does on a session that never stepped
+    greedy = Sampling(temperature=0.0)
+
+    def prepared(s):
+        for seq in (0, 2, 3):
+            audio_prefix(s, seq)
+            s.eval_tokens(question(s, QUESTIONS[seq % 3])[:-1], seq)
+        return [s.sampler(greedy) for _ in range(2)]
+
+    with DecoderSession(f32, n_ctx=1024, n_seq_max=4, shared_cells=False) as s:
+        chains = prepared(s)
+        held = [s.n_past(seq) for seq in range(4)]
+        items = [(0, question(s, QUESTIONS[0])[-1]), (3, question(s, QUESTIONS[0])[-1])]
+        gapped = s.step(items, chains)
+        assert [s.n_past(seq) for seq in (1, 2)] == held[1:3]  # the throwaway cells are gone
+        assert s.n_past(0) == held[0] + 1 and s.n_past(3) == held[3] + 1
+        s.eval_tokens(question(s, QUESTIONS[2])[-1:], 2)
+        after_gap = s.logits()
+    with DecoderSession(f32, n_ctx=1024, n_seq_max=4, shared_cells=False) as s:
+        chains = prepared(s)
+        alone = [s.step([item], [chain])[0] for item, chain in zip(items, chains)]
+        s.eval_tokens(question(s, QUESTIONS[2])[-1:], 2)
+        untouched = s.logits()
+    assert gapped == alone
+    np.testing.assert_allclose(after_gap, untouched, rtol=0, atol=1e-4)

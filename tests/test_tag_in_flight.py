@@ -8,6 +8,7 @@ sequences, the records differ.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from tag_fixtures import GOOD, make_library
 
 from gamma_rt.errors import BundleError
+from gamma_rt.export.gguf_export import export_gguf
 from gamma_rt.runtime.decoder import DecoderSession
 from gamma_rt.runtime.options import RuntimeOptions
 from gamma_rt.runtime.ort_backend import OrtBackend
@@ -183,10 +185,16 @@ def test_the_default_songs_in_flight_follow_memory_cores_and_llama_cpps_sequence
     assert default_in_flight(1, 64, cores=16, free=64 * gib) == 4  # 256 sequences / 64 prompts
 
 
-def test_songs_longer_than_the_first_wait_for_room_or_are_tagged_alone_at_the_end(tiny_bundle, tmp_path):
-    # the pool is sized from the first tracks (1-2 s songs: one window each). A 45 s song (two windows) fits
-    # the pool of two songs alone, so it waits for room; the pool of one cannot hold it, nor either pool the
-    # 95 s song (four windows): those are tagged last, one at a time, on a pipeline of their own size
+def test_songs_longer_than_the_first_wait_for_room_or_are_tagged_alone_at_the_end(tiny_bundle, tiny_checkpoint,
+                                                                                  tmp_path):
+    # the pool is sized from the first tracks (1-2 s songs: one window each). With an F16 decoder (flash
+    # attention: one shared pool) a 45 s song (two windows) fits the pool of two songs alone, so it waits for
+    # room; the pool of one cannot hold it, nor either pool the 95 s song (four windows): those are tagged
+    # last, one at a time, on a pipeline of their own size. With the F32 decoder two songs in flight get cells
+    # per question, and the 45 s song does not fit a question's cells: it is tagged at the end too
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    export_gguf(tiny_checkpoint, bundle, "f16", progress=lambda items, **_: items)
     lib = tmp_path / "lib"
     for folder in ("a", "y", "z"):
         (lib / folder).mkdir(parents=True)
@@ -196,9 +204,10 @@ def test_songs_longer_than_the_first_wait_for_room_or_are_tagged_alone_at_the_en
     long = write(lib / "z" / "long.flac", Music(95.0, 16000, 1, 99), subtype="PCM_16")
     (tmp_path / "p.toml").write_text(PROMPTS)
     prompts = PromptSet.load(tmp_path / "p.toml")
-    alone, said = tag(lib, tiny_bundle, tmp_path / "n1", prompts, 1)
-    two, _ = tag(lib, tiny_bundle, tmp_path / "n2", prompts, 2)
-    assert "songs up to 30 s" in said[0]
+    f16 = RuntimeOptions(decoder="decoder.f16")
+    alone, said = tag(lib, bundle, tmp_path / "n1", prompts, 1, f16)
+    two, said_two = tag(lib, bundle, tmp_path / "n2", prompts, 2, f16)
+    assert "songs up to 30 s" in said[0] and "waits for room" in said_two[0], said_two
     assert len(alone) == 11 and all(r["status"] == "ok" for r in alone.values()), alone
     mid, long = str(mid.resolve()), str(long.resolve())
     assert alone[long]["duration_s"] == pytest.approx(95.0, abs=0.1)
@@ -207,3 +216,10 @@ def test_songs_longer_than_the_first_wait_for_room_or_are_tagged_alone_at_the_en
     assert not alone_pipeline & set(two[mid]["timings"]), "the 45 s song did not run on the engine"
     assert [r["status"] for r in two.values()] == ["ok"] * 11
     assert answers(two) == answers(alone)  # the engine and the one-at-a-time pipeline agree on the 45 s song
+
+    alone32, _ = tag(lib, bundle, tmp_path / "n1-f32", prompts, 1)
+    two32, said32 = tag(lib, bundle, tmp_path / "n2-f32", prompts, 2)
+    assert "cells per question" in said32[0], said32
+    assert alone_pipeline <= set(two32[mid]["timings"]) and alone_pipeline <= set(two32[long]["timings"])
+    assert [r["status"] for r in two32.values()] == ["ok"] * 11
+    assert answers(two32) == answers(alone32)

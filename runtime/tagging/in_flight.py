@@ -5,14 +5,26 @@ sequence, and each prompt of the set forks that prefix onto a sequence of its ow
 for one song. The decode steps of every song in flight go in one llama.cpp batch, and one song's windows and
 prefill interleave with the others' steps (scheduler.py).
 
-The KV cache is one pool of cells for the songs in flight (a song's questions share its audio's cells). It
-is sized when the run starts, for N songs as long as the longest of the first tracks: a longer song later
-waits until there is room for it, and one too long for the whole pool is tagged at the end, alone, on a
-pipeline of its own size (worker.TrackTagger).
+The KV cache is sized when the run starts, for N songs as long as the longest of the first tracks. It is
+one of two layouts (:func:`per_sequence_cells`):
 
-Memory per song in flight: its KV cells (prompt head, audio tokens, every prompt's question and max_tokens;
-:func:`song_cells`), its decoded audio (up to 20 min of 16 kHz float32 is held; longer tracks stream from
-disk) and two encoded windows. The default N (:func:`default_in_flight`) is what half the free memory holds,
+- one pool of cells for the songs in flight, a song's questions sharing its audio's cells: a longer song
+  later waits until there is room for it. So it is with one song in flight, and where llama.cpp runs flash
+  attention (an F16 cache: a quantized or F16 GGUF), which skips the cells of other sequences;
+- cells of its own for each question (llama.cpp's streams), the song's audio prefix copied from its first
+  question's to the others' (a copy of the KV buffer, no evaluation). So it is with N > 1 songs and an F32
+  cache (an all-F32 GGUF, where flash attention is off for exact parity): there attention computes every cell
+  in use, masked or not, so in one shared pool a song's prefill reads the other songs' cells too. Measured on
+  the small preset, 2 cores: 1,024 embeddings prefilled in 7.2 s alone, 30.9 s beside 7 other songs of 900
+  cells in one pool, 6.9 s with cells per sequence. A song longer than the first ones does not fit a
+  sequence's cells.
+
+A song too long for the pool (or for a sequence's cells) is tagged at the end, alone, on a pipeline of its
+own size (worker.TrackTagger).
+
+Memory per song in flight: its KV cells (prompt head, audio tokens, every prompt's question and max_tokens,
+the head and audio once per question with cells per sequence; :meth:`InFlight.song_cells`), its decoded
+audio (up to 20 min of 16 kHz float32 is held; longer tracks stream from disk) and two encoded windows. The default N (:func:`default_in_flight`) is what half the free memory holds,
 at most 4 per core and :data:`MAX_IN_FLIGHT`.
 
 With ``--timeout-per-minute`` a song shares the machine with up to N - 1 others, so it is allowed N times its
@@ -62,6 +74,12 @@ def free_memory_bytes() -> int | None:
     except OSError:
         return None
     return None
+
+
+def per_sequence_cells(n: int | None, flash_attention: bool) -> bool:
+    """Whether N songs in flight get KV cells per question (module docstring): only with more than one song
+    (None: the default, which is more than one unless memory holds one) and no flash attention."""
+    return not flash_attention and n != 1
 
 
 def default_in_flight(bytes_per_song: int, n_prompts: int, cores: int | None = None, free: int | None = None) -> int:
@@ -123,13 +141,16 @@ class InFlight:
         self.branches = [Branch(pipe.tokens(pipe.prompt.tail(p.question)), s, p.max_tokens, pipe.prompt.stop)
                          for p, s in zip(prompt_set.prompts, samplings)]
         self.song_seconds = min(MAX_SONG_SECONDS, max(MIN_SONG_SECONDS, song_seconds))
-        per_song = -(-self.song_cells(self.song_seconds) // 256) * 256
-        bytes_per_song = per_song * pipe.session.kv_bytes_per_cell
-        self.n = n or default_in_flight(bytes_per_song, len(self.branches))
+        k, cell_bytes = len(self.branches), pipe.session.kv_bytes_per_cell
+        self.own_cells = per_sequence_cells(n, pipe.session.flash_attention)
+        self.n = n or default_in_flight(self._pool_cells(self.song_seconds) * cell_bytes, k)
+        if self.own_cells and self.n == 1:  # the default came to one song: one pool, the prefix shared
+            self.own_cells = False
+        per_song = self._pool_cells(self.song_seconds)
         pipe.session.close()  # Pipeline.open sized one for a single song
         pipe.session = DecoderSession(pipe.decoder_file, n_ctx=self.n * per_song, n_threads=options.threads,
-                                      n_gpu_layers=options.gpu_layers, n_seq_max=self.n * len(self.branches),
-                                      lora=pipe.lora_file)
+                                      n_gpu_layers=options.gpu_layers, n_seq_max=self.n * k,
+                                      shared_cells=not self.own_cells, lora=pipe.lora_file)
         self.bytes_per_song = per_song * pipe.session.kv_bytes_per_cell
         cores = Cores(cores_shared(pipe.backend.name, pipe.session.gpu_layers, options.threads))
         self.listener = Listener(pipe.backend, pipe.layout, pipe.cache, cores, batch=options.batch_windows)
@@ -137,16 +158,35 @@ class InFlight:
 
     def describe(self) -> str:
         """One line: songs in flight and the memory each takes."""
+        later = ("cells per question, the audio copied to each; a longer one is tagged at the end" if self.own_cells
+                 else "a longer one waits for room")
         return (f"{self.n} songs in flight, {self.bytes_per_song / 2**20:.0f} MiB of KV cells each (songs up to "
-                f"{self.song_seconds:.0f} s; a longer one waits for room)")
+                f"{self.song_seconds:.0f} s; {later})")
 
     def song_cells(self, seconds: float) -> int:
-        """KV cells one song of ``seconds`` analysed may need: head, audio, every question and answer."""
+        """KV cells one song of ``seconds`` analysed may need: head, audio, every question and answer (the head
+        and audio once per question with cells per sequence)."""
         windows = audio_windows(seconds, self.pipeline.layout)
-        return cells_needed(self.head, self.branches, windows, self.pipeline.layout, shared_cells=True)[0]
+        return cells_needed(self.head, self.branches, windows, self.pipeline.layout,
+                            shared_cells=not self.own_cells)[0]
+
+    def _pool_cells(self, seconds: float) -> int:
+        """Cells the pool holds per song of ``seconds``: with cells per sequence, each question's sequence gets
+        the longest one's, rounded up to llama.cpp's 256 (its share of n_ctx must be whole)."""
+        windows = audio_windows(seconds, self.pipeline.layout)
+        if not self.own_cells:
+            return -(-self.song_cells(seconds) // 256) * 256
+        longest = cells_needed(self.head, self.branches, windows, self.pipeline.layout, shared_cells=False)[1]
+        return len(self.branches) * -(-longest // 256) * 256
 
     def fits(self, item: Decoded) -> bool:
-        return self.song_cells(item.analysed_s or MAX_SONG_SECONDS) <= self.pipeline.session.n_ctx
+        seconds = item.analysed_s or MAX_SONG_SECONDS
+        session = self.pipeline.session
+        if self.own_cells:
+            windows = audio_windows(seconds, self.pipeline.layout)
+            longest = cells_needed(self.head, self.branches, windows, self.pipeline.layout, shared_cells=False)[1]
+            return longest <= session.cells_per_sequence
+        return self.song_cells(seconds) <= session.n_ctx
 
     def submit(self, item: Decoded) -> None:
         """Start ``item`` (decoded, and fitting the pool) on the engine."""
