@@ -66,12 +66,15 @@ class RawLlamaLoop:
         ``n_ctx``; it is also the micro-batch, so a window's prefill is one graph in both."""
         import llama_cpp as L
 
+        from gamma_rt.runtime.decoder import extra_buffers_for
+        from gamma_rt.runtime.gguf_check import check_gguf
+
         self.L = L
         L.llama_log_set(_quiet_log, None)
         L.llama_backend_init()
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = n_gpu_layers
-        mp.use_extra_bufts = extra_buffers_for(gguf)  # as the runtime's session: no AMX kernels, which crash
+        mp.use_extra_bufts = extra_buffers_for(check_gguf(gguf))  # as the runtime's session: no AMX kernels
         self.model = L.llama_model_load_from_file(str(gguf).encode(), mp)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")
@@ -299,15 +302,4 @@ def llama_bench_figures(gguf: str | Path, n_prompt: int, n_decode: int, threads:
     except GammaError as e:
         return {"absent": str(e)}
     return {f"{r.kind}_ms_per_token": r.ms_per_token for r in records}
-
-
-def extra_buffers_for(gguf: str | Path) -> bool:
-    """The runtime's choice of llama.cpp's extra CPU buffers for ``gguf`` (runtime/decoder.py)."""
-    import os
-
-    from gamma_rt.runtime.decoder import KEEP_AMX_ENV, cpu_has_amx, extra_buffers_allowed
-    from gamma_rt.runtime.gguf_check import check_gguf
-
-    types = {t.ggml_type for t in check_gguf(gguf).tensors}
-    return extra_buffers_allowed(types, cpu_has_amx(), os.environ.get(KEEP_AMX_ENV) == "1")
 

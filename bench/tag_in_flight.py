@@ -84,7 +84,8 @@ def one_run(bundle: Path, library: Path, out: Path, prompts: Path, n: int, threa
     wall = time.perf_counter() - t0
     records = read_records(summary.records_file, "jsonl")
     return {"in_flight": n, "batch_windows": batch_windows, "backend_calls": len(calls),
-            "windows_per_call_max": max(calls, default=0), "engine": said, "wall_s": round(wall, 2), "ok": summary.ok, "failed": summary.failed,
+            "windows_per_call_max": max(calls, default=0), "engine": said, "wall_s": round(wall, 2),
+            "ok": summary.ok, "failed": summary.failed,
             "steps": steps, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "answers": {r["path"]: [r["status"], r["error"], r["answers"]] for r in records}}
 

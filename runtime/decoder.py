@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -93,6 +94,17 @@ def extra_buffers_allowed(tensor_types, has_amx: bool, keep_amx: bool = False) -
     if keep_amx or not has_amx:
         return True
     return not any(t in AMX_KERNEL_TYPES for t in tensor_types)
+
+
+def extra_buffers_for(header) -> bool:
+    """:func:`extra_buffers_allowed` for a checked GGUF header on this machine (``GAMMA_LLAMA_AMX`` read here)."""
+    return extra_buffers_allowed({t.ggml_type for t in header.tensors}, _this_cpu_has_amx(),
+                                 os.environ.get(KEEP_AMX_ENV) == "1")
+
+
+@functools.cache
+def _this_cpu_has_amx() -> bool:
+    return cpu_has_amx()
 
 
 def quiet_llama_logs() -> None:
@@ -184,8 +196,7 @@ class DecoderSession:
             raise ValueError(f"n_gpu_layers must be 0 or more (None for all), got {n_gpu_layers}")
         self.gpu_layers = gpu_layers_for(n_gpu_layers)
         mparams.n_gpu_layers = self.gpu_layers
-        mparams.use_extra_bufts = extra_buffers_allowed({t.ggml_type for t in header.tensors}, cpu_has_amx(),
-                                                        os.environ.get(KEEP_AMX_ENV) == "1")
+        mparams.use_extra_bufts = extra_buffers_for(header)
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise BundleError(f"{self.path}: llama.cpp could not load this GGUF (unsupported architecture or tensors)")
@@ -438,8 +449,8 @@ class DecoderSession:
         """(the batch, each item's row in it, the (sequence, position) of each throwaway token): ``items``
         with the gaps of their sorted sequence run filled (see :meth:`step`), where cells are per sequence."""
         seqs = [seq for seq, _ in items]
-        if self.shared_cells or len(items) < 2 or len(items) + (seqs[-1] - seqs[0] + 1 - len(items)) > self.n_batch \
-                or seqs != sorted(seqs) or seqs[-1] - seqs[0] + 1 == len(items):
+        span = seqs[-1] - seqs[0] + 1
+        if self.shared_cells or span == len(items) or span > self.n_batch or seqs != sorted(seqs):
             return items, list(range(len(items))), []
         have = dict(items)
         batch, rows, fillers = [], [], []

@@ -215,7 +215,8 @@ def test_songs_longer_than_the_first_wait_for_room_or_are_tagged_alone_at_the_en
     assert alone_pipeline <= set(alone[mid]["timings"]) and alone_pipeline <= set(two[long]["timings"])
     assert not alone_pipeline & set(two[mid]["timings"]), "the 45 s song did not run on the engine"
     assert [r["status"] for r in two.values()] == ["ok"] * 11
-    assert answers(two) == answers(alone)  # the engine and the one-at-a-time pipeline agree on the 45 s song
+    # not answers(two) == answers(alone) here: an F16 cache with flash attention is not bit-exact across batch
+    # layouts (a near-tie boolean of this random model flips); the records check is the F32 one below
 
     alone32, _ = tag(lib, bundle, tmp_path / "n1-f32", prompts, 1)
     two32, said32 = tag(lib, bundle, tmp_path / "n2-f32", prompts, 2)

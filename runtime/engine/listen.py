@@ -49,6 +49,11 @@ class Heard:
     seconds: float
     stages_ms: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, windows: int, seconds: float, times: StageTimes) -> "Heard":
+        cached = windows - times.calls.get("front_end", 0)  # a window read from the cache skips the front end
+        return cls(windows, cached, seconds, {stage: ms for stage, ms, _ in times.rows()})
+
 
 class Listening:
     """One job's audio on its way through the encoders. The scheduler reads :meth:`ready` items:
@@ -149,8 +154,7 @@ class Listener:
             if not listening._put(window):
                 encoded.close()
                 return
-        cached = windows - times.calls.get("front_end", 0)  # a window read from the cache skips the front end
-        listening._put(Heard(windows, cached, seconds, {stage: ms for stage, ms, _ in times.rows()}))
+        listening._put(Heard.of(windows, seconds, times))
 
     # --- batch > 1: windows of several jobs in one backend call ---
 
@@ -192,8 +196,7 @@ class Listener:
                 job.last = e
                 continue
             if window is None:
-                cached = job.windows - job.times.calls.get("front_end", 0)
-                job.last = Heard(job.windows, cached, job.seconds, {s: ms for s, ms, _ in job.times.rows()})
+                job.last = Heard.of(job.windows, job.seconds, job.times)
                 continue
             gathered.append((job, window))
         return gathered

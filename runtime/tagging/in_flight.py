@@ -24,8 +24,9 @@ own size (worker.TrackTagger).
 
 Memory per song in flight: its KV cells (prompt head, audio tokens, every prompt's question and max_tokens,
 the head and audio once per question with cells per sequence; :meth:`InFlight.song_cells`), its decoded
-audio (up to 20 min of 16 kHz float32 is held; longer tracks stream from disk) and two encoded windows. The default N (:func:`default_in_flight`) is what half the free memory holds,
-at most 4 per core and :data:`MAX_IN_FLIGHT`.
+audio (up to 20 min of 16 kHz float32 is held; longer tracks stream from disk) and two encoded windows. The
+default N (:func:`default_in_flight`) is what half the free memory holds, at most 4 per core and
+:data:`MAX_IN_FLIGHT`.
 
 With ``--timeout-per-minute`` a song shares the machine with up to N - 1 others, so it is allowed N times its
 one-at-a-time time, counted from when the engine takes it.
@@ -170,23 +171,23 @@ class InFlight:
         return cells_needed(self.head, self.branches, windows, self.pipeline.layout,
                             shared_cells=not self.own_cells)[0]
 
+    def _question_cells(self, seconds: float) -> int:
+        """Cells the longest question of a song of ``seconds`` needs on a sequence of its own (prefix copied)."""
+        windows = audio_windows(seconds, self.pipeline.layout)
+        return cells_needed(self.head, self.branches, windows, self.pipeline.layout, shared_cells=False)[1]
+
     def _pool_cells(self, seconds: float) -> int:
         """Cells the pool holds per song of ``seconds``: with cells per sequence, each question's sequence gets
         the longest one's, rounded up to llama.cpp's 256 (its share of n_ctx must be whole)."""
-        windows = audio_windows(seconds, self.pipeline.layout)
         if not self.own_cells:
             return -(-self.song_cells(seconds) // 256) * 256
-        longest = cells_needed(self.head, self.branches, windows, self.pipeline.layout, shared_cells=False)[1]
-        return len(self.branches) * -(-longest // 256) * 256
+        return len(self.branches) * -(-self._question_cells(seconds) // 256) * 256
 
     def fits(self, item: Decoded) -> bool:
         seconds = item.analysed_s or MAX_SONG_SECONDS
-        session = self.pipeline.session
         if self.own_cells:
-            windows = audio_windows(seconds, self.pipeline.layout)
-            longest = cells_needed(self.head, self.branches, windows, self.pipeline.layout, shared_cells=False)[1]
-            return longest <= session.cells_per_sequence
-        return self.song_cells(seconds) <= session.n_ctx
+            return self._question_cells(seconds) <= self.pipeline.session.cells_per_sequence
+        return self.song_cells(seconds) <= self.pipeline.session.n_ctx
 
     def submit(self, item: Decoded) -> None:
         """Start ``item`` (decoded, and fitting the pool) on the engine."""
