@@ -197,6 +197,26 @@ def test_full_preset_streams_the_names_and_shapes_save_pretrained_writes(tmp_pat
     assert keys(tmp_path / "streamed") == keys(tmp_path / "saved")
 
 
+@pytest.mark.parametrize("family", ["audioflamingo3", "musicflamingo"])
+def test_streamed_presets_write_the_config_json_save_pretrained_writes(tmp_path, monkeypatch, family):
+    """``small`` and ``full`` save the config without a model; llama.cpp's converter and the family registry
+    read its ``architectures``, which only model.save_pretrained fills in by itself."""
+    from gamma_rt.export.families.flamingo import writer
+
+    tiny = writer.flamingo_config
+    monkeypatch.setattr(writer, "flamingo_config", lambda fam, preset, tok: tiny(fam, "tiny", tok))
+    monkeypatch.setattr(writer, "train_tokenizer", lambda vocab_size, stock=writer.train_tokenizer: stock(1024))
+    streamed = writer.write_flamingo(family, "small", tmp_path / "streamed")
+    saved = writer.write_flamingo(family, "tiny", tmp_path / "saved")
+
+    def config(folder):
+        return {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+                if k not in ("transformers_version", "dtype", "torch_dtype")}
+
+    assert config(streamed) == config(saved)
+    assert detect(streamed).name == family
+
+
 def test_small_preset_has_whisper_small_and_qwen2_05b_dimensions():
     from gamma_rt.export.families.flamingo.writer import flamingo_config, train_tokenizer
 

@@ -134,6 +134,7 @@ def write_flamingo(family: str, preset: str, out: Path, seed: int = 0, progress=
         model.save_pretrained(out)
     else:
         _write_streamed(model_class, config, out, seed, progress)
+        config.architectures = [model_class.__name__]  # what model.save_pretrained writes; converters read it
         config.save_pretrained(out)
         generation.save_pretrained(out)
     return out

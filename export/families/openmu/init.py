@@ -152,6 +152,7 @@ def write_streamed(spec: dict, out: Path, seed: int = 0, progress=None, shard_by
     for name, shape in progress(shapes, description="base weights"):
         writer.add(name, random_tensor(name, shape, seed, spec["std"]).to(torch.bfloat16).contiguous())
     writer.close()
+    config.architectures = ["LlamaForCausalLM"]  # as a published Llama folder's config.json says
     config.save_pretrained(folder)
     bos, eos, eot = (tokenizer.convert_tokens_to_ids(t) for t in (BOS, EOS, EOT))
     GenerationConfig(bos_token_id=bos, eos_token_id=[eos, eot]).save_pretrained(folder)
