@@ -355,7 +355,8 @@ def run_gamma(spec: dict, n: int) -> dict:
     shutil.rmtree(results, ignore_errors=True)  # a fresh run: no journal entry or cached embedding of a past one
     job = TagJob(library=Path(spec["library"]), bundle=Path(spec["bundle"]), out=results,
                  prompt_set=PromptSet.load(spec["prompts"]), in_flight=n,
-                 runtime=RuntimeOptions(threads=spec["threads"], decoder=spec["decoder"]))
+                 runtime=RuntimeOptions(threads=spec["threads"], decoder=spec["decoder"],
+                                        kv_cache=spec.get("kv_cache", "auto")))
     t0 = time.perf_counter()
     summary = run(job, on_engine=lambda said: opened.append(time.perf_counter()))
     wall = time.perf_counter() - t0
@@ -718,7 +719,7 @@ def prepare(args, work: Path, say) -> dict:
             "transformers_files": files[:args.transformers_songs],
             "prompts": str(prompts), "questions": list(QUESTIONS), "schema": answer_schema(args.answer_tokens),
             "answer_tokens": args.answer_tokens, "threads": args.threads, "in_flight": args.in_flight,
-            "decoder": "decoder", "native": str(args.native), "work": str(work),
+            "decoder": "decoder", "kv_cache": args.kv_cache, "native": str(args.native), "work": str(work),
             "ctx": ctx_for(args.seconds, len(QUESTIONS), args.answer_tokens),
             "transformers_batch": args.transformers_batch, "text_config": config["text_config"],
             "conversion": conversion, "llama_source_commit": _git_commit(llama)}
@@ -744,6 +745,20 @@ def fairest_mtmd(systems: dict) -> dict:
     if server and not server.get("audio_prefix_reused", True):
         why += "; note: the server did NOT reuse the audio prefix in this run (cache_n 0)"
     return {"setup": pick, "songs_per_hour": max(x for x in (a, b) if x is not None), "why": why}
+
+
+KV_CACHE_SAID = {"auto": "f32, flash attention off (gamma-rt's default on an F32 decoder: exact to the reference)",
+                 "f32": "f32, flash attention off", "f16": "f16 with flash attention (--kv-cache f16)"}
+
+
+def libllama_said(native_bin: Path) -> str:
+    """Which libllama gamma-rt's child loads: the wheel's own, or the one LLAMA_CPP_LIB_PATH names."""
+    lib = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if not lib:
+        return "llama-cpp-python's wheel (built at pip install)"
+    if Path(lib).resolve() == native_bin.resolve():
+        return "LLAMA_CPP_LIB_PATH: native/build.sh's libllama, the build llama-server and llama-mtmd-cli run on"
+    return "LLAMA_CPP_LIB_PATH: a libllama of the user's"
 
 
 def _bench(args, command: str) -> None:
@@ -798,7 +813,12 @@ def _bench(args, command: str) -> None:
                  "questions": list(QUESTIONS), "answer_tokens": args.answer_tokens, "answer_schema": spec["schema"],
                  "threads": args.threads, "in_flight": args.in_flight, "formats": list(FORMATS),
                  "decoder": "F32 GGUF (gamma-rt's export, and llama.cpp's converter for mtmd); transformers "
-                            "float32", "peer_ctx": spec["ctx"]},
+                            "float32", "peer_ctx": spec["ctx"],
+                 "kv_cache": {"gamma-rt": KV_CACHE_SAID[args.kv_cache],
+                              "mtmd": "f16 with flash attention (llama-server's and llama-mtmd-cli's defaults: "
+                                      "-ctk f16 -ctv f16 -fa auto, on for the CPU)",
+                              "transformers": "float32 (its own cache)"},
+                 "gamma_rt_libllama": libllama_said(args.native)},
         "songs_per_hour": rates,
         "ratios": ratios(rates), "fairest_mtmd": best, "shortfall": gaps,
         "matrix_rate": matrix, "gamma_rt_prefill_gflops": gamma and gamma["prefill_gflops"],
@@ -832,6 +852,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=8, help="gamma-rt tag's songs in flight (default 8)")
     parser.add_argument("--transformers-batch", type=int, default=5,
                         help="questions per generate call (default 5: a song's questions in one batch)")
+    parser.add_argument("--kv-cache", default="auto", choices=("auto", "f32", "f16"),
+                        help="gamma-rt's KV cache (default auto: f32 on the F32 decoder, exact; f16 with flash "
+                             "attention is what llama-server runs by default)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {','.join(SYSTEMS)}")
     parser.add_argument("--native", type=Path, default=Path("native-build/cpu/bin"),
                         help="native/build.sh's bin folder (llama-server, llama-mtmd-cli, llama-bench)")

@@ -20,6 +20,7 @@ from gamma_rt.errors import GammaError
 BACKEND_NAMES = ("auto", "tensorrt", "ort-trt", "ort-cuda", "ort-cpu")
 # fp32/fp16: ONNX graphs; bf16/int8/fp8: TensorRT engines of that precision (--backend tensorrt)
 PRECISION_NAMES = ("auto", "fp32", "fp16", "bf16", "int8", "fp8")
+KV_CACHE_NAMES = ("auto", "f32", "f16")
 THREADS_HELP = ("CPU threads for the decoder and ONNX Runtime. Default: the decoder (llama.cpp) takes half the "
                 "cores this process may use (its CPU affinity, cut to its cgroup's CPU quota), at least 1 and at "
                 "most 8, and the audio encoders (ONNX Runtime) all of them, with spin-waiting off so that each "
@@ -58,6 +59,9 @@ class RuntimeOptions:
     # windows per audio-backend call: 1 streams each window as soon as it has arrived; 4 or 8 fill a GPU
     # better on whole files (the first window then waits for its batch)
     batch_windows: int = 1
+    # the decoder's KV cache: "auto" is f32 for an all-F32 GGUF (exact: flash attention off) and f16 otherwise;
+    # "f16" on an F32 GGUF turns llama.cpp's flash attention on (faster at long contexts, not bit-exact)
+    kv_cache: str = "auto"
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -68,6 +72,8 @@ class RuntimeOptions:
             raise GammaError(f"--gpu-layers must be 0 or more, got {self.gpu_layers}")
         if self.precision not in PRECISION_NAMES:
             raise GammaError(f"--precision {self.precision!r}: choose {', '.join(PRECISION_NAMES)}")
+        if self.kv_cache not in KV_CACHE_NAMES:
+            raise GammaError(f"--kv-cache {self.kv_cache!r}: choose {', '.join(KV_CACHE_NAMES)}")
         if self.backend not in BACKEND_NAMES:
             raise GammaError(f"--backend {self.backend!r}: choose {', '.join(BACKEND_NAMES)}")
         if self.cache_dir is not None and not isinstance(self.cache_dir, Path):
@@ -92,7 +98,12 @@ class RuntimeOptions:
         return cls(backend=args.backend, precision=args.precision, threads=args.threads,
                    gpu_layers=args.gpu_layers, cache_dir=args.cache_dir, overlap=not args.no_overlap,
                    decoder=args.decoder, batch_windows=args.batch_windows, lora=getattr(args, "lora", None),
-                   every_window=getattr(args, "every_window", False))
+                   every_window=getattr(args, "every_window", False), kv_cache=getattr(args, "kv_cache", "auto"))
+
+    @property
+    def kv_type(self) -> str | None:
+        """The decoder session's ``kv_type``: None lets it choose by the GGUF's type."""
+        return None if self.kv_cache == "auto" else self.kv_cache
 
 
 def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = None) -> None:
@@ -125,6 +136,10 @@ def add_runtime_options(p: argparse.ArgumentParser, cache_help: str | None = Non
                    help="30 s windows per audio-backend call (default 1: each as soon as it arrives; 4 or 8 "
                    "keep a GPU busier: on whole files, and in tag --in-flight and serve, windows of that many "
                    "songs in flight at once)")
+    g.add_argument("--kv-cache", default="auto", choices=KV_CACHE_NAMES,
+                   help="the decoder's KV cache type (default auto: f32 for an F32 decoder, exact to the reference, "
+                   "else f16); f16 on an F32 decoder halves the cache and turns on llama.cpp's flash attention, "
+                   "faster on long songs, as llama-server runs it, but not bit-exact")
     g.add_argument("--no-overlap", action="store_true",
                    help="encode each window only after the previous one is prefilled (no worker thread); "
                         "always so where the encoders and the decoder would share too few CPU cores")

@@ -159,7 +159,8 @@ class Pipeline:
         if self.session is not None:
             self.session.close()
         self.session = DecoderSession(self.decoder_file, n_ctx=n_ctx, n_threads=self.options.threads,
-                                      n_gpu_layers=self.options.gpu_layers, lora=self.lora_file)
+                                      n_gpu_layers=self.options.gpu_layers, lora=self.lora_file,
+                                      kv_type=self.options.kv_type)
 
     def decoder_placement(self) -> str:
         """Where the decoder runs, in words (for --verbose)."""

@@ -181,3 +181,6 @@ def test_peer_speed_end_to_end_on_the_tiny_preset(tmp_path):
     assert 0 < result["gamma_rt_prefill_pct_of_matrix_rate"]
     assert result["ratios"]["gamma-rt/transformers"]["ratio"] > 0
     assert result["machine"]["threads"] == 1
+    kv = result["work"]["kv_cache"]
+    assert kv["gamma-rt"].startswith("f32, flash attention off") and kv["mtmd"].startswith("f16 with flash")
+    assert result["work"]["gamma_rt_libllama"]  # which libllama gamma-rt ran on: the wheel's or the native one

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tag_fixtures import GOOD, make_library
 
-from gamma_rt.errors import BundleError
+from gamma_rt.errors import BundleError, GammaError
 from gamma_rt.export.gguf_export import export_gguf
 from gamma_rt.runtime.decoder import DecoderSession
 from gamma_rt.runtime.options import RuntimeOptions
@@ -224,3 +224,26 @@ def test_songs_longer_than_the_first_wait_for_room_or_are_tagged_alone_at_the_en
     assert alone_pipeline <= set(two32[mid]["timings"]) and alone_pipeline <= set(two32[long]["timings"])
     assert [r["status"] for r in two32.values()] == ["ok"] * 11
     assert answers(two32) == answers(alone32)
+
+
+def test_kv_cache_f16_reaches_the_decoder_and_tags_every_song(one_at_a_time, tiny_bundle, tmp_path, monkeypatch):
+    """--kv-cache f16 on an F32 decoder: the in-flight session gets an f16 cache and flash attention (so one
+    shared pool of cells), and every good song is still tagged; an unknown type is a one-line error."""
+    lib, prompts, alone, _ = one_at_a_time
+    real_init, opened = DecoderSession.__init__, []
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        opened.append((self.kv_type, self.flash_attention, self.shared_cells))
+
+    monkeypatch.setattr(DecoderSession, "__init__", init)
+    together, said = tag(lib, tiny_bundle, tmp_path / "f16", prompts, 4, RuntimeOptions(kv_cache="f16"))
+    # opened[0]: Pipeline.open's single-song session; opened[1]: the engine's, for the songs in flight
+    assert all(o[:2] == ("f16", True) for o in opened) and opened[1] == ("f16", True, True), opened
+    assert {p for p, r in together.items() if r["status"] == "ok"} == {p for p, r in alone.items() if r["status"] == "ok"}
+    assert "a longer one waits for room" in said[0]
+    opened.clear()
+    tag(lib, tiny_bundle, tmp_path / "auto", prompts, 4)
+    assert all(o[:2] == ("f32", False) for o in opened) and opened[1] == ("f32", False, False), opened
+    with pytest.raises(GammaError, match="--kv-cache 'q8'"):
+        RuntimeOptions(kv_cache="q8")

@@ -81,7 +81,8 @@ class Service:
         # answers of 280 cells each, small preset on 2 cores: F16 146 ms instead of 191, F32 198 instead of 301)
         pipeline.session = DecoderSession(pipeline.decoder_file, n_ctx=n_ctx, n_threads=pipeline.options.threads,
                                           n_gpu_layers=pipeline.options.gpu_layers, n_seq_max=options.parallel,
-                                          shared_cells=False, lora=pipeline.lora_file)
+                                          shared_cells=False, lora=pipeline.lora_file,
+                                          kv_type=pipeline.options.kv_type)
         cores = Cores(cores_shared(pipeline.backend.name, pipeline.session.gpu_layers, pipeline.options.threads))
         self.listener = Listener(pipeline.backend, pipeline.layout, pipeline.cache, cores,
                                  batch=pipeline.options.batch_windows)

@@ -151,7 +151,8 @@ class InFlight:
         pipe.session.close()  # Pipeline.open sized one for a single song
         pipe.session = DecoderSession(pipe.decoder_file, n_ctx=self.n * per_song, n_threads=options.threads,
                                       n_gpu_layers=options.gpu_layers, n_seq_max=self.n * k,
-                                      shared_cells=not self.own_cells, lora=pipe.lora_file)
+                                      shared_cells=not self.own_cells, lora=pipe.lora_file,
+                                      kv_type=options.kv_type)
         self.bytes_per_song = per_song * pipe.session.kv_bytes_per_cell
         cores = Cores(cores_shared(pipe.backend.name, pipe.session.gpu_layers, options.threads))
         self.listener = Listener(pipe.backend, pipe.layout, pipe.cache, cores, batch=options.batch_windows)
