@@ -751,6 +751,13 @@ KV_CACHE_SAID = {"auto": "f32, flash attention off (gamma-rt's default on an F32
                  "f32": "f32, flash attention off", "f16": "f16 with flash attention (--kv-cache f16)"}
 
 
+def _public(command: str, work: Path, native_bin: Path) -> str:
+    """The command as run, without this machine's folders: WORK and NATIVE for the work and native folders."""
+    for path, name in ((work, "WORK"), (native_bin, "NATIVE")):
+        command = command.replace(str(path), name)
+    return re.sub(r"--out \S+", lambda m: "--out " + Path(m.group(0)[6:]).name, command)
+
+
 def libllama_said(native_bin: Path) -> str:
     """Which libllama gamma-rt's child loads: the wheel's own, or the one LLAMA_CPP_LIB_PATH names."""
     lib = os.environ.get("LLAMA_CPP_LIB_PATH")
@@ -806,7 +813,7 @@ def _bench(args, command: str) -> None:
             gaps[peer] = shortfall(gamma, ok[key], TARGETS[peer])
     preset = args.preset if not args.folder else args.folder.name
     result = {
-        "format": RESULT_FORMAT, "command": command.replace(str(work), "WORK"),
+        "format": RESULT_FORMAT, "command": _public(command, work, args.native),
         "folder": Path(spec["folder"]).name, "preset": preset,
         "work": {"songs": args.songs, "cli_songs": args.cli_songs, "transformers_songs": args.transformers_songs,
                  "seconds": args.seconds,

@@ -184,3 +184,11 @@ def test_peer_speed_end_to_end_on_the_tiny_preset(tmp_path):
     kv = result["work"]["kv_cache"]
     assert kv["gamma-rt"].startswith("f32, flash attention off") and kv["mtmd"].startswith("f16 with flash")
     assert result["work"]["gamma_rt_libllama"]  # which libllama gamma-rt ran on: the wheel's or the native one
+
+
+def test_the_recorded_command_names_no_folder_of_this_machine(tmp_path):
+    work, native = tmp_path / "work", tmp_path / "native-build" / "cpu" / "bin"
+    command = f"python -m gamma_rt.bench.peer_speed --work {work} --native {native} --out {tmp_path}/r/p.json"
+    public = ps._public(command, work, native)
+    assert public == "python -m gamma_rt.bench.peer_speed --work WORK --native NATIVE --out p.json"
+    assert str(tmp_path) not in public
