@@ -130,3 +130,22 @@ def test_a_rhythm_checkpoint_exports_and_its_graphs_match_pytorch(tmp_path):
         ref = ckpt.model().encode_window(torch.from_numpy(mel)).numpy()
     assert np.linalg.norm(embeddings - ref) / np.linalg.norm(ref) <= 1e-4
     assert any(p.suffix == ".gguf" for p in bundle.iterdir())
+
+
+def test_end_to_end_training_moves_the_experts_and_the_fusion(trained, tmp_path):
+    """--end-to-end: the same seed and init as the frozen run, but the experts and the fusion learn too; the
+    checkpoint keeps the family's shape and exports."""
+    import torch
+    from safetensors.torch import load_file
+
+    frozen, _ = trained
+    out = tmp_path / "e2e"
+    record = train(out, clips=4, steps=3, batch=4, seed=1, end_to_end=True, say=lambda text: None)
+    assert record["end_to_end"] is True and record["steps_done"] == 3
+    assert record["losses"][-1] < record["losses"][0]
+    before, after = load_file(frozen / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(before) == set(after) and all(before[k].shape == after[k].shape for k in before)
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert {"temporal_encoder", "global_encoder", "fusion", "projector", "llm"} <= moved, moved
+    export_onnx(out, tmp_path / "bundle", precision="fp32")
+    assert (tmp_path / "bundle" / "manifest.json").is_file()

@@ -9,7 +9,9 @@ fit 8 MB in fp16 and to learn on two CPU cores:
   ramp in the position table), the attention and FFN residual branches start near zero, so the fused
   features carry chroma, timbre, onsets and time. Frozen, they are computed once per clip;
 - the projector and the decoder learn, by teacher-forced cross-entropy on the answer tokens only, from a
-  BPE vocabulary of 512 trained on the questions and answers.
+  BPE vocabulary of 512 trained on the questions and answers;
+- ``--end-to-end``: the experts and the fusion learn too, from the same start, each step's songs run through
+  them from their log-mel windows (kept in memory in fp16) instead of from features computed once.
 
 Seeded: the same ``--seed``, ``--clips`` and ``--steps`` give the same weights. ``--minutes`` caps the wall
 time (a capped run says where it stopped). The output is an ordinary checkpoint folder (fp16 safetensors,
@@ -58,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the training-only tempo/meter/event heads on the projector (default 0: off)")
     p.add_argument("--rhythm", action="store_true",
                    help="d 128 experts whose first attention is a periodogram of the onsets (beat and bar banks)")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="train the experts and the fusion too, from each song's log-mel window (kept in memory, "
+                   "fp16: 0.75 MB a song), instead of freezing the listening-initialized audio side")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_train)
 
@@ -231,16 +236,22 @@ def valid_tokens(song, cfg) -> int:
     return max(1, min(cfg.tokens_per_window, math.ceil(n * cfg.tokens_per_window / cfg.audio.window_samples)))
 
 
-def pooled_features(model, mel):
-    """(B, n_mels, 3000) -> (B, tokens_per_window, d_expert): the frozen audio side up to the projector's pool."""
+def pooled_features(model, mel, grad: bool = False):
+    """(B, n_mels, 3000) -> (B, tokens_per_window, d_expert): the audio side up to the projector's pool
+    (``mel`` a numpy array or a tensor); ``grad``: with autograd, for training the audio side end to end."""
     import torch
     from torch.nn import functional as F
 
-    with torch.no_grad():
-        x = torch.from_numpy(mel)
+    with torch.set_grad_enabled(grad):
+        x = torch.as_tensor(mel, dtype=torch.float32)
         fused = model.fusion(model.temporal_encoder(x).last_hidden_state, model.global_encoder(x).last_hidden_state)
         stride = model.projector.pool_stride
         return F.avg_pool1d(fused.transpose(1, 2), stride, stride).transpose(1, 2)
+
+
+def audio_side(model) -> list:
+    """The parameters training end to end adds: both experts and the fusion."""
+    return [p for part in (model.temporal_encoder, model.global_encoder, model.fusion) for p in part.parameters()]
 
 
 def encode_songs(model, cfg, songs, batch: int = 8, say=print):
@@ -288,9 +299,10 @@ def make_batch(model, prompter, feats, songs, picks, answers_of):
         tail = prompter.tail(QUESTION_OF[name].text)
         answer = prompter.ids(answers_of(song_i)[name]) + prompter.stop
         text = torch.tensor(prompter.head), torch.tensor(tail + answer)
+        feature = feats[song_i]  # a row of the frozen features, or of this step's (a dict by song)
         rows.append(torch.cat([embed(text[0]), model.projector.linear_2(
-            torch.nn.functional.gelu(model.projector.linear_1(feats[song_i]))), embed(text[1])]))
-        n_before = len(prompter.head) + feats.shape[1] + len(tail)
+            torch.nn.functional.gelu(model.projector.linear_1(feature))), embed(text[1])]))
+        n_before = len(prompter.head) + len(feature) + len(tail)
         labels.append(torch.tensor([-100] * n_before + answer))
     length = max(len(r) for r in rows)
     x = torch.zeros(len(rows), length, rows[0].shape[1])
@@ -346,7 +358,8 @@ class AuxHeads:
 # --- the run --------------------------------------------------------------------------------------------
 
 def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: float = 3e-3,
-          minutes: float | None = None, seed: int = 0, aux: float = 0.0, rhythm: bool = False, say=print) -> dict:
+          minutes: float | None = None, seed: int = 0, aux: float = 0.0, rhythm: bool = False,
+          end_to_end: bool = False, say=print) -> dict:
     """Train and write the checkpoint folder ``out``; returns the training record (also out/train_record.json)."""
     import torch
 
@@ -366,8 +379,13 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
             param.copy_(param.half().float())
     model.eval()
     songs = [train_song(i, seed) for i in range(clips)]
-    say(f"encoding {clips} training songs with the frozen audio side")
-    feats = encode_songs(model, cfg, songs, say=say)
+    if end_to_end:  # the log-mel windows, each step's songs through the audio side with autograd
+        say(f"rendering {clips} training songs to log-mel windows")
+        mels = torch.cat([torch.from_numpy(clip_mels(songs[i:i + 8], cfg)).half() for i in range(0, clips, 8)])
+        n_tok = valid_tokens(songs[0], cfg)
+    else:
+        say(f"encoding {clips} training songs with the frozen audio side")
+        feats = encode_songs(model, cfg, songs, say=say)
     encode_s = time.perf_counter() - started
     prompter = Prompter(tokenizer, cfg)
     cached: dict[int, dict[str, str]] = {}
@@ -376,6 +394,7 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
     weights = np.array([QUESTION_WEIGHTS.get(n, 1) for n in names], float)
     heads = AuxHeads(cfg.llm.hidden_size)
     trainable = list(model.projector.parameters()) + list(model.llm.parameters()) + (heads.parameters() if aux else [])
+    trainable += audio_side(model) if end_to_end else []
     seconds_per_token = cfg.audio.window_seconds / cfg.tokens_per_window
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
@@ -389,11 +408,15 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
             break
         picks = [(int(i), names[int(q)]) for i, q in
                  zip(rng.integers(0, clips, batch), rng.choice(len(names), batch, p=weights / weights.sum()))]
+        chosen = sorted({i for i, _ in picks})
+        if end_to_end:
+            pooled = pooled_features(model, mels[chosen].float(), grad=True)[:, :n_tok]
+            feats = dict(zip(chosen, pooled))
         x, y = make_batch(model, prompter, feats, songs, picks, answers_of)
         loss = answer_loss(model, x, y)
         if aux:
-            chosen = sorted({i for i, _ in picks})
-            audio = model.projector.linear_2(torch.nn.functional.gelu(model.projector.linear_1(feats[chosen])))
+            rows = torch.stack([feats[i] for i in chosen])
+            audio = model.projector.linear_2(torch.nn.functional.gelu(model.projector.linear_1(rows)))
             loss = loss + aux * heads.loss(audio, [songs[i] for i in chosen], seconds_per_token)
         opt.zero_grad()
         loss.backward()
@@ -404,7 +427,8 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
         done = step + 1
         if step % 20 == 0 or step == steps - 1:
             say(f"step {step:5d}  loss {np.mean(losses[-20:]):.4f}  ({time.perf_counter() - started:.0f} s)")
-    record = {"clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr, "seed": seed, "aux": aux, "rhythm": rhythm,
+    record = {"clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr, "seed": seed, "aux": aux,
+              "rhythm": rhythm, "end_to_end": end_to_end,
               "encode_s": round(encode_s, 1), "total_s": round(time.perf_counter() - started, 1),
               "first_loss": round(float(np.mean(losses[:10])), 4) if losses else None,
               "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
@@ -438,7 +462,8 @@ def cmd_train(args) -> int:
         from gamma_rt.errors import GammaError
 
         raise GammaError(f"--aux {args.aux}: a loss weight is 0 or more")
-    record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed, args.aux, args.rhythm)
+    record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed, args.aux, args.rhythm,
+                   args.end_to_end)
     print(json.dumps(record))
     print(f"wrote {args.out}: next, gamma-rt export onnx {args.out} --out BUNDLE && "
           f"gamma-rt export gguf {args.out} --out BUNDLE")
