@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 
 from gamma_rt.errors import GammaError
+from gamma_rt.runtime.options import KV_CACHE_NAMES
 
 from .entry import run_module, write_json
 
@@ -859,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-flight", type=int, default=8, help="gamma-rt tag's songs in flight (default 8)")
     parser.add_argument("--transformers-batch", type=int, default=5,
                         help="questions per generate call (default 5: a song's questions in one batch)")
-    parser.add_argument("--kv-cache", default="auto", choices=("auto", "f32", "f16"),
+    parser.add_argument("--kv-cache", default="auto", choices=KV_CACHE_NAMES,
                         help="gamma-rt's KV cache (default auto: f32 on the F32 decoder, exact; f16 with flash "
                              "attention is what llama-server runs by default)")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list from {','.join(SYSTEMS)}")
