@@ -3,11 +3,15 @@
 The model has the family's shape (two Whisper experts, fusion, pooling projector, Qwen3 decoder) sized to
 fit 8 MB in fp16 and to learn on two CPU cores:
 
-- the audio side is *listening-initialized* and frozen: each expert's first convolution starts as a bank of
-  fixed filters over the 128 mel bins (12 pitch-class filters, 4 band energies, 4 band onsets, 12 sharp
-  pitch classes above 1 kHz where the STFT parts a semitone; the rest random), one channel is a clock (a
-  ramp in the position table), the attention and FFN residual branches start near zero, so the fused
-  features carry chroma, timbre, onsets and time. Frozen, they are computed once per clip;
+- the audio side is *listening-initialized* (listening.py) and frozen: each expert's first convolution
+  starts as a bank of fixed filters over the 128 mel bins (pitch classes, band energies, band onsets), one
+  channel is a clock, and (``--rhythm``, the default) each expert's attention is a periodogram of the onsets:
+  beats in the temporal expert, bars in the global one, each into channels of its own, read phase-free by
+  the projector's first rows. The fused features carry chroma, timbre, onsets, time, beat and bar. Frozen,
+  they are computed once per clip;
+- the songs: ``--rendered`` of them (half by default) composed as MIDI and rendered through a GM soundfont
+  with augmentation (gamma_rt.render: real instrument timbres), the rest from the additive synth; labels
+  from the same seeds, below the held-out ones;
 - the projector and the decoder learn, by teacher-forced cross-entropy on the answer tokens only, from a
   BPE vocabulary of 512 trained on the questions and answers;
 - ``--end-to-end``: the experts and the fusion learn too, from the same start, each step's songs run through
@@ -28,65 +32,67 @@ from pathlib import Path
 
 import numpy as np
 
+from .listening import RHYTHM_POOL, listen_init
+
 VOCAB_SIZE = 512
-RAMP = 32  # the experts' clock channel (see listen_init)
-# The rhythm banks (rhythm_init): log-spaced frequencies (lo Hz, hi Hz, count) of the onsets' periodogram,
-# beats of 54-198 BPM in the temporal expert, bars (and half notes) of 12-72 per minute in the global one.
-BEAT_BANK_HZ = (0.9, 3.3, 47)
-BAR_BANK_HZ = (0.2, 1.2, 47)
-RHYTHM_SHARPNESS = 0.5
-RHYTHM_GAIN = 3.0
-RHYTHM_LOUDNESS = 3.0
 QUESTION_WEIGHTS = {"key": 3, "tempo": 3, "instruments": 3, "meter": 3, "event": 3}  # the rest: 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a small GaMMA on labelled synthetic music (CPU: minutes)",
-        description="Train a small GaMMA (two experts, fusion, projector, Qwen3 decoder; about 1M parameters) "
-        "to answer questions about labelled synthetic songs: key, tempo, meter, instruments, an event time. "
-        "Writes a checkpoint folder for `gamma-rt export onnx|gguf`.\n\n"
-        "example: gamma-rt train --out ckpt --clips 1500 --steps 4000 --minutes 30",
+        "train", help="train a small GaMMA on labelled synthetic and rendered music (2 CPU cores: about 30 min)",
+        description="Train a small GaMMA (two experts, fusion, projector, Qwen3 decoder; 2.8M parameters, 5.6 MB "
+        "in fp16) to answer questions about labelled songs, half from the additive synth and half rendered through "
+        "a GM soundfont: key, tempo, meter, instruments, an event time. Writes a checkpoint folder for "
+        "`gamma-rt export onnx|gguf`.\n\n"
+        "example: gamma-rt train --out ckpt --threads 2   (the built-in's recipe: about 30 min on 2 cores)\n"
+        "         gamma-rt train --out ckpt --rendered 0 --clips 400 --steps 600   (no FluidSynth; minutes)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     # The defaults are the built-in's recipe (gamma_rt/builtin/train_record.json).
-    p.add_argument("--clips", type=int, default=1500, help="training songs, each encoded once (default 1500)")
-    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
+    p.add_argument("--clips", type=int, default=3000, help="training songs, each encoded once (default 3000)")
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000)")
     p.add_argument("--batch", type=int, default=16, help="(song, question) pairs per step (default 16)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--seed", type=int, default=0, help="seed of the songs, the init and the batches (default 0)")
-    p.add_argument("--aux", type=float, default=0.0,
-                   help="weight of the training-only tempo/meter/event heads on the projector (default 0: off)")
-    p.add_argument("--rhythm", action="store_true",
-                   help="d 128 experts whose first attention is a periodogram of the onsets (beat and bar banks)")
+    p.add_argument("--aux", type=float, default=0.3,
+                   help="weight of the training-only tempo/meter/event heads on the projector (default 0.3; 0: off)")
+    p.add_argument("--rhythm", action=argparse.BooleanOptionalAction, default=True,
+                   help="d 224 experts whose first attention is a periodogram of the onsets (beat and bar banks), "
+                   "pooled to 8.3 tokens a second (default; --no-rhythm: the d 48 listening experts, 3.3 a second)")
     p.add_argument("--end-to-end", action="store_true",
                    help="train the experts and the fusion too, from each song's log-mel window (kept in memory, "
                    "fp16: 0.75 MB a song), instead of freezing the listening-initialized audio side")
+    p.add_argument("--rendered", type=float, default=0.5, metavar="SHARE",
+                   help="share of the training songs composed as MIDI and rendered through FluidSynth with a GM "
+                   "soundfont, augmented (0-1; default 0.5; 0: all from the additive synth; needs fluidsynth "
+                   "and fluid-soundfont-gm)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_train)
 
 
 def synthetic_config(vocab_size: int = VOCAB_SIZE, rhythm: bool = False):
     """The trained built-in's shape: d 48 experts of one layer, pool 15 (3.3 tokens/s), a 4-layer d 128 Qwen3.
-    ``rhythm``: d 128 experts, room for the rhythm banks (rhythm_init) above the listening channels."""
+    ``rhythm``: d 224 experts with room for both rhythm banks (rhythm_init) above the listening channels
+    and 33 random mel projections above the banks,
+    pool 6 (8.3 tokens/s, so the tokens resolve beats) and a projector wide enough for the banks' magnitudes."""
     import dataclasses
 
     from gamma_rt.decoder_shape import DecoderShape
 
     from .config import ExpertConfig, FusionConfig, GammaConfig, ProjectorConfig
 
-    width = dict(d_model=128, encoder_ffn_dim=128) if rhythm else dict(d_model=48, encoder_ffn_dim=96)
+    width = dict(d_model=224, encoder_ffn_dim=192) if rhythm else dict(d_model=48, encoder_ffn_dim=96)
     expert = ExpertConfig(encoder_layers=1, encoder_attention_heads=1, **width)
     return GammaConfig(
         preset="synthetic", temporal=expert, global_=dataclasses.replace(expert),
         fusion=FusionConfig(n_blocks=1, n_heads=1, ffn_dim=64, injector_gate_init=0.1),
-        projector=ProjectorConfig(pool_stride=15, hidden_dim=128),
+        projector=ProjectorConfig(pool_stride=RHYTHM_POOL if rhythm else 15, hidden_dim=640 if rhythm else 128),
         llm=DecoderShape(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
                          tie_word_embeddings=True),
     )
-
 
 # --- tokenizer ------------------------------------------------------------------------------------------
 
@@ -104,121 +110,6 @@ def train_tokenizer(folder: Path, cfg):
     _write_tokenizer_config(folder, tok, cfg)
     return tok
 
-
-# --- the listening initialization ---------------------------------------------------------------------
-
-def _mel_centres(cfg) -> np.ndarray:
-    """Centre frequency (Hz) of each mel bin of the front end."""
-    from gamma_rt.runtime.mel import mel_filters
-
-    fb = mel_filters(cfg.audio.n_mels, cfg.audio.sample_rate, cfg.audio.n_fft)  # (n_mels, n_fft // 2 + 1)
-    hz = np.fft.rfftfreq(cfg.audio.n_fft, 1 / cfg.audio.sample_rate)
-    return hz[np.argmax(fb, axis=1)]
-
-
-def _chroma(cfg, lo: float, hi: float, width: float) -> np.ndarray:
-    """(12, n_mels) pitch-class filters, zero-mean over the classes: how much of each mel bin's passband
-    (its STFT bins, by the filter's weights) lies within ``width`` semitones of each class, in [lo, hi) Hz."""
-    from gamma_rt.runtime.mel import mel_filters
-
-    fb = mel_filters(cfg.audio.n_mels, cfg.audio.sample_rate, cfg.audio.n_fft)  # (n_mels, n_fft // 2 + 1)
-    hz = np.maximum(np.fft.rfftfreq(cfg.audio.n_fft, 1 / cfg.audio.sample_rate), 1.0)
-    pitch = 12 * np.log2(hz / 440.0) + 69
-    inside = (hz >= lo) & (hz < hi)
-    member = np.stack([np.maximum(0, 1 - np.abs((pitch - p + 6) % 12 - 6) / width) * inside for p in range(12)])
-    chroma = member @ fb.T / np.maximum(fb.sum(1), 1e-9)  # (12, n_mels)
-    chroma = chroma / np.maximum(chroma.sum(1, keepdims=True), 1e-9)
-    return chroma - chroma.mean(0, keepdims=True)
-
-
-def listening_filters(cfg) -> np.ndarray:
-    """(32, n_mels, 3) conv1 filters: 12 pitch classes over 200-5000 Hz, 4 band energies, 4 band onsets (next
-    frame minus previous), 12 sharp pitch classes over 1-5 kHz, where the STFT's 40 Hz bins part a semitone
-    (the major/minor third is heard there)."""
-    f = np.maximum(_mel_centres(cfg), 1.0)
-    bands = np.stack([(f >= lo) & (f < hi) for lo, hi in ((0, 200), (200, 1000), (1000, 4000), (4000, 9000))])
-    bands = bands / np.maximum(bands.sum(1, keepdims=True), 1)
-    out = np.zeros((32, len(f), 3))
-    out[:12, :, 1] = _chroma(cfg, 200, 5000, 0.5) * 8.0
-    out[12:16, :, 1] = bands
-    out[16:20, :, 2], out[16:20, :, 0] = bands * 4.0, -bands * 4.0
-    out[20:32, :, 1] = _chroma(cfg, 1000, 5000, 0.35) * 6.0
-    return out
-
-
-def listen_init(model, cfg, rhythm: bool = False) -> None:
-    """Give both experts the listening filters and near-zero residual branches (see the module docstring);
-    ``rhythm``: and the rhythm banks, a periodogram of the onsets at beat and bar rates (rhythm_init)."""
-    import torch
-
-    from ...weights import sinusoids
-
-    filters = torch.tensor(listening_filters(cfg), dtype=torch.float32)
-    with torch.no_grad():
-        for expert in (model.temporal_encoder, model.global_encoder):
-            d = expert.conv1.weight.shape[0]
-            expert.conv1.weight.normal_(0, 0.02)
-            expert.conv1.weight[: len(filters)] = filters
-            expert.conv1.bias.zero_()
-            expert.conv2.weight.zero_()
-            expert.conv2.weight[torch.arange(d), torch.arange(d), 1] = 1.0
-            expert.conv2.bias.zero_()
-            positions = 0.1 * sinusoids(*expert.embed_positions.weight.shape)
-            # A clock: channel RAMP is silent in conv1 and rises 0 -> 2 over the window, so every token knows
-            # its time (an event's second is where the instrument's tokens begin or end).
-            expert.conv1.weight[RAMP] = 0.0
-            positions[:, RAMP] = torch.linspace(0, 2, positions.shape[0])
-            expert.embed_positions.weight.copy_(positions)
-            for layer in expert.layers:
-                layer.self_attn.out_proj.weight.normal_(0, 0.01)
-                layer.fc2.weight.normal_(0, 0.01)
-        for expert, bank in ((model.temporal_encoder, BEAT_BANK_HZ), (model.global_encoder, BAR_BANK_HZ)):
-            if rhythm:
-                rhythm_init(expert, np.geomspace(*bank))
-        for block in model.fusion.blocks:
-            block.injector.out_proj.weight.normal_(0, 0.01)
-            block.extractor.out_proj.weight.normal_(0, 0.01)
-        model.fusion.ffn[2].weight.normal_(0, 0.01)
-
-
-def rhythm_init(expert, freqs: np.ndarray, sharpness: float = RHYTHM_SHARPNESS, gain: float = RHYTHM_GAIN,
-                loudness: float = RHYTHM_LOUDNESS) -> None:
-    """Make the expert's first attention a periodogram of the onsets at ``freqs`` (Hz).
-
-    The position table's free channels (above the clock) hold cos and sin of 2 pi f t at each frequency. The
-    attention's query is a constant (its bias), its key the frame's onset strength (the band-onset filters), so
-    every token's weights are softmax(sharpness * onset) over the window; the values are the sinusoid
-    channels, so each token receives sum_t w_t exp(2 pi i f t): the onset envelope's Fourier coefficient at
-    each frequency. Its magnitude peaks at the beat (BEAT_BANK_HZ, temporal expert) and the bar
-    (BAR_BANK_HZ, global expert); the rate is 50 Hz, so beats up to 25 Hz are resolved before any pooling.
-    """
-    import torch
-
-    d = expert.conv1.weight.shape[0]
-    channels = torch.arange(RAMP + 1, RAMP + 1 + 2 * len(freqs))
-    if channels[-1] >= d:
-        raise ValueError(f"{len(freqs)} rhythm frequencies need d_model > {int(channels[-1])}, not {d}")
-    seconds = torch.arange(expert.embed_positions.weight.shape[0], dtype=torch.float64) * 0.02  # 50 Hz
-    phase = 2 * torch.pi * torch.tensor(freqs)[None] * seconds[:, None]
-    layer = expert.layers[0]
-    attn = layer.self_attn
-    with torch.no_grad():
-        expert.embed_positions.weight[:, channels[0::2]] = torch.cos(phase).float()
-        expert.embed_positions.weight[:, channels[1::2]] = torch.sin(phase).float()
-        attn.q_proj.weight.zero_()
-        attn.q_proj.bias.zero_()
-        attn.q_proj.bias[0] = sharpness / attn.scaling
-        attn.k_proj.weight.zero_()
-        attn.k_proj.weight[0, 16:20] = 1.0  # the band onsets (listening_filters)
-        attn.k_proj.weight[0, 12:16] = loudness / sharpness  # the band energies: silence (the padding) weighs nothing
-        attn.v_proj.weight.zero_()
-        attn.v_proj.bias.zero_()
-        attn.v_proj.weight[channels, channels] = 1.0
-        attn.out_proj.weight.normal_(0, 0.001)
-        attn.out_proj.weight[channels, channels] = gain
-        attn.out_proj.bias.zero_()
-
-
 # --- data -----------------------------------------------------------------------------------------------
 
 def clip_mels(songs, cfg) -> np.ndarray:
@@ -228,6 +119,35 @@ def clip_mels(songs, cfg) -> np.ndarray:
 
     return np.stack([log_mel_spectrogram(pad_or_trim(render(s, cfg.audio.sample_rate), cfg.audio.window_samples))
                      for s in songs])
+
+
+def is_rendered(index: int, rendered: float) -> bool:
+    """Whether training clip ``index`` comes from FluidSynth (a ``rendered`` share of them, spread evenly)."""
+    return math.floor((index + 1) * rendered) > math.floor(index * rendered)
+
+
+def training_mels(songs, cfg, rendered: float = 0.0, batch: int = 8):
+    """Yield (first index, (b, n_mels, 3000) float32 log-mels) over ``songs`` in order: the ``rendered`` share
+    of them composed as MIDI and rendered through a GM soundfont with augmentation (gamma_rt.render), the rest
+    from the additive synth."""
+    from gamma_rt.runtime.mel import log_mel_spectrogram, pad_or_trim
+
+    picked = [i for i in range(len(songs)) if is_rendered(i, rendered)]
+    renders = iter(())
+    if picked:
+        from gamma_rt.render import rendered_songs
+
+        renders = rendered_songs([songs[i].seed for i in picked], songs[0].seconds)
+    for start in range(0, len(songs), batch):
+        rows = []
+        for i in range(start, min(start + batch, len(songs))):
+            if is_rendered(i, rendered):
+                audio, song = next(renders)
+                assert song == songs[i], (song, songs[i])
+                rows.append(log_mel_spectrogram(pad_or_trim(audio, cfg.audio.window_samples)))
+            else:
+                rows.append(clip_mels([songs[i]], cfg)[0])
+        yield start, np.stack(rows)
 
 
 def valid_tokens(song, cfg) -> int:
@@ -254,17 +174,18 @@ def audio_side(model) -> list:
     return [p for part in (model.temporal_encoder, model.global_encoder, model.fusion) for p in part.parameters()]
 
 
-def encode_songs(model, cfg, songs, batch: int = 8, say=print):
-    """(n, tokens, d_expert) float32 pooled features of ``songs`` (all of one length)."""
+def encode_songs(model, cfg, songs, batch: int = 8, rendered: float = 0.0, say=print):
+    """(n, tokens, d_expert) float32 pooled features of ``songs`` (all of one length; ``rendered``: the share
+    heard through FluidSynth, training_mels)."""
     import torch
 
     n_tok = valid_tokens(songs[0], cfg)
     out = torch.empty(len(songs), n_tok, cfg.temporal.d_model)
     start = time.perf_counter()
-    for i in range(0, len(songs), batch):
-        out[i:i + batch] = pooled_features(model, clip_mels(songs[i:i + batch], cfg))[:, :n_tok]
+    for i, mels in training_mels(songs, cfg, rendered, batch):
+        out[i:i + len(mels)] = pooled_features(model, mels)[:, :n_tok]
         if (i // batch) % 25 == 0:
-            say(f"  encoded {i + len(songs[i:i + batch])}/{len(songs)} songs ({time.perf_counter() - start:.0f} s)")
+            say(f"  encoded {i + len(mels)}/{len(songs)} songs ({time.perf_counter() - start:.0f} s)")
     return out
 
 
@@ -359,7 +280,7 @@ class AuxHeads:
 
 def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: float = 3e-3,
           minutes: float | None = None, seed: int = 0, aux: float = 0.0, rhythm: bool = False,
-          end_to_end: bool = False, say=print) -> dict:
+          end_to_end: bool = False, rendered: float = 0.0, command: str | None = None, say=print) -> dict:
     """Train and write the checkpoint folder ``out``; returns the training record (also out/train_record.json)."""
     import torch
 
@@ -381,11 +302,11 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
     songs = [train_song(i, seed) for i in range(clips)]
     if end_to_end:  # the log-mel windows, each step's songs through the audio side with autograd
         say(f"rendering {clips} training songs to log-mel windows")
-        mels = torch.cat([torch.from_numpy(clip_mels(songs[i:i + 8], cfg)).half() for i in range(0, clips, 8)])
+        mels = torch.cat([torch.from_numpy(m).half() for _, m in training_mels(songs, cfg, rendered)])
         n_tok = valid_tokens(songs[0], cfg)
     else:
         say(f"encoding {clips} training songs with the frozen audio side")
-        feats = encode_songs(model, cfg, songs, say=say)
+        feats = encode_songs(model, cfg, songs, rendered=rendered, say=say)
     encode_s = time.perf_counter() - started
     prompter = Prompter(tokenizer, cfg)
     cached: dict[int, dict[str, str]] = {}
@@ -427,8 +348,8 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
         done = step + 1
         if step % 20 == 0 or step == steps - 1:
             say(f"step {step:5d}  loss {np.mean(losses[-20:]):.4f}  ({time.perf_counter() - started:.0f} s)")
-    record = {"clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr, "seed": seed, "aux": aux,
-              "rhythm": rhythm, "end_to_end": end_to_end,
+    record = {"command": command, "clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr, "seed": seed, "aux": aux,
+              "rhythm": rhythm, "end_to_end": end_to_end, "rendered": rendered,
               "encode_s": round(encode_s, 1), "total_s": round(time.perf_counter() - started, 1),
               "first_loss": round(float(np.mean(losses[:10])), 4) if losses else None,
               "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
@@ -453,6 +374,17 @@ def write_checkpoint(model, cfg, out: Path) -> Path:
     return out
 
 
+def _command(args) -> str:
+    """The command line that repeats this run (its output folder as given), every choice spelled out."""
+    words = ["gamma-rt", "train", "--out", str(args.out), "--clips", str(args.clips), "--steps", str(args.steps),
+             "--batch", str(args.batch), "--lr", str(args.lr), "--seed", str(args.seed), "--aux", str(args.aux),
+             "--rhythm" if args.rhythm else "--no-rhythm", "--rendered", str(args.rendered)]
+    words += ["--end-to-end"] if args.end_to_end else []
+    words += ["--minutes", str(args.minutes)] if args.minutes is not None else []
+    words += ["--threads", str(args.threads)] if args.threads else []
+    return " ".join(words)
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -462,8 +394,20 @@ def cmd_train(args) -> int:
         from gamma_rt.errors import GammaError
 
         raise GammaError(f"--aux {args.aux}: a loss weight is 0 or more")
+    if not 0.0 <= args.rendered <= 1.0:
+        from gamma_rt.errors import GammaError
+
+        raise GammaError(f"--rendered {args.rendered}: a share of the songs, from 0 to 1")
+    if args.rendered:
+        from gamma_rt.render import available
+
+        if (why := available()) is not None:
+            from gamma_rt.errors import GammaError
+
+            raise GammaError(f"--rendered needs FluidSynth and a GM soundfont ({why}): apt-get install "
+                             "fluidsynth fluid-soundfont-gm")
     record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed, args.aux, args.rhythm,
-                   args.end_to_end)
+                   args.end_to_end, args.rendered, command=_command(args))
     print(json.dumps(record))
     print(f"wrote {args.out}: next, gamma-rt export onnx {args.out} --out BUNDLE && "
           f"gamma-rt export gguf {args.out} --out BUNDLE")
