@@ -127,11 +127,11 @@ def rhythm_init(expert, freqs: np.ndarray, channels: np.ndarray, sharpness: floa
     (cos and sin of each frequency, interleaved).
 
     The position table holds cos and sin of 2 pi f t in those channels and nothing in the other bank's
-    (conv1 writes nothing in either; above the banks it keeps its random filters). The attention's query is a constant (its bias), its key the
-    frame's onset strength (the band-onset filters), so every token's weights are softmax(sharpness * onset)
-    over the window, near-linear in the onsets at this sharpness; the values are the sinusoid channels, so
-    each token receives sum_t w_t exp(2 pi i f t): the onset envelope's Fourier coefficient at each frequency
-    (plus a leak that is the same for every song). Its magnitude peaks at the beat (BEAT_BANK_HZ, temporal
+    (conv1 writes nothing in either; above the banks it keeps its random filters). The attention's query
+    is a constant (its bias), its key the frame's onset strength (the band-onset filters), so every token's
+    weights are softmax(sharpness * onset) over the window, near-linear in the onsets at this sharpness; the
+    values are the sinusoid channels, so each token receives sum_t w_t exp(2 pi i f t): the onset envelope's
+    Fourier coefficient at each frequency (plus a leak). Its magnitude peaks at the beat (BEAT_BANK_HZ, temporal
     expert) and the bar (BAR_BANK_HZ, global expert); the rate is 50 Hz, so beats up to 25 Hz are resolved
     before any pooling. The projector's first rows take the magnitudes (magnitude_init).
     """

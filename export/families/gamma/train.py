@@ -5,11 +5,11 @@ fit 8 MB in fp16 and to learn on two CPU cores:
 
 - the audio side is *listening-initialized* (listening.py) and frozen: each expert's first convolution
   starts as a bank of fixed filters over the 128 mel bins (pitch classes, band energies, band onsets), one
-  channel is a clock, and (``--rhythm``, the default) each expert's attention is a periodogram of the onsets:
+  channel is a clock, and (``--rhythm``) each expert's attention is a periodogram of the onsets:
   beats in the temporal expert, bars in the global one, each into channels of its own, read phase-free by
   the projector's first rows. The fused features carry chroma, timbre, onsets, time, beat and bar. Frozen,
   they are computed once per clip;
-- the songs: ``--rendered`` of them (half by default) composed as MIDI and rendered through a GM soundfont
+- the songs: ``--rendered`` of them (none by default) composed as MIDI and rendered through a GM soundfont
   with augmentation (gamma_rt.render: real instrument timbres), the rest from the additive synth; labels
   from the same seeds, below the held-out ones;
 - the projector and the decoder learn, by teacher-forced cross-entropy on the answer tokens only, from a
@@ -40,34 +40,35 @@ QUESTION_WEIGHTS = {"key": 3, "tempo": 3, "instruments": 3, "meter": 3, "event":
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a small GaMMA on labelled synthetic and rendered music (2 CPU cores: about 30 min)",
-        description="Train a small GaMMA (two experts, fusion, projector, Qwen3 decoder; 2.8M parameters, 5.6 MB "
-        "in fp16) to answer questions about labelled songs, half from the additive synth and half rendered through "
-        "a GM soundfont: key, tempo, meter, instruments, an event time. Writes a checkpoint folder for "
+        "train", help="train a small GaMMA on labelled synthetic or rendered music (2 CPU cores: 15-30 min)",
+        description="Train a small GaMMA (two experts, fusion, projector, Qwen3 decoder; 1.1M parameters, or 3.2M "
+        "with --rhythm) to answer questions about labelled songs, from the additive synth or (--rendered) rendered "
+        "through a GM soundfont: key, tempo, meter, instruments, an event time. Writes a checkpoint folder for "
         "`gamma-rt export onnx|gguf`.\n\n"
-        "example: gamma-rt train --out ckpt --threads 2   (the built-in's recipe: about 30 min on 2 cores)\n"
-        "         gamma-rt train --out ckpt --rendered 0 --clips 400 --steps 600   (no FluidSynth; minutes)",
+        "example: gamma-rt train --out ckpt --threads 2   (the built-in's recipe: about 15 min on 2 cores)\n"
+        "         gamma-rt train --out ckpt --rhythm --rendered 0.5 --aux 0.3 --clips 3000 --steps 5000 --threads 2\n"
+        "         (beat and bar banks, half the songs rendered through FluidSynth: about 30 min)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write")
     # The defaults are the built-in's recipe (gamma_rt/builtin/train_record.json).
-    p.add_argument("--clips", type=int, default=3000, help="training songs, each encoded once (default 3000)")
-    p.add_argument("--steps", type=int, default=5000, help="optimizer steps (default 5000)")
+    p.add_argument("--clips", type=int, default=1500, help="training songs, each encoded once (default 1500)")
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
     p.add_argument("--batch", type=int, default=16, help="(song, question) pairs per step (default 16)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--seed", type=int, default=0, help="seed of the songs, the init and the batches (default 0)")
-    p.add_argument("--aux", type=float, default=0.3,
-                   help="weight of the training-only tempo/meter/event heads on the projector (default 0.3; 0: off)")
-    p.add_argument("--rhythm", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--aux", type=float, default=0.0,
+                   help="weight of the training-only tempo/meter/event heads on the projector (default 0: off)")
+    p.add_argument("--rhythm", action=argparse.BooleanOptionalAction, default=False,
                    help="d 224 experts whose first attention is a periodogram of the onsets (beat and bar banks), "
-                   "pooled to 8.3 tokens a second (default; --no-rhythm: the d 48 listening experts, 3.3 a second)")
+                   "pooled to 8.3 tokens a second (default --no-rhythm: the d 48 listening experts, 3.3 a second)")
     p.add_argument("--end-to-end", action="store_true",
                    help="train the experts and the fusion too, from each song's log-mel window (kept in memory, "
                    "fp16: 0.75 MB a song), instead of freezing the listening-initialized audio side")
-    p.add_argument("--rendered", type=float, default=0.5, metavar="SHARE",
+    p.add_argument("--rendered", type=float, default=0.0, metavar="SHARE",
                    help="share of the training songs composed as MIDI and rendered through FluidSynth with a GM "
-                   "soundfont, augmented (0-1; default 0.5; 0: all from the additive synth; needs fluidsynth "
-                   "and fluid-soundfont-gm)")
+                   "soundfont, augmented (0-1; default 0: all from the additive synth; needs fluidsynth and "
+                   "fluid-soundfont-gm)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_train)
 
@@ -348,7 +349,8 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
         done = step + 1
         if step % 20 == 0 or step == steps - 1:
             say(f"step {step:5d}  loss {np.mean(losses[-20:]):.4f}  ({time.perf_counter() - started:.0f} s)")
-    record = {"command": command, "clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr, "seed": seed, "aux": aux,
+    record = {"command": command, "clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr,
+              "seed": seed, "aux": aux,
               "rhythm": rhythm, "end_to_end": end_to_end, "rendered": rendered,
               "encode_s": round(encode_s, 1), "total_s": round(time.perf_counter() - started, 1),
               "first_loss": round(float(np.mean(losses[:10])), 4) if losses else None,
@@ -406,8 +408,8 @@ def cmd_train(args) -> int:
 
             raise GammaError(f"--rendered needs FluidSynth and a GM soundfont ({why}): apt-get install "
                              "fluidsynth fluid-soundfont-gm")
-    record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed, args.aux, args.rhythm,
-                   args.end_to_end, args.rendered, command=_command(args))
+    record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed, args.aux,
+                   args.rhythm, args.end_to_end, args.rendered, command=_command(args))
     print(json.dumps(record))
     print(f"wrote {args.out}: next, gamma-rt export onnx {args.out} --out BUNDLE && "
           f"gamma-rt export gguf {args.out} --out BUNDLE")
