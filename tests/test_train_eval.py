@@ -144,7 +144,6 @@ def test_the_projectors_rectifier_rows_read_a_magnitude_whatever_the_phase():
 def test_rendered_songs_take_their_share_of_training_and_keep_their_labels():
     import numpy as np
 
-    from gamma_rt.export.families.gamma import listening
     from gamma_rt.export.families.gamma import train as recipe
     from gamma_rt.render import available
     from gamma_rt.synthetic_tasks import train_song

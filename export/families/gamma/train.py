@@ -350,8 +350,7 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
         if step % 20 == 0 or step == steps - 1:
             say(f"step {step:5d}  loss {np.mean(losses[-20:]):.4f}  ({time.perf_counter() - started:.0f} s)")
     record = {"command": command, "clips": clips, "steps": steps, "steps_done": done, "batch": batch, "lr": lr,
-              "seed": seed, "aux": aux,
-              "rhythm": rhythm, "end_to_end": end_to_end, "rendered": rendered,
+              "seed": seed, "aux": aux, "rhythm": rhythm, "end_to_end": end_to_end, "rendered": rendered,
               "encode_s": round(encode_s, 1), "total_s": round(time.perf_counter() - started, 1),
               "first_loss": round(float(np.mean(losses[:10])), 4) if losses else None,
               "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
@@ -390,22 +389,18 @@ def _command(args) -> str:
 def cmd_train(args) -> int:
     import torch
 
+    from gamma_rt.errors import GammaError
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.aux < 0:
-        from gamma_rt.errors import GammaError
-
         raise GammaError(f"--aux {args.aux}: a loss weight is 0 or more")
     if not 0.0 <= args.rendered <= 1.0:
-        from gamma_rt.errors import GammaError
-
         raise GammaError(f"--rendered {args.rendered}: a share of the songs, from 0 to 1")
     if args.rendered:
         from gamma_rt.render import available
 
         if (why := available()) is not None:
-            from gamma_rt.errors import GammaError
-
             raise GammaError(f"--rendered needs FluidSynth and a GM soundfont ({why}): apt-get install "
                              "fluidsynth fluid-soundfont-gm")
     record = train(args.out, args.clips, args.steps, args.batch, args.lr, args.minutes, args.seed, args.aux,
