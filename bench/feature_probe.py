@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -153,23 +152,14 @@ def train(cache: Path, variant_text: str, steps: int, seed: int = 0, say=print) 
     names = [q.name for q in QUESTIONS]
     weights = np.array([T.QUESTION_WEIGHTS.get(x, 1) for x in names], float)
     trainable = list(model.projector.parameters()) + list(model.llm.parameters())
-    opt = torch.optim.AdamW(trainable, lr=3e-3, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / steps))))
+    opt, sched = T.optimizer(trainable, 3e-3, steps)
     model.llm.train()
     losses, start = [], time.perf_counter()
     for step in range(steps):
         picks = [(int(i), names[int(q)]) for i, q in zip(keep[rng.integers(0, len(keep), 16)],
                                                          rng.choice(len(names), 16, p=weights / weights.sum()))]
         x, y = T.make_batch(model, prompter, feats, songs, picks, answers_of)
-        loss = T.answer_loss(model, x, y)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(T.optimizer_step(T.answer_loss(model, x, y), opt, sched, trainable))
         if step % 250 == 0:
             say(f"step {step:5d}  loss {np.mean(losses[-50:]):.4f}  ({time.perf_counter() - start:.0f} s)")
     model.llm.eval()

@@ -277,6 +277,28 @@ class AuxHeads:
                 + F.binary_cross_entropy_with_logits(self.token(audio)[..., 0], sounding))
 
 
+def optimizer(trainable: list, lr: float, steps: int):
+    """AdamW and its schedule: a linear warmup over the first 5 % of ``steps``, then a cosine to zero."""
+    import torch
+
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))  # noqa: E731
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def optimizer_step(loss, opt, sched, trainable: list) -> float:
+    """One step on ``loss`` (gradients clipped to norm 1); the loss as a float."""
+    import torch
+
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 # --- the run --------------------------------------------------------------------------------------------
 
 def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: float = 3e-3,
@@ -318,10 +340,7 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
     trainable = list(model.projector.parameters()) + list(model.llm.parameters()) + (heads.parameters() if aux else [])
     trainable += audio_side(model) if end_to_end else []
     seconds_per_token = cfg.audio.window_seconds / cfg.tokens_per_window
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, steps // 20)
-    schedule = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    opt, sched = optimizer(trainable, lr, steps)
     model.llm.train()
     losses, done = [], 0
     for step in range(steps):
@@ -340,12 +359,7 @@ def train(out: Path, clips: int = 800, steps: int = 700, batch: int = 16, lr: fl
             rows = torch.stack([feats[i] for i in chosen])
             audio = model.projector.linear_2(torch.nn.functional.gelu(model.projector.linear_1(rows)))
             loss = loss + aux * heads.loss(audio, [songs[i] for i in chosen], seconds_per_token)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(loss, opt, sched, trainable))
         done = step + 1
         if step % 20 == 0 or step == steps - 1:
             say(f"step {step:5d}  loss {np.mean(losses[-20:]):.4f}  ({time.perf_counter() - started:.0f} s)")
