@@ -5,8 +5,10 @@ timbre, onsets, time, and the onsets' periodogram at beat and bar rates.
 Channels of each expert, d 224 with ``rhythm`` (d 48 without):
     0-11    pitch classes over 200-5000 Hz        12-15  band energies       16-19  band onsets
     20-31   sharp pitch classes over 1-5 kHz      32     the clock (RAMP)
-    33-128  the beat bank's cos/sin (temporal)    129-190  the bar bank's cos/sin (global)
+    33-128  the beat bank's cos/sin               129-190  the bar bank's cos/sin
     191-    random mel projections (timbre), as the d 48 experts' 33-47
+With ``rhythm`` the experts own disjoint channels (rhythm_split): the temporal expert writes both banks
+(33-190) and nothing else, the global expert everything else (listening_channels).
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ import numpy as np
 
 RAMP = 32  # the experts' clock channel (see listen_init)
 # The rhythm banks (rhythm_init): log-spaced frequencies (lo Hz, hi Hz, count) of the onsets' periodogram,
-# beats of 54-198 BPM in the temporal expert, bars (and half notes) of 12-72 per minute in the global one.
+# beats of 54-198 BPM and bars (and half notes) of 12-72 per minute, both in the temporal expert.
 # Each bank has channels of its own (cos, sin of each frequency), the beat bank's first, so the router's mix
-# of the two experts keeps both.
+# of the two experts keeps both apart from the listening channels.
 BEAT_BANK_HZ = (0.9, 3.3, 48)
 BAR_BANK_HZ = (0.2, 1.2, 31)
 RHYTHM_SHARPNESS = 0.3  # small: the attention weights stay near-linear in the onset strength
 RHYTHM_GAIN = 30.0
+RHYTHM_NORM_GAIN = 1.0  # the rhythm expert's final layer norm on the banks (rhythm_split)
 RHYTHM_POOL = 6  # 8.3 tokens a second at the projector: beats up to 250 BPM are resolved
 BANKS_END = RAMP + 1 + 2 * (BEAT_BANK_HZ[2] + BAR_BANK_HZ[2])  # the first channel above both banks
 RECTIFIER_DIRECTIONS = 6  # per bank frequency, projector rows that sum to its magnitude (phase-free)
 
 
 def bank_channels() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per bank ("beat": temporal expert, "bar": global), (frequencies Hz, its cos/sin channels interleaved)."""
+    """Per bank ("beat", "bar"; both the temporal expert's), (frequencies Hz, its cos/sin channels interleaved)."""
     out, first = {}, RAMP + 1
     for name, bank in (("beat", BEAT_BANK_HZ), ("bar", BAR_BANK_HZ)):
         out[name] = np.geomspace(*bank), np.arange(first, first + 2 * bank[2])
@@ -106,19 +109,69 @@ def listen_init(model, cfg, rhythm: bool = False) -> None:
             block.extractor.out_proj.weight.normal_(0, 0.01)
         model.fusion.ffn[2].weight.normal_(0, 0.01)
         if rhythm:
-            banks = bank_channels()
-            for expert, name in ((model.temporal_encoder, "beat"), (model.global_encoder, "bar")):
-                rhythm_init(expert, *banks[name])
-            # An even mix of the experts: each bank reaches the projector whole, from its own channels.
-            model.fusion.router.gate.weight.zero_()
-            model.fusion.router.gate.bias.zero_()
-            magnitude_init(model.projector, np.concatenate([c for _, c in banks.values()]))
-            # The fusion's residual branches start at zero above the clock, so nothing leaks into the banks.
-            above_clock = [model.fusion.ffn[2]] + [b.injector.out_proj for b in model.fusion.blocks] + [
-                b.extractor.out_proj for b in model.fusion.blocks]
-            for linear in above_clock:
-                linear.weight[RAMP + 1:] = 0.0
-                linear.bias[RAMP + 1:] = 0.0
+            rhythm_split(model, cfg)
+
+
+def listening_channels(d: int) -> np.ndarray:
+    """The channels the listening expert owns with ``rhythm`` (all but the banks'): its filters, the clock and
+    the random mel projections above the banks."""
+    return np.r_[0:RAMP + 1, BANKS_END:d]
+
+
+def rhythm_split(model, cfg) -> None:
+    """``rhythm``: give the experts disjoint channels. The temporal expert becomes the rhythm banks alone
+    (both, rhythm_init) and the global expert the listening channels alone; each expert's final layer norm
+    passes its own channels and zeroes the rest, so the router's even mix hands the projector both, apart.
+
+    Why: one layer norm over the banks and the listening channels together lets the banks' energy set the
+    listening channels' scale, token by token, and key is lost (bench/results/FINDINGS.md, the feature
+    probe). Here the listening expert's layer norm sees only its own channels (and zeros), as the d 48
+    experts' does, and the banks' layer norm only the banks."""
+    import torch
+
+    from ...weights import sinusoids
+
+    filters = torch.tensor(listening_filters(cfg), dtype=torch.float32)
+    d = model.global_encoder.conv1.weight.shape[0]
+    owned = torch.as_tensor(listening_channels(d))
+    banks = bank_channels()
+    freqs = np.concatenate([f for f, _ in banks.values()])
+    channels = np.concatenate([c for _, c in banks.values()])
+    with torch.no_grad():
+        listener, rhythm = model.global_encoder, model.temporal_encoder
+        listener.conv1.weight[RAMP + 1:BANKS_END] = 0.0
+        positions = torch.zeros_like(listener.embed_positions.weight)
+        positions[:, owned] = 0.1 * sinusoids(positions.shape[0], len(owned))
+        positions[:, RAMP] = torch.linspace(0, 2, positions.shape[0])
+        listener.embed_positions.weight.copy_(positions)
+        for layer in listener.layers:
+            layer.self_attn.out_proj.weight[RAMP + 1:BANKS_END] = 0.0
+            layer.fc2.weight[RAMP + 1:BANKS_END] = 0.0
+        # The listening expert's norm divides by the rms over all d channels, the banks' zeros included:
+        # sqrt(owned / d) of its own channels' rms. This gain gives them the d 48 experts' scale, doubled
+        # for the router's even mix.
+        _own(listener, owned, 2.0 * (len(owned) / d) ** 0.5)
+        rhythm.conv1.weight.zero_()
+        rhythm.conv1.weight[16:20] = filters[16:20]  # the band onsets, the periodogram's keys
+        rhythm.embed_positions.weight.zero_()
+        rhythm_init(rhythm, freqs, channels)
+        _own(rhythm, torch.as_tensor(channels), RHYTHM_NORM_GAIN)
+        model.fusion.router.gate.weight.zero_()
+        model.fusion.router.gate.bias.zero_()
+        magnitude_init(model.projector, channels)
+        # The fusion's residual branches start at zero in the banks, so nothing leaks into them.
+        branches = [model.fusion.ffn[2]] + [b.injector.out_proj for b in model.fusion.blocks] + [
+            b.extractor.out_proj for b in model.fusion.blocks]
+        for linear in branches:
+            linear.weight[RAMP + 1:BANKS_END] = 0.0
+            linear.bias[RAMP + 1:BANKS_END] = 0.0
+
+
+def _own(expert, channels, gain: float) -> None:
+    """The expert's final layer norm passes ``channels`` (times ``gain``) and writes zero in the others."""
+    expert.layer_norm.weight.zero_()
+    expert.layer_norm.weight[channels] = gain
+    expert.layer_norm.bias.zero_()
 
 
 def rhythm_init(expert, freqs: np.ndarray, channels: np.ndarray, sharpness: float = RHYTHM_SHARPNESS,
@@ -131,9 +184,9 @@ def rhythm_init(expert, freqs: np.ndarray, channels: np.ndarray, sharpness: floa
     is a constant (its bias), its key the frame's onset strength (the band-onset filters), so every token's
     weights are softmax(sharpness * onset) over the window, near-linear in the onsets at this sharpness; the
     values are the sinusoid channels, so each token receives sum_t w_t exp(2 pi i f t): the onset envelope's
-    Fourier coefficient at each frequency (plus a leak). Its magnitude peaks at the beat (BEAT_BANK_HZ, temporal
-    expert) and the bar (BAR_BANK_HZ, global expert); the rate is 50 Hz, so beats up to 25 Hz are resolved
-    before any pooling. The projector's first rows take the magnitudes (magnitude_init).
+    Fourier coefficient at each frequency (plus a leak). Its magnitude peaks at the beat (BEAT_BANK_HZ) and
+    the bar (BAR_BANK_HZ), both in the temporal expert (rhythm_split); the rate is 50 Hz, so beats up to 25 Hz
+    are resolved before any pooling. The projector's first rows take the magnitudes (magnitude_init).
     """
     import torch
 

@@ -5,9 +5,9 @@ fit 8 MB in fp16 and to learn on two CPU cores:
 
 - the audio side is *listening-initialized* (listening.py) and frozen: each expert's first convolution
   starts as a bank of fixed filters over the 128 mel bins (pitch classes, band energies, band onsets), one
-  channel is a clock, and (``--rhythm``) each expert's attention is a periodogram of the onsets:
-  beats in the temporal expert, bars in the global one, each into channels of its own, read phase-free by
-  the projector's first rows. The fused features carry chroma, timbre, onsets, time, beat and bar. Frozen,
+  channel is a clock, and (``--rhythm``) the temporal expert's attention is a periodogram of the onsets
+  at beat and bar rates, in channels the global (listening) expert leaves empty, read phase-free by the
+  projector's first rows. The fused features carry chroma, timbre, onsets, time, beat and bar. Frozen,
   they are computed once per clip;
 - the songs: ``--rendered`` of them (none by default) composed as MIDI and rendered through a GM soundfont
   with augmentation (gamma_rt.render: real instrument timbres), the rest from the additive synth; labels
