@@ -13,7 +13,10 @@ the projector and decoder. This probe splits the two so that many changes can be
 
 A variant is a comma-separated list of changes to the cached features: ``listen=K`` ``banks=K`` ``rand=K``
 multiply the listening channels and clock (0-32), the bank channels, or those above the banks by K;
-``pool=K`` averages K tokens into one; ``tokennorm`` scales each token's 32 listening channels to one
+``pool=K`` averages K tokens into one; ``hidden=K`` trains a fresh projector of hidden width K at
+PyTorch's default init; ``as224`` puts a d 48 cache's channels into the d 224 layout (listening channels and
+clock in place, its random projections above the banks, zeros in the banks) and trains the d 224 model's
+projector on them; ``tokennorm`` scales each token's 32 listening channels to one
 norm (TOKEN_NORM); ``synth`` trains on the additive-synth songs only; ``plainproj``
 starts the projector from PyTorch's default init instead of the listening one; ``none`` changes nothing.
 
@@ -38,7 +41,8 @@ from .entry import run_module, write_json
 
 EVAL_SONGS = 100
 SCALED = ("listen", "banks", "rand")
-FLAGS = ("synth", "plainproj", "tokennorm", "none")
+FLAGS = ("synth", "plainproj", "tokennorm", "as224", "none")
+SIZED = ("pool", "hidden")
 TOKEN_NORM = 5.0  # tokennorm: the 32 listening channels' norm per token, about the d 48 features' own
 
 
@@ -84,15 +88,15 @@ def parse_variant(text: str) -> dict:
         name, _, value = part.partition("=")
         if name in FLAGS and not value:
             out[name] = True
-        elif name in SCALED + ("pool",) and value:
+        elif name in SCALED + SIZED and value:
             try:
-                out[name] = int(value) if name == "pool" else float(value)
+                out[name] = int(value) if name in SIZED else float(value)
             except ValueError:
                 raise GammaError(f"--variant {text!r}: {name} takes a number, not {value!r}") from None
-            if name == "pool" and out[name] < 1:
-                raise GammaError(f"--variant {text!r}: pool is 1 or more")
+            if name in SIZED and out[name] < 1:
+                raise GammaError(f"--variant {text!r}: {name} is 1 or more")
         else:
-            raise GammaError(f"--variant {text!r}: {part!r} is none of listen=K banks=K rand=K pool=K "
+            raise GammaError(f"--variant {text!r}: {part!r} is none of listen=K banks=K rand=K pool=K hidden=K "
                              + " ".join(FLAGS))
     return out
 
@@ -103,6 +107,13 @@ def _changed(feats, variant: dict):
 
     from gamma_rt.export.families.gamma.listening import BANKS_END, RAMP
 
+    if variant.get("as224"):
+        if feats.shape[-1] != 48:
+            raise GammaError(f"--variant as224 takes a d 48 cache, not d {feats.shape[-1]}")
+        wide = torch.zeros(*feats.shape[:-1], 224, dtype=feats.dtype)
+        wide[..., :RAMP + 1] = feats[..., :RAMP + 1]
+        wide[..., BANKS_END:BANKS_END + 48 - RAMP - 1] = feats[..., RAMP + 1:]
+        feats = wide
     scale = torch.ones(feats.shape[-1])
     for name, part in zip(SCALED, (slice(0, RAMP + 1), slice(RAMP + 1, BANKS_END), slice(BANKS_END, None))):
         scale[part] *= variant.get(name, 1.0)
@@ -138,11 +149,18 @@ def train(cache: Path, variant_text: str, steps: int, seed: int = 0, say=print) 
     c = _load(cache)
     feats, held_out = _changed(c["train"], variant), _changed(c["eval"], variant)
     n = c["songs"]
-    model, cfg = _model(c["rhythm"], seed)
+    model, cfg = _model(c["rhythm"] or bool(variant.get("as224")), seed)
     rng = np.random.default_rng(seed)
     if variant.get("plainproj"):
         model.projector.linear_1.reset_parameters()
         model.projector.linear_2.reset_parameters()
+    if "hidden" in variant:
+        import dataclasses
+
+        from gamma_rt.export.families.gamma.model import Projector
+
+        cfg.projector = dataclasses.replace(cfg.projector, hidden_dim=variant["hidden"])
+        model.projector = Projector(feats.shape[-1], cfg.llm.hidden_size, cfg.projector)
     keep = np.array([i for i in range(n) if not (variant.get("synth") and T.is_rendered(i, c["rendered"]))])
     with tempfile.TemporaryDirectory() as tmp:
         prompter = T.Prompter(T.train_tokenizer(Path(tmp), cfg), cfg)

@@ -26,7 +26,19 @@ def test_tokennorm_gives_every_token_one_listening_norm_and_keeps_the_rest():
     assert torch.equal(out[..., RAMP:], feats[..., RAMP:])
 
 
-@pytest.mark.parametrize("text", ["loud=2", "listen=x", "pool=0", "synth=1", "banks"])
+def test_as224_lays_a_d48_cache_out_as_the_d224_features():
+    feats = torch.arange(48.0).expand(2, 5, 48)
+    out = feature_probe._changed(feats, feature_probe.parse_variant("as224"))
+    assert out.shape == (2, 5, 224)
+    assert torch.equal(out[..., :RAMP + 1], feats[..., :RAMP + 1])
+    assert torch.all(out[..., RAMP + 1:BANKS_END] == 0)
+    assert torch.equal(out[..., BANKS_END:BANKS_END + 15], feats[..., RAMP + 1:])
+    assert torch.all(out[..., BANKS_END + 15:] == 0)
+    with pytest.raises(GammaError, match="d 48 cache"):
+        feature_probe._changed(torch.ones(1, 2, 224), {"as224": True})
+
+
+@pytest.mark.parametrize("text", ["loud=2", "listen=x", "pool=0", "hidden=0", "synth=1", "banks"])
 def test_a_bad_variant_is_a_clear_error(text):
     with pytest.raises(GammaError, match="--variant"):
         feature_probe.parse_variant(text)
@@ -38,7 +50,7 @@ def test_encode_train_and_linear_run_on_a_small_cache(tmp_path):
                                "--rendered", "0", "--json", str(results)]) == 0
     saved = torch.load(cache)
     assert saved["train"].shape[:2] == (24, 125) and saved["eval"].shape[0] == 2  # 15 s at 8.3 tokens/s
-    assert feature_probe.main(["train", str(cache), "--variant", "synth,banks=0", "--steps", "2",
+    assert feature_probe.main(["train", str(cache), "--variant", "synth,banks=0,hidden=32", "--steps", "2",
                                "--json", str(results)]) == 0
     assert feature_probe.main(["linear", str(cache), "--json", str(results)]) == 0
     runs = json.loads(results.read_text())["runs"]
@@ -47,7 +59,7 @@ def test_encode_train_and_linear_run_on_a_small_cache(tmp_path):
     assert trained["train_songs"] == 24 and trained["held_out"] == 2 and len(trained["key_replies"]) == 2
     assert set(trained["accuracy"]) == {"key", "tempo", "meter", "instruments", "event"}
     assert all(0 <= v <= 1 for v in trained["accuracy"].values())
-    assert np.isfinite(trained["final_loss"]) and "--variant synth,banks=0" in trained["command"]
+    assert np.isfinite(trained["final_loss"]) and "--variant synth,banks=0,hidden=32" in trained["command"]
     assert set(runs[2]["accuracy"]) == {"key_from_listening_channels", "tempo_from_bank_magnitudes",
                                         "meter_from_bank_magnitudes"}
 
