@@ -13,6 +13,7 @@ the projector and decoder. This probe splits the two so that many changes can be
 
 A variant is a comma-separated list of changes to the cached features: ``listen=K`` ``banks=K`` ``rand=K``
 multiply the listening channels and clock (0-32), the bank channels, or those above the banks by K;
+``meanmix=K`` adds K times the song's mean of the listening channels (0-31) to every token;
 ``pool=K`` averages K tokens into one; ``hidden=K`` trains a fresh projector of hidden width K at
 PyTorch's default init; ``as224`` puts a d 48 cache's channels into the d 224 layout (listening channels and
 clock in place, its random projections above the banks, zeros in the banks) and trains the d 224 model's
@@ -40,7 +41,7 @@ from gamma_rt.errors import GammaError
 from .entry import run_module, write_json
 
 EVAL_SONGS = 100
-SCALED = ("listen", "banks", "rand")
+SCALED = ("listen", "banks", "rand", "meanmix")
 FLAGS = ("synth", "plainproj", "tokennorm", "as224", "none")
 SIZED = ("pool", "hidden")
 TOKEN_NORM = 5.0  # tokennorm: the 32 listening channels' norm per token, about the d 48 features' own
@@ -118,6 +119,8 @@ def _changed(feats, variant: dict):
     for name, part in zip(SCALED, (slice(0, RAMP + 1), slice(RAMP + 1, BANKS_END), slice(BANKS_END, None))):
         scale[part] *= variant.get(name, 1.0)
     feats = feats.float() * scale
+    if k := variant.get("meanmix"):  # what an expert attending evenly over the song would add to each token
+        feats[..., :RAMP] += k * feats[..., :RAMP].mean(dim=-2, keepdim=True)
     if variant.get("tokennorm"):  # each token's listening channels to one norm, as a per-frame LayerNorm of
         # them alone would (the d 48 experts' does, as those channels dominate it; the d 224's is the banks')
         x = feats[..., :RAMP]

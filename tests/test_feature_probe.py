@@ -38,6 +38,13 @@ def test_as224_lays_a_d48_cache_out_as_the_d224_features():
         feature_probe._changed(torch.ones(1, 2, 224), {"as224": True})
 
 
+def test_meanmix_adds_the_song_mean_of_the_listening_channels_to_every_token():
+    feats = torch.randn(2, 5, 224)
+    out = feature_probe._changed(feats, feature_probe.parse_variant("meanmix=0.5"))
+    assert torch.allclose(out[..., :RAMP], feats[..., :RAMP] + 0.5 * feats[..., :RAMP].mean(dim=1, keepdim=True))
+    assert torch.equal(out[..., RAMP:], feats[..., RAMP:])
+
+
 @pytest.mark.parametrize("text", ["loud=2", "listen=x", "pool=0", "hidden=0", "synth=1", "banks"])
 def test_a_bad_variant_is_a_clear_error(text):
     with pytest.raises(GammaError, match="--variant"):
