@@ -41,7 +41,8 @@ from gamma_rt.errors import GammaError
 from .entry import run_module, write_json
 
 EVAL_SONGS = 100
-SCALED = ("listen", "banks", "rand", "meanmix")
+SCALED = ("listen", "banks", "rand")
+MIXED = ("meanmix",)
 FLAGS = ("synth", "plainproj", "tokennorm", "as224", "none")
 SIZED = ("pool", "hidden")
 TOKEN_NORM = 5.0  # tokennorm: the 32 listening channels' norm per token, about the d 48 features' own
@@ -89,7 +90,7 @@ def parse_variant(text: str) -> dict:
         name, _, value = part.partition("=")
         if name in FLAGS and not value:
             out[name] = True
-        elif name in SCALED + SIZED and value:
+        elif name in SCALED + MIXED + SIZED and value:
             try:
                 out[name] = int(value) if name in SIZED else float(value)
             except ValueError:
@@ -97,8 +98,8 @@ def parse_variant(text: str) -> dict:
             if name in SIZED and out[name] < 1:
                 raise GammaError(f"--variant {text!r}: {name} is 1 or more")
         else:
-            raise GammaError(f"--variant {text!r}: {part!r} is none of listen=K banks=K rand=K pool=K hidden=K "
-                             + " ".join(FLAGS))
+            raise GammaError(f"--variant {text!r}: {part!r} is none of "
+                             + " ".join([f"{n}=K" for n in SCALED + MIXED + SIZED] + list(FLAGS)))
     return out
 
 
