@@ -14,7 +14,8 @@ the projector and decoder. This probe splits the two so that many changes can be
 A variant is a comma-separated list of changes to the cached features: ``listen=K`` ``banks=K`` ``rand=K``
 multiply the listening channels and clock (0-32), the bank channels, or those above the banks by K;
 ``meanmix=K`` adds K times the song's mean of the listening channels (0-31) to every token;
-``pool=K`` averages K tokens into one; ``hidden=K`` trains a fresh projector of hidden width K at
+``pool=K`` averages K tokens into one; ``banktokens=K`` keeps the banks on the last K tokens only and the
+listening channels and clock on the others only; ``hidden=K`` trains a fresh projector of hidden width K at
 PyTorch's default init; ``as224`` puts a d 48 cache's channels into the d 224 layout (listening channels and
 clock in place, its random projections above the banks, zeros in the banks) and trains the d 224 model's
 projector on them; ``tokennorm`` scales each token's 32 listening channels to one
@@ -44,7 +45,7 @@ EVAL_SONGS = 100
 SCALED = ("listen", "banks", "rand")
 MIXED = ("meanmix",)
 FLAGS = ("synth", "plainproj", "tokennorm", "as224", "none")
-SIZED = ("pool", "hidden")
+SIZED = ("pool", "hidden", "banktokens")
 TOKEN_NORM = 5.0  # tokennorm: the 32 listening channels' norm per token, about the d 48 features' own
 
 
@@ -128,6 +129,12 @@ def _changed(feats, variant: dict):
         feats[..., :RAMP] = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6) * TOKEN_NORM
     if (k := variant.get("pool", 1)) > 1:
         feats = torch.nn.functional.avg_pool1d(feats.transpose(1, 2), k, k, ceil_mode=True).transpose(1, 2)
+    if k := variant.get("banktokens"):  # what a router that sends the last K tokens to the rhythm expert would
+        # hand on: the banks on those tokens alone, the listening channels and clock on the others alone
+        if k >= feats.shape[-2]:
+            raise GammaError(f"--variant banktokens={k}: the features have only {feats.shape[-2]} tokens")
+        feats[..., :-k, RAMP + 1:BANKS_END] = 0.0
+        feats[..., -k:, :RAMP + 1] = 0.0
     return feats
 
 

@@ -45,6 +45,17 @@ def test_meanmix_adds_the_song_mean_of_the_listening_channels_to_every_token():
     assert torch.equal(out[..., RAMP:], feats[..., RAMP:])
 
 
+def test_banktokens_parts_the_banks_and_the_listening_channels_by_token():
+    feats = torch.randn(2, 9, 224)
+    out = feature_probe._changed(feats, feature_probe.parse_variant("banktokens=3"))
+    assert torch.all(out[:, :6, RAMP + 1:BANKS_END] == 0) and torch.all(out[:, 6:, :RAMP + 1] == 0)
+    assert torch.equal(out[:, :6, :RAMP + 1], feats[:, :6, :RAMP + 1])
+    assert torch.equal(out[:, 6:, RAMP + 1:BANKS_END], feats[:, 6:, RAMP + 1:BANKS_END])
+    assert torch.equal(out[..., BANKS_END:], feats[..., BANKS_END:])
+    with pytest.raises(GammaError, match="only 9 tokens"):
+        feature_probe._changed(feats, {"banktokens": 9})
+
+
 @pytest.mark.parametrize("text", ["loud=2", "listen=x", "pool=0", "hidden=0", "synth=1", "banks"])
 def test_a_bad_variant_is_a_clear_error(text):
     with pytest.raises(GammaError, match="--variant"):

@@ -90,7 +90,7 @@ def test_the_temporal_experts_rhythm_bank_peaks_at_the_beat(bpm):
 
 def test_the_rhythm_experts_own_disjoint_channels_and_the_listening_path_is_the_d48_one():
     """With ``rhythm`` the temporal expert is the two rhythm banks alone and the global expert the listening
-    channels alone: each writes exact zeros in the other's channels, so the router's even mix keeps them apart,
+    channels alone: each writes exact zeros in the other's channels, so the router keeps them apart,
     the listening channels reach the projector as the d 48 experts deliver them (the shared layer norm of the
     first design lost key, FINDINGS.md), the beat bank peaks at the song's beat, and the tokens resolve beats."""
     import numpy as np
@@ -121,12 +121,41 @@ def test_the_rhythm_experts_own_disjoint_channels_and_the_listening_path_is_the_
     assert np.all(temporal[:, listening.listening_channels(cfg.temporal.d_model)] == 0.0)
     assert np.all(global_[:, bank] == 0.0)
     assert np.abs(temporal[:, bank]).mean() > 0.1 and np.abs(global_[:, :listening.RAMP]).mean() > 0.1
-    d48, d224 = fused[False][:, :listening.RAMP], fused[True][:, :listening.RAMP]
+    # The router hands the window's first BANK_TOKENS tokens to the banks alone, the rest to listening alone.
+    frames = listening.BANK_TOKENS * cfg.projector.pool_stride
+    assert frames > 0 and np.abs(fused[True][:frames, bank]).mean() > 0.1
+    assert np.abs(fused[True][frames:, bank]).max() < 1e-4
+    d48, d224 = fused[False][frames:, :listening.RAMP], fused[True][frames:, :listening.RAMP]
     assert np.corrcoef(d48.ravel(), d224.ravel())[0, 1] > 0.85
     assert 0.8 < d224.std() / d48.std() < 1.25
     freqs, channels = banks["beat"]
     magnitude = np.hypot(temporal[:, channels[0::2]], temporal[:, channels[1::2]]).mean(0)
     assert abs(freqs[magnitude.argmax()] - 2.0) < 0.04 * 2.0  # 120 BPM
+
+
+@pytest.mark.parametrize("level", [0.3, 1.0, 3.0])
+def test_the_router_gives_the_first_tokens_to_the_banks_whatever_the_songs_level(level):
+    """route_bank_tokens: the gate reads the rhythm expert's step through its final norm, so the split falls on
+    the same frame for a quiet or a loud song, with weights within 1e-4 of 0 or 1."""
+    import torch
+
+    from gamma_rt.export.families.gamma import listening
+    from gamma_rt.export.families.gamma import train as recipe
+    from gamma_rt.export.families.gamma.model import GammaModel
+    from gamma_rt.synth import Song
+
+    cfg = recipe.synthetic_config(rhythm=True)
+    torch.manual_seed(0)
+    model = GammaModel(cfg)
+    listening.listen_init(model, cfg, rhythm=True)
+    mel = torch.from_numpy(recipe.clip_mels([Song(bpm=90, seed=3)], cfg)) * level
+    seen = {}
+    model.fusion.router.register_forward_hook(
+        lambda mod, args, out: seen.update(w=torch.softmax(mod.gate(torch.cat(args, -1)), -1)[0, :, 0]))
+    with torch.no_grad():
+        recipe.pooled_features(model, mel)
+    frames = listening.BANK_TOKENS * cfg.projector.pool_stride
+    assert seen["w"][:frames].min() > 1 - 1e-4 and seen["w"][frames:].max() < 1e-4
 
 
 def test_the_projectors_rectifier_rows_read_a_magnitude_whatever_the_phase():

@@ -28,6 +28,12 @@ RHYTHM_NORM_GAIN = 1.0  # the rhythm expert's final layer norm on the banks (rhy
 RHYTHM_POOL = 6  # 8.3 tokens a second at the projector: beats up to 250 BPM are resolved
 BANKS_END = RAMP + 1 + 2 * (BEAT_BANK_HZ[2] + BAR_BANK_HZ[2])  # the first channel above both banks
 RECTIFIER_DIRECTIONS = 6  # per bank frequency, projector rows that sum to its magnitude (phase-free)
+# The router's split by token (route_bank_tokens): the first BANK_TOKENS tokens of every window carry the banks
+# alone and the rest the listening channels alone (0: the even mix of both on every token). The banks are
+# nearly one vector per song; on every token they crowd the listening channels out of the decoder's view.
+BANK_TOKENS = 12
+ROUTER_SHARPNESS = 25.0  # the gate's logit per unit of (step - zero) after the rhythm expert's norm
+GATE_NORM_GAIN = 4.0  # that norm's gain on the step and zero channels
 
 
 def bank_channels() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -112,13 +118,19 @@ def listen_init(model, cfg, rhythm: bool = False) -> None:
             rhythm_split(model, cfg)
 
 
-def listening_channels(d: int) -> np.ndarray:
+def gate_channels(d: int) -> np.ndarray:
+    """The rhythm expert's two channels the router reads (route_bank_tokens): a step, +1 on the window's first
+    BANK_TOKENS tokens and -1 after, and a channel that is zero before the norm; the last two of d."""
+    return np.array([d - 2, d - 1])
+
+
+def listening_channels(d: int, bank_tokens: int = BANK_TOKENS) -> np.ndarray:
     """The channels the listening expert owns with ``rhythm`` (all but the banks'): its filters, the clock and
-    the random mel projections above the banks."""
-    return np.r_[0:RAMP + 1, BANKS_END:d]
+    the random mel projections above the banks (but the router's gate channels, with ``bank_tokens``)."""
+    return np.r_[0:RAMP + 1, BANKS_END:d - 2 if bank_tokens else d]
 
 
-def rhythm_split(model, cfg) -> None:
+def rhythm_split(model, cfg, bank_tokens: int = BANK_TOKENS) -> None:
     """``rhythm``: give the experts disjoint channels. The temporal expert becomes the rhythm banks alone
     (both, rhythm_init) and the global expert the listening channels alone; each expert's final layer norm
     passes its own channels and zeroes the rest, so the router's even mix hands the projector both, apart.
@@ -133,7 +145,7 @@ def rhythm_split(model, cfg) -> None:
 
     filters = torch.tensor(listening_filters(cfg), dtype=torch.float32)
     d = model.global_encoder.conv1.weight.shape[0]
-    owned = torch.as_tensor(listening_channels(d))
+    owned = torch.as_tensor(listening_channels(d, bank_tokens))
     banks = bank_channels()
     freqs = np.concatenate([f for f, _ in banks.values()])
     channels = np.concatenate([c for _, c in banks.values()])
@@ -149,22 +161,60 @@ def rhythm_split(model, cfg) -> None:
             layer.fc2.weight[RAMP + 1:BANKS_END] = 0.0
         # The listening expert's norm divides by the rms over all d channels, the banks' zeros included:
         # sqrt(owned / d) of its own channels' rms. This gain gives them the d 48 experts' scale, doubled
-        # for the router's even mix.
-        _own(listener, owned, 2.0 * (len(owned) / d) ** 0.5)
+        # for the router's even mix (not with bank_tokens: there each token is one expert's alone).
+        _own(listener, owned, (1.0 if bank_tokens else 2.0) * (len(owned) / d) ** 0.5)
         rhythm.conv1.weight.zero_()
         rhythm.conv1.weight[16:20] = filters[16:20]  # the band onsets, the periodogram's keys
         rhythm.embed_positions.weight.zero_()
         rhythm_init(rhythm, freqs, channels)
-        _own(rhythm, torch.as_tensor(channels), RHYTHM_NORM_GAIN)
+        _own(rhythm, torch.as_tensor(channels), RHYTHM_NORM_GAIN * (0.5 if bank_tokens else 1.0))
         model.fusion.router.gate.weight.zero_()
         model.fusion.router.gate.bias.zero_()
         magnitude_init(model.projector, channels)
+        if bank_tokens:
+            route_bank_tokens(model, bank_tokens)
         # The fusion's residual branches start at zero in the banks, so nothing leaks into them.
         branches = [model.fusion.ffn[2]] + [b.injector.out_proj for b in model.fusion.blocks] + [
             b.extractor.out_proj for b in model.fusion.blocks]
         for linear in branches:
             linear.weight[RAMP + 1:BANKS_END] = 0.0
             linear.bias[RAMP + 1:BANKS_END] = 0.0
+
+
+def route_bank_tokens(model, bank_tokens: int) -> None:
+    """Make the router send the first ``bank_tokens`` tokens of every window (at the projector's pooling) to
+    the rhythm expert and the rest to the listening expert, with the experts' channels disjoint (rhythm_split).
+
+    The rhythm expert carries a step in one gate channel (+1 before, -1 after; its position table, kept
+    exact through its layers) and zero in the other. Its final norm gives (x - mean) / rms * GATE_NORM_GAIN
+    in both, so their difference is step * GATE_NORM_GAIN / rms: the step's sign whatever the token's
+    statistics. The router's gate reads that difference, ROUTER_SHARPNESS to the logit: softmax weights
+    within 1e-4 of 0 or 1 while the rhythm expert's rms stays under 10 (it is 1-6 on training songs)."""
+    import torch
+
+    rhythm = model.temporal_encoder
+    d = rhythm.conv1.weight.shape[0]
+    step, zero = (int(c) for c in gate_channels(d))
+    frames = bank_tokens * model.projector.pool_stride
+    branches = [model.fusion.ffn[2]] + [b.injector.out_proj for b in model.fusion.blocks] + [
+        b.extractor.out_proj for b in model.fusion.blocks]
+    with torch.no_grad():
+        rhythm.conv1.weight[[step, zero]] = 0.0
+        rhythm.conv1.bias[[step, zero]] = 0.0
+        rhythm.embed_positions.weight[:, [step, zero]] = 0.0
+        rhythm.embed_positions.weight[:frames, step] = 1.0
+        rhythm.embed_positions.weight[frames:, step] = -1.0
+        for layer in rhythm.layers:
+            for linear in (layer.self_attn.out_proj, layer.fc2):
+                linear.weight[[step, zero]] = 0.0
+                linear.bias[[step, zero]] = 0.0
+        rhythm.layer_norm.weight[[step, zero]] = GATE_NORM_GAIN
+        gate = model.fusion.router.gate  # logits over (temporal, global) from cat(temporal, global)
+        gate.weight[0, step], gate.weight[0, zero] = ROUTER_SHARPNESS, -ROUTER_SHARPNESS
+        for linear in branches:  # nothing may move the gate channels before the router or after it
+            linear.weight[[step, zero]] = 0.0
+            linear.bias[[step, zero]] = 0.0
+        model.projector.linear_1.weight[:, [step, zero]] = 0.0
 
 
 def _own(expert, channels, gain: float) -> None:
