@@ -8,7 +8,9 @@ Channels of each expert, d 224 with ``rhythm`` (d 48 without):
     33-128  the beat bank's cos/sin               129-190  the bar bank's cos/sin
     191-    random mel projections (timbre), as the d 48 experts' 33-47
 With ``rhythm`` the experts own disjoint channels (rhythm_split): the temporal expert writes both banks
-(33-190) and nothing else, the global expert everything else (listening_channels).
+(33-190) and the router's two gate channels (the last two) and nothing else, the global expert everything
+else (listening_channels); the router gives the first BANK_TOKENS tokens of every window to the banks and
+the rest to the listening channels (route_bank_tokens).
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ def listening_channels(d: int, bank_tokens: int = BANK_TOKENS) -> np.ndarray:
 def rhythm_split(model, cfg, bank_tokens: int = BANK_TOKENS) -> None:
     """``rhythm``: give the experts disjoint channels. The temporal expert becomes the rhythm banks alone
     (both, rhythm_init) and the global expert the listening channels alone; each expert's final layer norm
-    passes its own channels and zeroes the rest, so the router's even mix hands the projector both, apart.
+    passes its own channels and zeroes the rest, so the router hands the projector both, apart: evenly mixed
+    on every token with ``bank_tokens`` 0, else on tokens of their own (route_bank_tokens).
 
     Why: one layer norm over the banks and the listening channels together lets the banks' energy set the
     listening channels' scale, token by token, and key is lost (bench/results/FINDINGS.md, the feature

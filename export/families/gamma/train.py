@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the training-only tempo/meter/event heads on the projector (default 0: off)")
     p.add_argument("--rhythm", action=argparse.BooleanOptionalAction, default=False,
                    help="d 224 experts whose first attention is a periodogram of the onsets (beat and bar banks), "
-                   "pooled to 8.3 tokens a second (default --no-rhythm: the d 48 listening experts, 3.3 a second)")
+                   "pooled to 8.3 tokens a second, the banks on the first 12 tokens of each window and the listening "
+                   "channels on the rest (default --no-rhythm: the d 48 listening experts, 3.3 a second)")
     p.add_argument("--end-to-end", action="store_true",
                    help="train the experts and the fusion too, from each song's log-mel window (kept in memory, "
                    "fp16: 0.75 MB a song), instead of freezing the listening-initialized audio side")
