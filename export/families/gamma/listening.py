@@ -129,7 +129,7 @@ def gate_channels(d: int) -> np.ndarray:
 def listening_channels(d: int, bank_tokens: int = BANK_TOKENS) -> np.ndarray:
     """The channels the listening expert owns with ``rhythm`` (all but the banks'): its filters, the clock and
     the random mel projections above the banks (but the router's gate channels, with ``bank_tokens``)."""
-    return np.r_[0:RAMP + 1, BANKS_END:d - 2 if bank_tokens else d]
+    return np.r_[0:RAMP + 1, BANKS_END:gate_channels(d)[0] if bank_tokens else d]
 
 
 def rhythm_split(model, cfg, bank_tokens: int = BANK_TOKENS) -> None:
@@ -177,9 +177,7 @@ def rhythm_split(model, cfg, bank_tokens: int = BANK_TOKENS) -> None:
         if bank_tokens:
             route_bank_tokens(model, bank_tokens)
         # The fusion's residual branches start at zero in the banks, so nothing leaks into them.
-        branches = [model.fusion.ffn[2]] + [b.injector.out_proj for b in model.fusion.blocks] + [
-            b.extractor.out_proj for b in model.fusion.blocks]
-        for linear in branches:
+        for linear in _fusion_branches(model):
             linear.weight[RAMP + 1:BANKS_END] = 0.0
             linear.bias[RAMP + 1:BANKS_END] = 0.0
 
@@ -199,8 +197,6 @@ def route_bank_tokens(model, bank_tokens: int) -> None:
     d = rhythm.conv1.weight.shape[0]
     step, zero = (int(c) for c in gate_channels(d))
     frames = bank_tokens * model.projector.pool_stride
-    branches = [model.fusion.ffn[2]] + [b.injector.out_proj for b in model.fusion.blocks] + [
-        b.extractor.out_proj for b in model.fusion.blocks]
     with torch.no_grad():
         rhythm.conv1.weight[[step, zero]] = 0.0
         rhythm.conv1.bias[[step, zero]] = 0.0
@@ -214,10 +210,16 @@ def route_bank_tokens(model, bank_tokens: int) -> None:
         rhythm.layer_norm.weight[[step, zero]] = GATE_NORM_GAIN
         gate = model.fusion.router.gate  # logits over (temporal, global) from cat(temporal, global)
         gate.weight[0, step], gate.weight[0, zero] = ROUTER_SHARPNESS, -ROUTER_SHARPNESS
-        for linear in branches:  # nothing may move the gate channels before the router or after it
+        for linear in _fusion_branches(model):  # nothing may move the gate channels before or after the router
             linear.weight[[step, zero]] = 0.0
             linear.bias[[step, zero]] = 0.0
         model.projector.linear_1.weight[:, [step, zero]] = 0.0
+
+
+def _fusion_branches(model) -> list:
+    """The fusion's residual output projections: its FFN's and each block's injector and extractor."""
+    blocks = model.fusion.blocks
+    return [model.fusion.ffn[2]] + [b.injector.out_proj for b in blocks] + [b.extractor.out_proj for b in blocks]
 
 
 def _own(expert, channels, gain: float) -> None:
